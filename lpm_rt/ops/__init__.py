@@ -1,0 +1,27 @@
+"""Ops with a pure-torch reference (``<op>_ref``, also the CPU fallback) and a launcher (``<op>``).
+
+The launcher dispatches on the process-wide backend: ``"ref"`` (default) or ``"triton"``.
+"""
+
+from __future__ import annotations
+
+_BACKEND = "ref"
+
+
+def set_backend(name: str) -> None:
+    global _BACKEND
+    if name not in ("ref", "triton"):
+        raise ValueError(f"ops backend {name!r} not in ref/triton")
+    _BACKEND = name
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+from .paged_attention import paged_attention, paged_attention_ref  # noqa: E402
+from .cache_write import cache_write, cache_write_ref  # noqa: E402
+from .norm_modulate import norm_modulate, norm_modulate_ref  # noqa: E402
+
+__all__ = ["set_backend", "get_backend", "paged_attention", "paged_attention_ref",
+           "cache_write", "cache_write_ref", "norm_modulate", "norm_modulate_ref"]
