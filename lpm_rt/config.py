@@ -199,6 +199,8 @@ class LPMConfig:
     runtime: RuntimeConfig = RuntimeConfig()
 
     def __post_init__(self):
+        if self.stream.sample_rate != 24000 or self.stream.fps != 24:
+            raise ValueError("the audio front end is built for 24 fps video and 24 kHz audio")
         object.__setattr__(self, "stream", self.stream.bind(self.model))
 
     @property

@@ -1,0 +1,45 @@
+"""``lpm_rt.load``: a preset name, the shipped ``demo``, or a model directory -> :class:`Avatar`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_dir
+from .config import PRESETS, RuntimeConfig, preset
+from .errors import ArtifactError
+from .model.online import OnlineLPM
+from .session import Avatar
+
+__all__ = ["load", "SHIPPED_DEMO"]
+
+SHIPPED_DEMO = Path(__file__).parent / "assets" / "demo"
+
+
+def load(src: str = "demo", runtime: RuntimeConfig | None = None, seed: int = 0) -> Avatar:
+    """Load a model.
+
+    ``src``: "demo" (the shipped trained demo model when present, else the demo preset with
+    deterministic initial weights), another preset name (initial weights), a model directory
+    (config.json + *.safetensors), or a compiled artifact directory (manifest.json)."""
+    if runtime is not None and runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    src = str(src)
+    if src == "demo" and (SHIPPED_DEMO / "config.json").is_file():
+        model, _ = load_dir(SHIPPED_DEMO, runtime)
+        return Avatar(model, trained=True, source=f"shipped demo model ({SHIPPED_DEMO})")
+    if src in PRESETS:
+        cfg = preset(src)
+        if runtime is not None:
+            cfg = cfg.replace(runtime=runtime)
+        return Avatar(OnlineLPM(cfg).init_weights(seed), trained=False,
+                      source=f"preset {src!r} with deterministic initial weights (untrained)")
+    p = Path(src)
+    if (p / "manifest.json").is_file():
+        from . import artifact  # noqa: F401  (the AOT loader; see lpm_rt/artifact.py)
+        return artifact.load_artifact(p, runtime)
+    if p.is_dir():
+        model, meta = load_dir(p, runtime)
+        return Avatar(model, trained=bool(meta.get("trained", True)), source=str(p))
+    raise ArtifactError(f"{src!r} is neither a preset ({', '.join(PRESETS)}) nor a model directory")

@@ -1,0 +1,152 @@
+"""Audio front end: streaming resampler, causal log-mel, and the encoder to audio tokens.
+
+Rates: the model hears ``AUDIO_RATE`` = 24 kHz (1000 samples per 24 fps video frame). Log-mel
+frames use a 500-sample Hann window and a 250-sample hop, framed causally (frame j ends at
+sample (j + 1) * hop), so 4 mel frames per video frame and 16 per latent frame; a chunk needs
+``MEL_WIN - MEL_HOP`` samples of left context and nothing from the future.
+
+The encoder is frame-local: latent frame f's tokens depend only on its own 16 mel frames, so a
+stream and a whole clip give identical tokens. Context across frames comes from the blocks'
+audio attention window (``ModelConfig.audio_context``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["AUDIO_RATE", "MEL_HOP", "MEL_WIN", "Resampler", "log_mel", "AudioEncoder", "audio_windows"]
+
+AUDIO_RATE = 24000
+MEL_HOP = 250
+MEL_WIN = 500
+MEL_NFFT = 512
+MIN_RATE, MAX_RATE = 8000, 192000
+
+
+@numba.njit(cache=True, fastmath=True)
+def _sinc_resample(x, t0, step, n_out, half, cutoff):
+    """Windowed-sinc (Hann) interpolation of x at positions t0 + i * step, i < n_out.
+    ``cutoff`` <= 1 scales the kernel to low-pass below the output Nyquist when downsampling."""
+    out = np.zeros(n_out, dtype=np.float32)
+    for i in range(n_out):
+        t = t0 + i * step
+        c = int(math.floor(t))
+        acc = 0.0
+        wsum = 0.0
+        for j in range(c - half + 1, c + half + 1):
+            if j < 0 or j >= x.shape[0]:
+                continue
+            d = t - j
+            w = 0.5 + 0.5 * math.cos(math.pi * d / half)
+            a = math.pi * d * cutoff
+            s = cutoff if abs(a) < 1e-8 else math.sin(a) / (math.pi * d)
+            acc += x[j] * s * w
+            wsum += s * w
+        out[i] = acc / wsum if wsum != 0.0 else 0.0
+    return out
+
+
+class Resampler:
+    """Streaming resampler from ``rate_in`` to ``rate_out``: push pieces of any length, get the
+    output samples they determine; state carries across pieces (exactly a whole-signal resample
+    except for the last ``half`` input samples, which wait for more input or ``flush``)."""
+
+    HALF = 16  # kernel half-width in input samples (of the lower of the two rates)
+
+    def __init__(self, rate_in: int, rate_out: int = AUDIO_RATE):
+        self.rate_in, self.rate_out = rate_in, rate_out
+        self.step = rate_in / rate_out
+        self.cutoff = min(1.0, rate_out / rate_in)
+        self.half = int(math.ceil(self.HALF / self.cutoff))
+        self.buf = np.zeros(0, np.float32)
+        self.buf_start = 0          # absolute input index of buf[0]
+        self.n_out = 0              # output samples produced so far
+        self.n_in = 0
+
+    def push(self, x: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.rate_in == self.rate_out:
+            return x.astype(np.float32, copy=False)
+        self.buf = np.concatenate([self.buf, x.astype(np.float32, copy=False)])
+        self.n_in += len(x)
+        # output i sits at input position i * step; it is final once input reaches pos + half
+        limit = self.n_in if final else self.n_in - self.half
+        total = int(math.floor(max(limit, 0) / self.step + 1e-9)) if limit > 0 else 0
+        if final:
+            total = int(round(self.n_in / self.step))
+        n = max(total - self.n_out, 0)
+        t0 = self.n_out * self.step - self.buf_start
+        y = _sinc_resample(self.buf, t0, self.step, n, self.half, self.cutoff) if n else np.zeros(0, np.float32)
+        self.n_out += n
+        keep_from = max(int(math.floor(self.n_out * self.step)) - self.half - 1, self.buf_start)
+        self.buf = self.buf[keep_from - self.buf_start:]
+        self.buf_start = keep_from
+        return y
+
+    def flush(self) -> np.ndarray:
+        return self.push(np.zeros(0, np.float32), final=True)
+
+
+def _mel_filterbank(n_mels: int, sr: int = AUDIO_RATE, n_fft: int = MEL_NFFT) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale: [n_fft // 2 + 1, n_mels]."""
+    def hz2mel(f): return 2595.0 * np.log10(1.0 + f / 700.0)
+    def mel2hz(m): return 700.0 * (10 ** (m / 2595.0) - 1.0)
+    pts = mel2hz(np.linspace(hz2mel(30.0), hz2mel(sr / 2), n_mels + 2))
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    fb = np.zeros((len(freqs), n_mels))
+    for m in range(n_mels):
+        lo, c, hi = pts[m], pts[m + 1], pts[m + 2]
+        fb[:, m] = np.clip(np.minimum((freqs - lo) / (c - lo), (hi - freqs) / (hi - c)), 0, None)
+    return torch.from_numpy(fb).float()
+
+
+_FB_CACHE: dict = {}
+
+
+def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """Causal log-mel. audio: [B, S + MEL_WIN - MEL_HOP] (the leading samples are left context)
+    -> [B, S // MEL_HOP, n_mels]."""
+    if n_mels not in _FB_CACHE:
+        _FB_CACHE[n_mels] = (_mel_filterbank(n_mels), torch.hann_window(MEL_WIN, periodic=False))
+    fb, win = _FB_CACHE[n_mels]
+    frames = audio.float().unfold(-1, MEL_WIN, MEL_HOP) * win                 # (B, n, MEL_WIN)
+    power = torch.fft.rfft(frames, n=MEL_NFFT).abs().pow(2)                  # (B, n, NFFT/2+1)
+    return torch.log(power @ fb + 1e-5)
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel of one latent frame (16 mel frames) -> ``audio_tokens_per_frame`` tokens.
+    Names: ``audio_encoder.proj.{0,2}``, ``audio_encoder.pos``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.mel_per_frame = cfg.vae_temporal * (AUDIO_RATE // 24) // MEL_HOP
+        if self.mel_per_frame % cfg.audio_tokens_per_frame:
+            raise ValueError("mel frames per latent frame must divide into audio tokens")
+        self.group = self.mel_per_frame // cfg.audio_tokens_per_frame
+        self.proj = nn.Sequential(nn.Linear(self.group * cfg.n_mels, cfg.audio_dim), nn.GELU(approximate="tanh"),
+                                  nn.Linear(cfg.audio_dim, cfg.audio_dim))
+        self.pos = nn.Parameter(torch.zeros(cfg.audio_tokens_per_frame, cfg.audio_dim))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: [B, F * mel_per_frame, n_mels] -> tokens [B, F, A, audio_dim]."""
+        B, n, m = mel.shape
+        Fr = n // self.mel_per_frame
+        # log-mel of silence is log(1e-5) ~ -11.5: shift/scale to a unit-ish range
+        x = ((mel + 5.0) / 5.0).reshape(B, Fr, self.cfg.audio_tokens_per_frame, self.group * m)
+        return self.proj(x.to(self.pos.dtype)) + self.pos
+
+
+def audio_windows(tokens: torch.Tensor, context: int) -> torch.Tensor:
+    """tokens: [B, context + F, A, Da] (the first ``context`` frames precede the clip)
+    -> [B, F, (context + 1) * A, Da]: each frame's own tokens plus the previous ``context`` frames'."""
+    if context == 0:
+        return tokens
+    Fr = tokens.shape[1] - context
+    win = torch.stack([tokens[:, c:c + Fr] for c in range(context + 1)], dim=2)  # (B, F, ctx+1, A, Da)
+    return win.flatten(2, 3)

@@ -1,0 +1,273 @@
+"""The LPM DiT: Wan2.1's text-to-video transformer plus LPM's additions.
+
+Shared with Wan2.1 (same parameter names and math, so Wan checkpoints load unchanged):
+patch embedding (1,2,2) over VAE latents; sinusoidal timestep embedding -> 6 adaLN vectors per
+block; self-attention with RMSNorm on q, k and 3-D RoPE; text cross-attention; GELU(tanh) FFN;
+output head with its own modulation.
+
+LPM additions (names outside Wan's key space, zero-initialised where they write the residual, so
+a freshly loaded Wan checkpoint behaves as Wan):
+* ``tag_embedding``   built-in prompt-tag vocabulary -> text_dim vectors (demo text conditioning).
+* ``audio_encoder``   log-mel -> audio tokens per latent frame.
+* ``blocks.i.norm_audio``, ``blocks.i.audio_attn``  frame-local audio cross-attention; even
+  blocks read the speaker's tokens, odd blocks the listener's.
+* ``ref_embedding``   per-kind embedding added to identity-reference tokens; reference tokens
+  are noise-free (t = 0 modulation), attend only to references, and skip text/audio, so their
+  K/V depend on the images alone and can be computed once and shared.
+
+Attention is injected: a block computes q, k, v and hands them to an ``attend(q, k, v)``
+callable that applies RoPE and either runs dense masked attention (full-sequence forward, see
+``lpm_rt.model.attend``) or writes K/V into the paged cache and attends over it (streaming).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..config import ModelConfig
+from .attend import DenseAttention, block_causal_mask, token_positions
+from .audio import AudioEncoder, audio_windows
+
+__all__ = ["LPMDiT", "sinusoidal_embedding_1d", "lpm_only_keys"]
+
+
+def sinusoidal_embedding_1d(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos | sin] of t * 10000^(-i / (dim/2)). t: [...] -> [..., dim]."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    ang = t.double()[..., None] * freqs
+    return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1).float()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    """Wan's attention projections: q, k, v, o and RMSNorm over the full width of q and k.
+    ``kv_dim`` != dim makes it a cross-attention over a foreign stream (audio tokens)."""
+
+    def __init__(self, dim: int, heads: int, eps: float, kv_dim: int | None = None):
+        super().__init__()
+        kv_dim = kv_dim or dim
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(kv_dim, dim), nn.Linear(kv_dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def qkv(self, x, kv=None):
+        kv = x if kv is None else kv
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))   # (..., Lq, H, D)
+        k = self.norm_k(self.k(kv)).unflatten(-1, (self.heads, self.head_dim))  # (..., Lk, H, D)
+        v = self.v(kv).unflatten(-1, (self.heads, self.head_dim))
+        return q, k, v
+
+    def cross(self, x, kv):
+        """Plain (unmasked, un-rotated) cross-attention. x: [B, Lq, C]; kv: [B, Lk, kv_dim]."""
+        q, k, v = self.qkv(x, kv)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    """One DiT block. Wan2.1 layout + LPM audio cross-attention."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.dim
+        self.eps = cfg.eps
+        self.norm1 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = Attention(d, cfg.num_heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+        # LPM: frame-local audio cross-attention (output zero-init: starts as a no-op)
+        self.norm_audio = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=True)
+        self.audio_attn = Attention(d, cfg.num_heads, cfg.eps, kv_dim=cfg.audio_dim)
+        nn.init.zeros_(self.audio_attn.o.weight)
+        nn.init.zeros_(self.audio_attn.o.bias)
+
+    def forward(self, x, e, attend, context=None, audio=None):
+        """x: [B, N, C], N = F * T tokens of F frames; e: [B, F, 6, C] per-frame modulation
+        (or [B, 1, 6, C] for all tokens); attend(q, k, v) -> [B, N, H, D];
+        context: [B, L, C] text tokens; audio: [B, F, Ka, audio_dim] frame-local audio windows."""
+        B, N, C = x.shape
+        Fr = e.shape[1]
+        T = N // Fr
+        mod = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)   # (B, F, 1, 6, C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(3)            # each (B, F, 1, C)
+
+        def modulate(h, shift, scale):                                          # h: (B, N, C)
+            y = ops.norm_modulate(h.view(B * Fr, T, C), shift.reshape(B * Fr, 1, C),
+                                  scale.reshape(B * Fr, 1, C), self.eps)
+            return y.view(B, N, C)
+
+        def gated(y, gate):                                                     # y: (B, N, C)
+            return (y.view(B, Fr, T, C) * gate).view(B, N, C).to(x.dtype)
+
+        q, k, v = self.self_attn.qkv(modulate(x, shift1, scale1))
+        x = x + gated(self.self_attn.o(attend(q, k, v).flatten(2)), gate1)
+        if context is not None:
+            x = x + self.cross_attn.cross(self.norm3(x), context)
+        if audio is not None:
+            h = self.norm_audio(x).view(B * Fr, T, C)                            # frame-local:
+            a = audio.flatten(0, 1)                                              # (B*F, Ka, Da)
+            x = x + self.audio_attn.cross(h, a).view(B, N, C)
+        x = x + gated(self.ffn(modulate(x, shift2, scale2)), gate2)
+        return x
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.patch_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+    def forward(self, x, e):
+        """x: [B, N, C]; e: [B, F, C] time embedding per frame."""
+        B, N, C = x.shape
+        Fr = e.shape[1]
+        shift, scale = (self.modulation.unsqueeze(0) + e.float().unsqueeze(2)).unsqueeze(2).unbind(3)
+        h = self.norm(x).float().view(B, Fr, N // Fr, C) * (1 + scale) + shift  # (B, F, T, C)
+        return self.head(h.view(B, N, C).to(x.dtype))
+
+
+# Parameter prefixes that exist only in LPM (a Wan2.1 checkpoint lacks them).
+LPM_ONLY_PREFIXES = ("tag_embedding.", "audio_encoder.", "ref_embedding.")
+LPM_ONLY_BLOCK_PARTS = (".norm_audio.", ".audio_attn.")
+
+
+class LPMDiT(nn.Module):
+    """Wan2.1 DiT + LPM additions. Used as Base LPM, as the online backbone and as the refiner."""
+
+    def __init__(self, cfg: ModelConfig, num_layers: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(num_layers or cfg.num_layers))
+        self.head = Head(cfg)
+        # LPM additions
+        self.tag_embedding = nn.Embedding(cfg.num_tags, cfg.text_dim)
+        self.audio_encoder = AudioEncoder(cfg)
+        self.ref_embedding = nn.Embedding(cfg.num_ref_kinds, d)
+        nn.init.normal_(self.ref_embedding.weight, std=0.02)
+
+    # ---- embeddings -------------------------------------------------------------------------
+    def embed_time(self, t: torch.Tensor):
+        """t: [B, F] timesteps in [0, 1000] -> (e [B, F, C], e0 [B, F, 6, C])."""
+        e = self.time_embedding(sinusoidal_embedding_1d(self.cfg.freq_dim, t).to(self.patch_embedding.weight.dtype))
+        e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim))
+        return e, e0
+
+    def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents: [B, C_z, F, H, W] -> tokens [B, F * h * w, C] (time-major, then rows)."""
+        return self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """context: [B, L, text_dim] precomputed embeddings -> [B, L, C]."""
+        return self.text_embedding(context.to(self.patch_embedding.weight.dtype))
+
+    def embed_refs(self, ref_latents: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """ref_latents: [B, C_z, R, H, W], kinds: [R] -> tokens [B, R * h * w, C]."""
+        tok = self.embed_patches(ref_latents)
+        R = ref_latents.shape[2]
+        kind = self.ref_embedding(kinds).repeat_interleave(tok.shape[1] // R, dim=0)  # (R*T, C)
+        return tok + kind
+
+    def unpatchify(self, x: torch.Tensor, frames: int, h: int, w: int) -> torch.Tensor:
+        """[B, F*h*w, patch_dim] -> latents [B, C_z, F, h*ph, w*pw]."""
+        pt, ph, pw = self.cfg.patch_size
+        B = x.shape[0]
+        x = x.view(B, frames, h, w, pt, ph, pw, self.cfg.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(B, self.cfg.out_dim, frames * pt, h * ph, w * pw)
+
+    # ---- passes -----------------------------------------------------------------------------
+    def ref_pass(self, ref_tokens: torch.Tensor, attend_for_layer) -> None:
+        """Run reference tokens through every block (t = 0, self-attention among references only);
+        ``attend_for_layer(i)`` returns the attend callable of layer i, which keeps their K/V."""
+        B = ref_tokens.shape[0]
+        _, e0 = self.embed_time(torch.zeros(B, 1, device=ref_tokens.device))
+        r = ref_tokens
+        for i, blk in enumerate(self.blocks):
+            r = blk(r, e0, attend_for_layer(i))
+
+    def video_pass(self, x_tokens, t, attend_for_layer, context=None, audio=None):
+        """x_tokens: [B, F*T, C]; t: [B, F]; context: [B, L, C] embedded text or None;
+        audio: (speaker, listener) windows [B, F, Ka, Da] each, or None. Returns [B, F*T, patch_dim]."""
+        e, e0 = self.embed_time(t)
+        x = x_tokens
+        for i, blk in enumerate(self.blocks):
+            a = None if audio is None else audio[i % 2]          # even: speaker, odd: listener
+            x = blk(x, e0, attend_for_layer(i), context, a)
+        return self.head(x, e)
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: [B, (context + F) * 16, n_mels] (leading context frames first) -> windows
+        [B, F, (context + 1) * A, audio_dim] for the frame-local audio attention."""
+        return audio_windows(self.audio_encoder(mel), self.cfg.audio_context)
+
+    def forward(self, x, t, context, audio_mel=None, refs=None, ref_kinds=None,
+                chunk_frames=None, window=None, frame_offset=0, ref_time_index=-8):
+        """Whole-clip forward (Base LPM, and the online model's training form).
+
+        x: [B, z, F, H, W] noisy latents; t: [B, F] timesteps (0-1000, per frame);
+        context: [B, L, text_dim] text embeddings; audio_mel: (speaker, listener) log-mels
+        [B, (audio_context + F) * 16, n_mels] or None; refs: [B, z, R, H, W] reference latents
+        with ref_kinds [R] (or None); chunk_frames/window: block-causal mask with a history
+        window (None: bidirectional). Returns the flow-matching velocity [B, z, F, H, W].
+        """
+        cfg = self.cfg
+        B, _, Fr, H, W = x.shape
+        h, w = H // cfg.patch_size[1], W // cfg.patch_size[2]
+        tpf = h * w
+        vid_rope = token_positions(torch.arange(Fr) + frame_offset, h, w, cfg.rope_dims, cfg.rope_theta)
+        ref_rope = None
+        if refs is not None:
+            R = refs.shape[2]
+            ref_rope = token_positions(ref_time_index - torch.arange(R), h, w, cfg.rope_dims, cfg.rope_theta)
+        mask = block_causal_mask(Fr, tpf, chunk_frames, window)
+        attn = DenseAttention(ref_rope, vid_rope, None if mask is None else mask.to(x.device))
+        if refs is not None:
+            self.ref_pass(self.embed_refs(refs, ref_kinds.to(x.device)), attn.ref)
+        audio = None if audio_mel is None else tuple(self.encode_audio(m) for m in audio_mel)
+        out = self.video_pass(self.embed_patches(x), t, attn.video, self.embed_text(context), audio)
+        return self.unpatchify(out, Fr, h, w)
+
+    def init_weights(self, seed: int = 0) -> "LPMDiT":
+        """Deterministic initialisation (for untrained presets); residual writers start small."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if p.dim() >= 2 and "modulation" not in name:
+                fan_in = math.prod(p.shape[1:])
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+        with torch.no_grad():
+            for blk in self.blocks:
+                blk.audio_attn.o.weight.mul_(0.1)
+            self.head.head.weight.mul_(0.1)
+        return self
+
+
+def lpm_only_keys(keys) -> list:
+    """Keys of an LPMDiT state dict that a Wan2.1 checkpoint does not have."""
+    return [k for k in keys if k.startswith(LPM_ONLY_PREFIXES) or any(p in k for p in LPM_ONLY_BLOCK_PARTS)]

@@ -1,0 +1,163 @@
+"""Online LPM: causal backbone over chunks with a noisy-history paged cache, a one-step refiner,
+and the streaming VAE decoder -- the model the runtime streams.
+
+Per session, :class:`StreamState` holds both networks' cache views, the decoder's temporal
+cache, embedded text and the audio context. :meth:`OnlineLPM.step` turns one chunk of audio
+(log-mel, with its left context) into ``frames_per_chunk`` video frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..cache import PagePool, StreamCache
+from ..config import LPMConfig
+from .attend import PagedAttention, RefPrefill, token_positions
+from .audio import log_mel
+from .dit import LPMDiT
+from .text import tag_context
+from .vae import VAE, DecoderCache
+
+__all__ = ["OnlineLPM", "StreamState"]
+
+
+@dataclass
+class StreamState:
+    bb_cache: StreamCache
+    rf_cache: StreamCache
+    dec_cache: DecoderCache
+    bb_context: torch.Tensor           # [1, L, C] embedded text, backbone
+    rf_context: torch.Tensor           # [1, L, C] embedded text, refiner
+    generator: torch.Generator
+    frame: int = 0                     # latent frames streamed so far (RoPE time index)
+
+    def close(self):
+        self.bb_cache.close()
+        self.rf_cache.close()
+
+
+class OnlineLPM(nn.Module):
+    def __init__(self, cfg: LPMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = LPMDiT(cfg.model)
+        self.refiner = LPMDiT(cfg.model, cfg.model.refiner_layers)
+        self.vae = VAE(cfg.model)
+        self.pools = None
+
+    def init_weights(self, seed: int = 0) -> "OnlineLPM":
+        self.backbone.init_weights(seed)
+        self.refiner.init_weights(seed + 1)
+        self.vae.init_weights(seed + 2)
+        return self
+
+    # ---- pools and sessions -----------------------------------------------------------------
+    def make_pools(self, max_sessions: int | None = None):
+        """Allocate both networks' page pools once, sized for ``max_sessions`` sessions with
+        distinct references."""
+        s, m, rt = self.cfg.stream, self.cfg.model, self.cfg.runtime
+        n = max_sessions or rt.max_sessions
+        per_bb = (s.reference_slots + s.history_frames + s.chunk_frames) * s.pages_per_frame
+        per_rf = (s.reference_slots + s.chunk_frames) * s.pages_per_frame
+        dev = rt.device
+        self.pools = (PagePool(m.num_layers, n * per_bb, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev),
+                      PagePool(m.refiner_layers, n * per_rf, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev))
+        return self.pools
+
+    @torch.no_grad()
+    def open_stream(self, ref_latents, ref_kinds, prompt: str, seed: int) -> StreamState:
+        """ref_latents: [1, z, R, h, w] (R may be 0), ref_kinds: [R]. Reserves pages (raises
+        CapacityError), runs the reference pass of both networks unless the same references are
+        already pinned, embeds the prompt."""
+        if self.pools is None:
+            self.make_pools()
+        s = self.cfg.stream
+        bb = StreamCache(self.pools[0], s)
+        try:
+            rf = StreamCache(self.pools[1], s, history_frames=0)
+        except Exception:
+            bb.close()
+            raise
+        state = StreamState(bb, rf, DecoderCache(), None, None, torch.Generator().manual_seed(seed))
+        try:
+            R = ref_latents.shape[2]
+            if R:
+                key = hashlib.sha256(ref_latents.float().cpu().numpy().tobytes()
+                                     + bytes(ref_kinds.tolist())).hexdigest()
+                for net, cache in ((self.backbone, bb), (self.refiner, rf)):
+                    slots, fresh = cache.attach_refs(key, R)
+                    if fresh:
+                        try:
+                            self._prefill_refs(net, cache.pool, slots, ref_latents, ref_kinds)
+                        except Exception:
+                            cache.detach_refs()
+                            raise
+            state.bb_context = self.backbone.embed_text(tag_context(self.backbone, prompt))
+            state.rf_context = self.refiner.embed_text(tag_context(self.refiner, prompt))
+        except Exception:
+            state.close()
+            raise
+        return state
+
+    def _prefill_refs(self, net, pool, slots, ref_latents, ref_kinds):
+        s, m = self.cfg.stream, self.cfg.model
+        R = ref_latents.shape[2]
+        h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
+        rope = token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta)
+        net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope).layer)
+
+    # ---- one chunk ----------------------------------------------------------------------------
+    def _chunk_pass(self, net, cache, x, sigma, context, audio, frame0):
+        """One denoising pass of ``net`` over the chunk latents x [1, z, C, h', w'] at noise
+        level ``sigma``; K/V of the chunk are (re)written into the chunk's pages."""
+        s, m = self.cfg.stream, self.cfg.model
+        C = s.chunk_frames
+        h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
+        table, kv_len, slots = cache.begin_chunk()
+        rope = token_positions(torch.arange(frame0, frame0 + C), h, w, m.rope_dims, m.rope_theta)
+        attn = PagedAttention(cache.pool, table, kv_len, slots, rope)
+        t = torch.full((1, C), 1000.0 * sigma, device=x.device)
+        out = net.video_pass(net.embed_patches(x), t, attn.layer, context, audio)
+        return net.unpatchify(out, C, h, w)
+
+    @torch.no_grad()
+    def step(self, state: StreamState, spk_audio, lis_audio, capture=None):
+        """Generate one chunk.
+
+        spk_audio / lis_audio: [1, MEL_WIN - MEL_HOP + (audio_context + C) * samples_per_latent]
+        float32 at 24 kHz: the chunk's audio preceded by the audio context frames and the mel
+        window's left context. Returns video [1, 3, frames_per_chunk, H, W] in [-1, 1].
+        ``capture`` (a list) receives (input latents, velocity) of the last backbone step.
+        """
+        s, m = self.cfg.stream, self.cfg.model
+        C, sig = s.chunk_frames, s.sigmas
+        shape = (1, m.vae_z_dim, C, s.latent_h, s.latent_w)
+        g = state.generator
+        # 1. audio features: log-mel once, tokens per network (encoders are frame-local)
+        mels = (log_mel(spk_audio, m.n_mels), log_mel(lis_audio, m.n_mels))
+        bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
+        # 2. backbone: denoise from pure noise; every pass writes the chunk's K/V into its
+        #    pages, so the last pass (noise level history_t) leaves the noisy history behind
+        x = torch.randn(shape, generator=g)
+        for i, sigma in enumerate(sig):
+            v = self._chunk_pass(self.backbone, state.bb_cache, x, sigma, state.bb_context, bb_audio, state.frame)
+            x0 = x - sigma * v
+            if i + 1 < len(sig):
+                x = (1 - sig[i + 1]) * x0 + sig[i + 1] * torch.randn(shape, generator=g)
+            elif capture is not None:
+                capture.append((x, v))
+        # 3. advance the history ring: the chunk's pages join it, the oldest frames leave
+        state.bb_cache.commit_chunk()
+        # 4. refiner: one step over [refs | chunk], input re-noised to refiner_sigma
+        sr = s.refiner_sigma
+        xr = (1 - sr) * x0 + sr * torch.randn(shape, generator=g)
+        rf_audio = tuple(self.refiner.encode_audio(x) for x in mels)
+        vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.frame)
+        latents = xr - sr * vr
+        state.frame += C
+        # 5. streaming decode
+        return self.vae.decode(latents, state.dec_cache)
