@@ -254,14 +254,18 @@ class LPMDiT(nn.Module):
         return self.unpatchify(out, Fr, h, w)
 
     def init_weights(self, seed: int = 0) -> "LPMDiT":
-        """Deterministic initialisation (for untrained presets); residual writers start small."""
+        """Deterministic initialisation of every parameter (untrained presets): matrices and
+        modulation tables ~ N(0, 1/fan_in), biases 0, norm scales 1; residual writers start small."""
         g = torch.Generator().manual_seed(seed)
-        for name, p in self.named_parameters():
-            if p.dim() >= 2 and "modulation" not in name:
-                fan_in = math.prod(p.shape[1:])
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
         with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() >= 2:
+                    fan_in = p.shape[-1] if "modulation" in name else math.prod(p.shape[1:])
+                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.fill_(1.0)
             for blk in self.blocks:
                 blk.audio_attn.o.weight.mul_(0.1)
             self.head.head.weight.mul_(0.1)

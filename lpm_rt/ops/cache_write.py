@@ -12,6 +12,8 @@ divides a frame's tokens), so a page's scale always covers every token it holds.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..model.rope import rope_apply
@@ -29,11 +31,13 @@ def _write(x, pages, scale, slot_mapping):
         return
     page_ids = torch.div(slot_mapping, page_size, rounding_mode="floor")
     amax = torch.zeros(scale.shape, dtype=torch.float32, device=x.device)  # (P, H)
-    amax.index_reduce_(0, page_ids, x.abs().amax(-1).float(), "amax")
+    src = x.abs().amax(-1).float()                                         # (N, H)
+    amax.scatter_reduce_(0, page_ids[:, None].expand_as(src), src, "amax")
     s = (amax / FP8_MAX).clamp_min(1e-12)
     scale.index_copy_(0, page_ids.unique(), s.index_select(0, page_ids.unique()))
     q = (x.float() / s.index_select(0, page_ids)[:, :, None]).clamp(-FP8_MAX, FP8_MAX)
-    flat.index_copy_(0, slot_mapping, q.to(pages.dtype))
+    # CPU has no fp8 index_copy: scatter the raw bytes
+    flat.view(torch.uint8).index_copy_(0, slot_mapping, q.to(pages.dtype).view(torch.uint8))
 
 
 def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None,
@@ -46,10 +50,62 @@ def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=
     _write(v, v_pages, v_scale, slot_mapping)
 
 
+def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin):
+    import triton
+
+    from csrc_triton import cache_write as kern
+
+    from ._triton_util import check_device, interpreting
+
+    N, H, D = k.shape
+    P, page_size = k_pages.shape[:2]
+    fp8 = k_pages.dtype == torch.float8_e4m3fn
+    if tuple(v.shape) != (N, H, D) or tuple(k_pages.shape[2:]) != (H, D) or v_pages.shape != k_pages.shape:
+        raise ValueError(f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not match pages {tuple(k_pages.shape)}")
+    if v_pages.dtype != k_pages.dtype:
+        raise TypeError("k_pages and v_pages must share a dtype")
+    half = D // 2
+    if D % 2 or half & (half - 1):
+        raise ValueError(f"triton cache_write: head_dim {D} must be 2 * a power of two")
+    if N % page_size:
+        raise ValueError(f"triton cache_write writes whole pages: N={N} is not a multiple of {page_size}")
+    if tuple(slot_mapping.shape) != (N,) or slot_mapping.dtype not in (torch.int64, torch.int32):
+        raise ValueError("slot_mapping must be [N] int64/int32")
+    if fp8 and (k_scale is None or v_scale is None or tuple(k_scale.shape) != (P, H)
+                or tuple(v_scale.shape) != (P, H) or k_scale.dtype != torch.float32
+                or v_scale.dtype != torch.float32):
+        raise ValueError("fp8 pages need k_scale and v_scale: [P, H] float32 (written)")
+    if (cos is None) != (sin is None) or (cos is not None and (tuple(cos.shape) != (N, half)
+                                                             or tuple(sin.shape) != (N, half))):
+        raise ValueError(f"cos/sin must both be [N={N}, D/2={half}] or None")
+    check_device(k, v=v, k_pages=k_pages, v_pages=v_pages, slot_mapping=slot_mapping,
+                 k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin)
+    if N == 0:
+        return
+    dummy = torch.empty(1, 1, dtype=torch.float32, device=k.device)
+    ks, vs = (k_scale, v_scale) if fp8 else (dummy, dummy)
+    c, s = (cos, sin) if cos is not None else (dummy, dummy)
+    kern._cache_write_kernel[(N // page_size, H, 2)](
+        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs,
+        *k.stride(), *v.stride(), *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
+        *ks.stride(), *vs.stride(),
+        PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
+        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), num_warps=4)
+
+
+@torch.library.custom_op("lpm_rt::cache_write", mutates_args=("k_pages", "v_pages", "k_scale", "v_scale"))
+def _cache_write_op(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
+                    slot_mapping: torch.Tensor, k_scale: Optional[torch.Tensor],
+                    v_scale: Optional[torch.Tensor], cos: Optional[torch.Tensor],
+                    sin: Optional[torch.Tensor]) -> None:
+    _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
+
+
 def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None, cos=None, sin=None):
-    """Launcher: the selected backend's kernel; same contract as the ref."""
+    """Launcher: the selected backend's kernel; same contract as the ref, except that the triton
+    kernel writes whole pages (N a multiple of page_size, each page_size-group of slots one page)."""
     from . import get_backend
 
-    if get_backend() == "triton":
-        raise NotImplementedError("triton cache_write is not built yet")
-    cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
+    if get_backend() != "triton":
+        return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
+    torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)

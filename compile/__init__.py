@@ -1,0 +1,1 @@
+"""Ahead-of-time pipeline (imported as `lpm_compile`)."""
