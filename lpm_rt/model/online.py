@@ -34,6 +34,7 @@ class StreamState:
     rf_context: torch.Tensor           # [1, L, C] embedded text, refiner
     generator: torch.Generator
     frame: int = 0                     # latent frames streamed so far (RoPE time index)
+    timer: object = None               # optional callable(stage) marking stage ends (benchmarks)
 
     def close(self):
         self.bb_cache.close()
@@ -140,6 +141,8 @@ class OnlineLPM(nn.Module):
         # 1. audio features: log-mel once, tokens per network (encoders are frame-local)
         mels = (log_mel(spk_audio, m.n_mels), log_mel(lis_audio, m.n_mels))
         bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
+        mark = state.timer or (lambda stage: None)
+        mark("audio")
         # 2. backbone: denoise from pure noise; every pass writes the chunk's K/V into its
         #    pages, so the last pass (noise level history_t) leaves the noisy history behind
         x = torch.randn(shape, generator=g)
@@ -152,6 +155,7 @@ class OnlineLPM(nn.Module):
                 capture.append((x, v))
         # 3. advance the history ring: the chunk's pages join it, the oldest frames leave
         state.bb_cache.commit_chunk()
+        mark("backbone")
         # 4. refiner: one step over [refs | chunk], input re-noised to refiner_sigma
         sr = s.refiner_sigma
         xr = (1 - sr) * x0 + sr * torch.randn(shape, generator=g)
@@ -159,5 +163,8 @@ class OnlineLPM(nn.Module):
         vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.frame)
         latents = xr - sr * vr
         state.frame += C
+        mark("refiner")
         # 5. streaming decode
-        return self.vae.decode(latents, state.dec_cache)
+        video = self.vae.decode(latents, state.dec_cache)
+        mark("vae_decode")
+        return video

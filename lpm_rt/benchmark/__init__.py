@@ -1,0 +1,1 @@
+"""Benchmarks: kernels (GPU timings) and end-to-end streaming."""

@@ -1,0 +1,125 @@
+"""End-to-end streaming benchmark: what a user waits for, measured through the public API.
+
+Figures: time to first frame after ``open_session`` (audio pushed live in 40 ms pieces),
+chunk latency p50/p99, real-time factor (compute seconds per video second), per-stage breakdown
+(audio features, backbone, refiner, VAE decode, colour conversion + session), and for a long
+live-style stream the cost of each video second late vs early and RSS growth.
+Results: JSON under bench/results/ with device, versions and git SHA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["main", "run_stream_bench", "environment"]
+
+
+def environment() -> dict:
+    """Device, versions and git SHA for a results file."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    dev = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+           else f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    return {"device": dev, "torch": torch.__version__, "python": platform.python_version(),
+            "git_sha": sha, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0) -> dict:
+    import lpm_rt
+    from lpm_rt.assets import builtin_speech
+
+    avatar = lpm_rt.load(model)
+    spec, fpc = avatar.spec, avatar.cfg.stream.frames_per_chunk
+    speech, rate = builtin_speech(seconds, seed=seed)
+    listener, _ = builtin_speech(seconds, seed=seed + 1, turn="listener")
+    piece = rate * 40 // 1000
+    stages: dict = {}
+    chunk_ms, per_frame_t, rss = [], [], []
+
+    t_open = time.perf_counter()
+    sess = avatar.open_session(prompt="calm", seed=seed)
+    t_opened = time.perf_counter()
+    last = [time.perf_counter()]
+
+    def mark(stage):
+        now = time.perf_counter()
+        stages.setdefault(stage, []).append(now - last[0])
+        last[0] = now
+
+    sess._state.timer = mark
+    ttff = None
+    n = 0
+    for i in range(0, len(speech), piece):
+        sess.push_audio(speech[i:i + piece], rate, "speaker")
+        sess.push_audio(listener[i:i + piece], rate, "listener")
+        t0 = time.perf_counter()
+        last[0] = t0
+        got = 0
+        for _ in sess.frames():
+            got += 1
+            if ttff is None:
+                ttff = time.perf_counter() - t_open
+        if got:
+            t1 = time.perf_counter()
+            chunk_ms.append((t1 - t0) * 1e3 / (got // fpc or 1))
+            stages.setdefault("colour+session", []).append(t1 - last[0])
+            per_frame_t += [(t1 - t0) / got] * got
+            n += got
+            if n % (spec.fps * 10) < got:
+                rss.append(_rss())
+    sess.close()
+    per_sec = np.add.reduceat(np.array(per_frame_t), np.arange(0, len(per_frame_t), spec.fps))
+    w = int(warmup_s)
+    early, late = per_sec[w:w + 10], per_sec[-10:]
+    total = float(sum(per_frame_t))
+    return {
+        "model": model, "trained": avatar.trained, "resolution": f"{spec.width}x{spec.height}", "fps": spec.fps,
+        "video_seconds": n / spec.fps, "frames": n,
+        "time_to_first_frame_s": ttff, "session_open_s": t_opened - t_open,
+        "real_time_factor": total / (n / spec.fps),
+        "chunk_latency_ms": {"p50": float(np.percentile(chunk_ms, 50)), "p99": float(np.percentile(chunk_ms, 99))},
+        "stage_ms_per_chunk": {k: float(np.median(v) * 1e3) for k, v in stages.items()},
+        "cost_per_video_second_s": {"early_median": float(np.median(early)), "late_median": float(np.median(late)),
+                                    "late_over_early": float(np.median(late) / np.median(early))},
+        "rss_mib": {"first": rss[0] / 2**20, "last": rss[-1] / 2**20,
+                    "growth": (rss[-1] - rss[0]) / rss[0]} if len(rss) > 1 else None,
+        **environment(),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="lpm-rt bench stream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--seconds", type=float, default=120.0, help="length of the live-style stream")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="bench/results", help="directory for the JSON result")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = run_stream_bench(a.model, a.seconds)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    path = out / f"stream_{a.model}_{dev}.json"
+    path.write_text(json.dumps(r, indent=2))
+    print(json.dumps({k: r[k] for k in ("model", "trained", "resolution", "real_time_factor", "time_to_first_frame_s",
+                                         "chunk_latency_ms", "stage_ms_per_chunk", "cost_per_video_second_s", "rss_mib",
+                                         "device")}, indent=2))
+    print(f"wrote {path}")
+    return 0
