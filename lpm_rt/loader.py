@@ -28,12 +28,12 @@ def load(src: str = "demo", runtime: RuntimeConfig | None = None, seed: int = 0)
     src = str(src)
     if src == "demo" and (SHIPPED_DEMO / "config.json").is_file():
         model, _ = load_dir(SHIPPED_DEMO, runtime)
-        return Avatar(model, trained=True, source=f"shipped demo model ({SHIPPED_DEMO})")
+        return Avatar(_place(model), trained=True, source=f"shipped demo model ({SHIPPED_DEMO})")
     if src in PRESETS:
         cfg = preset(src)
         if runtime is not None:
             cfg = cfg.replace(runtime=runtime)
-        return Avatar(OnlineLPM(cfg).init_weights(seed), trained=False,
+        return Avatar(_place(OnlineLPM(cfg).init_weights(seed)), trained=False,
                       source=f"preset {src!r} with deterministic initial weights (untrained)")
     p = Path(src)
     if (p / "manifest.json").is_file():
@@ -41,5 +41,20 @@ def load(src: str = "demo", runtime: RuntimeConfig | None = None, seed: int = 0)
         return artifact.load_artifact(p, runtime)
     if p.is_dir():
         model, meta = load_dir(p, runtime)
-        return Avatar(model, trained=bool(meta.get("trained", True)), source=str(p))
+        return Avatar(_place(model), trained=bool(meta.get("trained", True)), source=str(p))
     raise ArtifactError(f"{src!r} is neither a preset ({', '.join(PRESETS)}) nor a model directory")
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _place(model: OnlineLPM) -> OnlineLPM:
+    """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU)."""
+    rt = model.cfg.runtime
+    dt = _DTYPES[rt.dtype]
+    if rt.device != "cpu" and not torch.cuda.is_available():
+        raise ArtifactError(f"runtime device {rt.device!r} requested but no CUDA device is available")
+    model.backbone.to(rt.device, dt)
+    model.refiner.to(rt.device, dt)
+    model.vae.to(rt.device, dt if rt.device != "cpu" else torch.float32)
+    return model

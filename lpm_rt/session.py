@@ -177,7 +177,9 @@ class Session:
         model = avatar.model
         with torch.no_grad():
             if imgs:
-                lat = torch.cat([model.vae.encode_image(image_to_tensor(im, s.height, s.width)) for im in imgs], 2)
+                w = model.vae.dec_out.weight
+                lat = torch.cat([model.vae.encode_image(image_to_tensor(im, s.height, s.width).to(w.device, w.dtype))
+                                 for im in imgs], 2)
             else:
                 lat = torch.zeros(1, m.vae_z_dim, 0, s.latent_h, s.latent_w)
         self._state = model.open_stream(lat, torch.tensor([int(k) for k in kinds]), prompt, int(seed))
@@ -271,7 +273,7 @@ class Session:
         # 2. the model: backbone steps, history advance, refiner, decode
         video = self.avatar.model.step(self._state, torch.from_numpy(spk)[None], torch.from_numpy(lis)[None])
         # 3. to uint8 RGB frames with their pts and speaker audio slice
-        imgs = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        imgs = ((video[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         spf = AUDIO_RATE // spec.fps
         audio = spk[-self._chunk_samples:]
         for j in range(fpc):

@@ -108,7 +108,8 @@ class OnlineLPM(nn.Module):
         s, m = self.cfg.stream, self.cfg.model
         R = ref_latents.shape[2]
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
-        rope = token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta)
+        rope = tuple(r.to(ref_latents.device) for r in
+                     token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta))
         net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope).layer)
 
     # ---- one chunk ----------------------------------------------------------------------------
@@ -118,9 +119,12 @@ class OnlineLPM(nn.Module):
         s, m = self.cfg.stream, self.cfg.model
         C = s.chunk_frames
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
-        table, kv_len, slots = cache.begin_chunk()
-        rope = token_positions(torch.arange(frame0, frame0 + C), h, w, m.rope_dims, m.rope_theta)
-        attn = PagedAttention(cache.pool, table, kv_len, slots, rope)
+        table, kv_len, slots = cache.begin_chunk()          # host bookkeeping -> device copies
+        dev = x.device
+        rope = tuple(r.to(dev) for r in token_positions(torch.arange(frame0, frame0 + C), h, w,
+                                                          m.rope_dims, m.rope_theta))
+        attn = PagedAttention(cache.pool, table.to(dev, non_blocking=True), kv_len.to(dev, non_blocking=True),
+                              slots.to(dev, non_blocking=True), rope)
         t = torch.full((1, C), 1000.0 * sigma, device=x.device)
         out = net.video_pass(net.embed_patches(x), t, attn.layer, context, audio)
         return net.unpatchify(out, C, h, w)
@@ -138,19 +142,23 @@ class OnlineLPM(nn.Module):
         C, sig = s.chunk_frames, s.sigmas
         shape = (1, m.vae_z_dim, C, s.latent_h, s.latent_w)
         g = state.generator
+        dev, dt = self.backbone.patch_embedding.weight.device, self.backbone.patch_embedding.weight.dtype
+
+        def noise():                      # drawn on the host generator: identical on every device
+            return torch.randn(shape, generator=g).to(dev, dt)
         # 1. audio features: log-mel once, tokens per network (encoders are frame-local)
-        mels = (log_mel(spk_audio, m.n_mels), log_mel(lis_audio, m.n_mels))
+        mels = (log_mel(spk_audio.to(dev), m.n_mels), log_mel(lis_audio.to(dev), m.n_mels))
         bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
         mark = state.timer or (lambda stage: None)
         mark("audio")
         # 2. backbone: denoise from pure noise; every pass writes the chunk's K/V into its
         #    pages, so the last pass (noise level history_t) leaves the noisy history behind
-        x = torch.randn(shape, generator=g)
+        x = noise()
         for i, sigma in enumerate(sig):
             v = self._chunk_pass(self.backbone, state.bb_cache, x, sigma, state.bb_context, bb_audio, state.frame)
             x0 = x - sigma * v
             if i + 1 < len(sig):
-                x = (1 - sig[i + 1]) * x0 + sig[i + 1] * torch.randn(shape, generator=g)
+                x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise()
             elif capture is not None:
                 capture.append((x, v))
         # 3. advance the history ring: the chunk's pages join it, the oldest frames leave
@@ -158,13 +166,13 @@ class OnlineLPM(nn.Module):
         mark("backbone")
         # 4. refiner: one step over [refs | chunk], input re-noised to refiner_sigma
         sr = s.refiner_sigma
-        xr = (1 - sr) * x0 + sr * torch.randn(shape, generator=g)
+        xr = (1 - sr) * x0 + sr * noise()
         rf_audio = tuple(self.refiner.encode_audio(x) for x in mels)
         vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.frame)
         latents = xr - sr * vr
         state.frame += C
         mark("refiner")
         # 5. streaming decode
-        video = self.vae.decode(latents, state.dec_cache)
+        video = self.vae.decode(latents.to(self.vae.dec_out.weight.dtype), state.dec_cache)
         mark("vae_decode")
         return video
