@@ -164,6 +164,35 @@ class StreamCache:
             self._spare.extend(self.history.popleft())
         self.chunk_pages = [self._spare.popleft() for _ in range(self.stream.chunk_frames * self.ppf)]
 
+    def rebase(self, shift: int, rope_dims, theta: float) -> None:
+        """Move every history key ``shift`` latent frames back in RoPE time, in place.
+
+        RoPE rotations compose exactly, so scores among video tokens are unchanged while the
+        stream's time indices stay bounded. Only this session's history pages are touched
+        (reference pages are shared and never move). FP8 pages are dequantized, rotated and
+        re-quantized with fresh per-page scales; a frame is re-based at most
+        ceil(history / rebase_period) times before it leaves the window."""
+        if not self.history:
+            return
+        from .model.rope import rope_apply, rope_cos_sin
+        from .ops.cache_write import cache_write_ref
+
+        ids = torch.tensor([p for f in self.history for p in f], device=self.pool.k.device)
+        cos, sin = rope_cos_sin(torch.tensor([[-shift, 0, 0]]), rope_dims, theta)
+        ps = self.pool.page_size
+        slots = (ids[:, None] * ps + torch.arange(ps, device=ids.device)).flatten()
+        for layer in range(self.pool.layers):
+            kp, vp, ks, vs = self.pool.layer(layer)
+            k = kp.index_select(0, ids).float()                          # (n, page_size, H, D)
+            if ks is not None:
+                k = k * ks.index_select(0, ids)[:, None, :, None]
+            k = rope_apply(k.flatten(0, 1), cos.to(k.device), sin.to(k.device))   # (n * page_size, H, D)
+            # V is unchanged; cache_write re-quantizes K (and rewrites V with its own bytes)
+            v = vp.index_select(0, ids).float()
+            if vs is not None:
+                v = v * vs.index_select(0, ids)[:, None, :, None]
+            cache_write_ref(k, v.flatten(0, 1), kp, vp, slots, ks, vs)
+
     def reset_history(self):
         while self.history:
             self._spare.extend(self.history.popleft())

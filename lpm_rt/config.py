@@ -111,6 +111,7 @@ class StreamConfig:
     refiner_sigma: float = 0.2         # noise level the one-step refiner treats its input at
     page_size: int = 16                # tokens per KV page; must divide tokens per latent frame
     ref_time_index: int = -8           # RoPE time index of reference tokens (outside video range)
+    rebase_period: int = 0             # latent frames between RoPE re-basings (0: max(history, chunk))
 
     # derived (the model's patch/VAE strides are needed: set by LPMConfig)
     latent_h: int = field(init=False, default=0)
@@ -120,6 +121,7 @@ class StreamConfig:
     frames_per_chunk: int = field(init=False, default=0)    # video frames per chunk
     samples_per_frame: int = field(init=False, default=0)
     sigmas: tuple = field(init=False, default=())           # backbone step noise levels, 1 -> last
+    time_limit: int = field(init=False, default=0)          # RoPE time indices of video stay below this
     history_t: float = field(init=False, default=0.0)       # timestep (0-1000) of cached K/V
 
     def __post_init__(self):
@@ -140,6 +142,11 @@ class StreamConfig:
         object.__setattr__(self, "sigmas", sig)
         object.__setattr__(self, "history_t", 1000.0 * sig[-1])
         object.__setattr__(self, "samples_per_frame", self.sample_rate // self.fps)
+        # Unbounded streams keep video time indices in [0, time_limit): the distance to the
+        # references (fixed indices) stays inside what training covers. See StreamCache.rebase.
+        period = self.rebase_period or max(self.history_frames, self.chunk_frames)
+        period = -(-period // self.chunk_frames) * self.chunk_frames
+        object.__setattr__(self, "time_limit", self.history_frames + self.chunk_frames + period)
 
     def bind(self, model: ModelConfig) -> "StreamConfig":
         """Fill the derived values that depend on the model's strides and validate them."""

@@ -33,7 +33,8 @@ class StreamState:
     bb_context: torch.Tensor           # [1, L, C] embedded text, backbone
     rf_context: torch.Tensor           # [1, L, C] embedded text, refiner
     generator: torch.Generator
-    frame: int = 0                     # latent frames streamed so far (RoPE time index)
+    frame: int = 0                     # latent frames streamed so far
+    pos: int = 0                       # RoPE time index of the next chunk's first frame
     timer: object = None               # optional callable(stage) marking stage ends (benchmarks)
 
     def close(self):
@@ -155,7 +156,7 @@ class OnlineLPM(nn.Module):
         #    pages, so the last pass (noise level history_t) leaves the noisy history behind
         x = noise()
         for i, sigma in enumerate(sig):
-            v = self._chunk_pass(self.backbone, state.bb_cache, x, sigma, state.bb_context, bb_audio, state.frame)
+            v = self._chunk_pass(self.backbone, state.bb_cache, x, sigma, state.bb_context, bb_audio, state.pos)
             x0 = x - sigma * v
             if i + 1 < len(sig):
                 x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise()
@@ -168,9 +169,14 @@ class OnlineLPM(nn.Module):
         sr = s.refiner_sigma
         xr = (1 - sr) * x0 + sr * noise()
         rf_audio = tuple(self.refiner.encode_audio(x) for x in mels)
-        vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.frame)
+        vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.pos)
         latents = xr - sr * vr
         state.frame += C
+        state.pos += C
+        if state.pos + C > s.time_limit:          # keep RoPE time bounded: shift the history back
+            shift = state.pos - len(state.bb_cache.history)
+            state.bb_cache.rebase(shift, m.rope_dims, m.rope_theta)
+            state.pos -= shift
         mark("refiner")
         # 5. streaming decode
         video = self.vae.decode(latents.to(self.vae.dec_out.weight.dtype), state.dec_cache)
