@@ -146,7 +146,10 @@ class Avatar:
             self._default_refs = default_character(self.spec.height, self.spec.width)
         return self._default_refs
 
-    def open_session(self, references=None, prompt: str = "", seed: int = 0) -> "Session":
+    def open_session(self, references=None, prompt="", seed: int = 0) -> "Session":
+        """references: images (HxWx3 uint8 or paths) or :class:`Reference`; None: the built-in
+        character. prompt: tags from the built-in vocabulary (str), or precomputed text
+        embeddings [L, text_dim] (e.g. umT5 outputs for Wan checkpoints)."""
         return Session(self, references, prompt, seed)
 
     def __repr__(self):
@@ -174,6 +177,10 @@ class Session:
             else:
                 imgs.append(_as_image(r))
                 kinds.append(RefKind.GLOBAL if i == 0 else RefKind.BODY_VIEW)
+        if not isinstance(prompt, str):
+            p = np.asarray(prompt)
+            if p.ndim != 2 or p.shape[1] != m.text_dim or not np.isfinite(p).all():
+                raise LPMError(f"prompt embeddings must be finite [L, {m.text_dim}], got shape {p.shape}")
         model = avatar.model
         with torch.no_grad():
             if imgs:

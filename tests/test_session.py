@@ -206,3 +206,17 @@ def test_asyncio_form(avatar):
     auds = [e for e in events if isinstance(e, AudioFrame)]
     assert len(vids) == len(auds) == 12 and isinstance(events[-1], EndOfSegment)
     assert [v.index for v in vids] == list(range(12))
+
+
+def test_prompt_as_precomputed_embeddings(avatar):
+    d = avatar.cfg.model.text_dim
+    emb = np.random.default_rng(0).standard_normal((5, d)).astype(np.float32)
+    outs = []
+    for prompt in (emb, emb * 0):
+        with avatar.open_session(prompt=prompt, seed=1) as s:
+            s.push_audio(tone(0.34), 24000)
+            s.flush()
+            outs.append(np.stack([f.image for f in s.frames()]))
+    assert outs[0].shape == (9, 64, 64, 3) and not np.array_equal(outs[0], outs[1])
+    with pytest.raises(lpm_rt.LPMError, match="embeddings"):
+        avatar.open_session(prompt=np.zeros((3, d + 1), np.float32))

@@ -72,9 +72,9 @@ class OnlineLPM(nn.Module):
 
     @torch.no_grad()
     def open_stream(self, ref_latents, ref_kinds, prompt: str, seed: int) -> StreamState:
-        """ref_latents: [1, z, R, h, w] (R may be 0), ref_kinds: [R]. Reserves pages (raises
-        CapacityError), runs the reference pass of both networks unless the same references are
-        already pinned, embeds the prompt."""
+        """ref_latents: [1, z, R, h, w] (R may be 0), ref_kinds: [R]; prompt: tags (str) or text
+        embeddings [L, text_dim]. Reserves pages (raises CapacityError), runs the reference pass
+        of both networks unless the same references are already pinned, embeds the prompt."""
         if self.pools is None:
             self.make_pools()
         s = self.cfg.stream
@@ -98,12 +98,21 @@ class OnlineLPM(nn.Module):
                         except Exception:
                             cache.detach_refs()
                             raise
-            state.bb_context = self.backbone.embed_text(tag_context(self.backbone, prompt))
-            state.rf_context = self.refiner.embed_text(tag_context(self.refiner, prompt))
+            state.bb_context = self.backbone.embed_text(self._text(self.backbone, prompt))
+            state.rf_context = self.refiner.embed_text(self._text(self.refiner, prompt))
         except Exception:
             state.close()
             raise
         return state
+
+    def _text(self, net, prompt):
+        """A tag prompt (str) or precomputed embeddings [L, text_dim] -> [1, L, text_dim]."""
+        if isinstance(prompt, str):
+            return tag_context(net, prompt)
+        ctx = torch.as_tensor(prompt).to(net.tag_embedding.weight)
+        if ctx.dim() != 2 or ctx.shape[1] != self.cfg.model.text_dim or not torch.isfinite(ctx).all():
+            raise ValueError(f"text embeddings must be finite [L, {self.cfg.model.text_dim}], got {tuple(ctx.shape)}")
+        return ctx[None]
 
     def _prefill_refs(self, net, pool, slots, ref_latents, ref_kinds):
         s, m = self.cfg.stream, self.cfg.model
