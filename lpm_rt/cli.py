@@ -84,11 +84,11 @@ def _load(args):
 
 
 def cmd_demo(args):
-    from .assets import builtin_speech
+    from .assets import builtin_conversation
     avatar = _load(args)
-    speech = builtin_speech(args.seconds, seed=args.seed)
-    listener = builtin_speech(args.seconds, seed=args.seed + 1, turn="listener")
-    stats = render(avatar, None, args.prompt, speech, listener, args.out, seed=args.seed)
+    speech, listener = builtin_conversation(args.seconds, seed=args.seed)
+    refs = avatar.default_references()          # the built-in character's images (asset loading)
+    stats = render(avatar, refs, args.prompt, speech, listener, args.out, seed=args.seed)
     _report(avatar, stats, args.out)
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2))

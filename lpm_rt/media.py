@@ -1,8 +1,11 @@
-"""Media I/O: WAV in (stdlib ``wave``), MP4 out (H.264 + AAC through PyAV), MP4 read-back."""
+"""Media I/O, one place for the project: WAV (stdlib ``wave``), PNG (zlib writer, PyAV reader),
+MP4 (H.264 + AAC through PyAV) write and read-back."""
 
 from __future__ import annotations
 
+import struct
 import wave
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import numpy as np
 
 from .errors import InvalidAudio
 
-__all__ = ["read_wav", "write_wav", "Mp4Writer", "read_mp4"]
+__all__ = ["read_wav", "write_wav", "write_png", "read_image", "Mp4Writer", "write_mp4",
+           "read_video", "read_mp4"]
 
 
 def read_wav(path) -> tuple:
@@ -37,9 +41,10 @@ def read_wav(path) -> tuple:
     return x.reshape(-1, ch).mean(axis=1).astype(np.float32), rate
 
 
-def write_wav(path, pcm: np.ndarray, rate: int) -> None:
-    """Mono 16-bit PCM WAV."""
-    x = (np.clip(pcm, -1, 1) * 32767).round().astype("<i2")
+def write_wav(path, pcm: np.ndarray, rate: int = 16000) -> None:
+    """Mono float32 in [-1, 1] (or int16) -> 16-bit PCM WAV."""
+    pcm = np.asarray(pcm)
+    x = pcm.astype("<i2") if pcm.dtype == np.int16 else (np.clip(pcm, -1, 1) * 32767).round().astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -47,16 +52,44 @@ def write_wav(path, pcm: np.ndarray, rate: int) -> None:
         w.writeframes(x.tobytes())
 
 
-class Mp4Writer:
-    """Streams frames (HxWx3 uint8) and mono float32 audio into an H.264 + AAC MP4."""
+def write_png(path, img: np.ndarray) -> None:
+    """[H, W, 3] uint8 RGB -> 8-bit truecolour PNG (filter 0 rows)."""
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    h, w = img.shape[:2]
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * 3)], axis=1)  # (h, 1 + 3w)
 
-    def __init__(self, path, width: int, height: int, fps: int, sample_rate: int, crf: int = 20):
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+    Path(path).write_bytes(png)
+
+
+def read_image(path) -> np.ndarray:
+    """Any image file PyAV decodes (PNG, JPEG, ...) -> [H, W, 3] uint8 RGB. Raises OSError/av errors."""
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+class Mp4Writer:
+    """Streams frames (HxWx3 uint8) and mono float32 audio into an H.264 + AAC MP4.
+    ``gop``: keyframe interval (frames) for seekable files; ``threads``: encoder threads
+    ("1" gives byte-identical files across runs)."""
+
+    def __init__(self, path, width: int, height: int, fps: int, sample_rate: int, crf: int = 20,
+                 gop: int | None = None, threads: str | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.c = av.open(str(self.path), "w")
         self.v = self.c.add_stream("libx264", rate=fps)
         self.v.width, self.v.height, self.v.pix_fmt = width, height, "yuv420p"
-        self.v.options = {"crf": str(crf), "preset": "veryfast"}
+        opts = {"crf": str(crf), "preset": "veryfast"}
+        if gop:
+            opts["g"] = str(gop)
+        if threads:
+            opts["threads"] = threads
+        self.v.options = opts
         self.a = self.c.add_stream("aac", rate=sample_rate)
         self.a.layout = "mono"
         self.rate = sample_rate
@@ -94,12 +127,39 @@ class Mp4Writer:
         self.close()
 
 
+def write_mp4(path, frames: np.ndarray, fps: int = 24, crf: int = 18, audio=None,
+              sample_rate: int = 16000) -> None:
+    """[T, H, W, 3] uint8 -> H.264 MP4 (keyframe every second, single-thread deterministic
+    encode), with a mono AAC track when ``audio`` is given."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    with Mp4Writer(path, frames.shape[2], frames.shape[1], fps, sample_rate, crf, gop=fps, threads="1") as w:
+        for img in frames:
+            w.add(img)
+        if audio is not None:
+            w.pending = np.clip(np.asarray(audio, np.float32), -1, 1)
+            w._audio(final=True)
+
+
+def read_video(path, start: int = 0, count: int | None = None) -> np.ndarray:
+    """Frames [start, start + count) of the first video stream: [T, H, W, 3] uint8."""
+    out = []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(stream)):
+            if i < start:
+                continue
+            if count is not None and len(out) >= count:
+                break
+            out.append(frame.to_ndarray(format="rgb24"))
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
 def read_mp4(path) -> tuple:
     """-> (frames [T, H, W, 3] uint8, audio float32 mono, audio rate, fps)."""
+    frames = read_video(path)
     with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        fps = float(vs.average_rate)
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        fps = float(c.streams.video[0].average_rate)
     audio, rate = np.zeros(0, np.float32), 0
     with av.open(str(path)) as c:
         if c.streams.audio:
@@ -108,4 +168,4 @@ def read_mp4(path) -> tuple:
                 rate = f.sample_rate
                 chunks.append(f.to_ndarray().astype(np.float32).reshape(len(f.layout.channels), -1).mean(0))
             audio = np.concatenate(chunks) if chunks else audio
-    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8), audio, rate, fps
+    return frames, audio, rate, fps

@@ -58,19 +58,18 @@ def _kind(name) -> RefKind:
                                f"{', '.join(k.name.lower() for k in RefKind)}") from None
 
 
-def read_image(path) -> np.ndarray:
-    """Decode an image file (PNG/JPEG/...) to HxWx3 uint8 with PyAV."""
+def _read_reference(path) -> np.ndarray:
     import av
+    from .media import read_image
     try:
-        with av.open(os.fspath(path)) as c:
-            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+        return read_image(os.fspath(path))
     except (OSError, av.error.FFmpegError, StopIteration) as e:
         raise InvalidReference(f"cannot read reference image {path!s}: {e}") from None
 
 
 def _as_image(img) -> np.ndarray:
     if isinstance(img, (str, os.PathLike)):
-        return read_image(img)
+        return _read_reference(img)
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
         raise InvalidReference(f"reference must be HxWx3 uint8 (H, W >= 8), got {a.dtype} {a.shape}")

@@ -42,12 +42,11 @@ def _rss():
 
 def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0) -> dict:
     import lpm_rt
-    from lpm_rt.assets import builtin_speech
+    from lpm_rt.assets import builtin_conversation
 
     avatar = lpm_rt.load(model)
     spec, fpc = avatar.spec, avatar.cfg.stream.frames_per_chunk
-    speech, rate = builtin_speech(seconds, seed=seed)
-    listener, _ = builtin_speech(seconds, seed=seed + 1, turn="listener")
+    (speech, rate), (listener, _) = builtin_conversation(seconds, seed=seed)
     piece = rate * 40 // 1000
     stages: dict = {}
     chunk_ms, per_frame_t, rss = [], [], []
