@@ -1,6 +1,10 @@
 """Ops with a pure-torch reference (``<op>_ref``, also the CPU fallback) and a launcher (``<op>``).
 
-The launcher dispatches on the process-wide backend: ``"ref"`` (default) or ``"triton"``.
+The launcher dispatches on the process-wide backend: ``"ref"`` (default) or ``"triton"``. With
+``"triton"`` the launchers always launch the Triton kernels (triton is imported lazily, on the
+first such call) and raise on inputs the kernels do not support -- never a silent fallback.
+The Triton paths are registered as torch custom ops (``torch.ops.lpm_rt.*``) so torch.compile
+traces them as single nodes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ def get_backend() -> str:
 from .paged_attention import paged_attention, paged_attention_ref  # noqa: E402
 from .cache_write import cache_write, cache_write_ref  # noqa: E402
 from .norm_modulate import norm_modulate, norm_modulate_ref  # noqa: E402
+from .fp8_linear import fp8_linear, fp8_linear_ref, quantize_fp8_rows, quantize_fp8_weight  # noqa: E402
 
 __all__ = ["set_backend", "get_backend", "paged_attention", "paged_attention_ref",
-           "cache_write", "cache_write_ref", "norm_modulate", "norm_modulate_ref"]
+           "cache_write", "cache_write_ref", "norm_modulate", "norm_modulate_ref",
+           "fp8_linear", "fp8_linear_ref", "quantize_fp8_rows", "quantize_fp8_weight"]

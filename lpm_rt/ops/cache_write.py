@@ -41,16 +41,20 @@ def _write(x, pages, scale, slot_mapping):
 
 
 def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None,
-                    cos=None, sin=None):
+                    cos=None, sin=None, *, q=None):
     """k, v: [N, H, D]; pages [P, page_size, H, D]; slot_mapping: [N] int64;
-    k_scale/v_scale: [P, H] fp32 for fp8 pages (written); cos/sin: [N, D/2] (RoPE on k) or None."""
+    k_scale/v_scale: [P, H] fp32 for fp8 pages (written); cos/sin: [N, D/2] (RoPE on k) or None.
+    q: optional [N, H, D] queries of the same tokens: returns rope(q) (a new tensor), else None."""
     if cos is not None:
         k = rope_apply(k, cos, sin)
     _write(k, k_pages, k_scale, slot_mapping)
     _write(v, v_pages, v_scale, slot_mapping)
+    if q is not None:
+        return rope_apply(q, cos, sin) if cos is not None else q.clone()
+    return None
 
 
-def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin):
+def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=None):
     import triton
 
     from csrc_triton import cache_write as kern
@@ -78,34 +82,52 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     if (cos is None) != (sin is None) or (cos is not None and (tuple(cos.shape) != (N, half)
                                                              or tuple(sin.shape) != (N, half))):
         raise ValueError(f"cos/sin must both be [N={N}, D/2={half}] or None")
+    if q is not None and (tuple(q.shape) != (N, H, D) or cos is None):
+        raise ValueError(f"q must be [N={N}, H={H}, D={D}] and needs cos/sin")
     check_device(k, v=v, k_pages=k_pages, v_pages=v_pages, slot_mapping=slot_mapping,
-                 k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin)
+                 k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin, q=q)
+    q_out = torch.empty(q.shape if q is not None else (0, H, D), dtype=q.dtype if q is not None else k.dtype,
+                        device=k.device)
     if N == 0:
-        return
+        return q_out
     dummy = torch.empty(1, 1, dtype=torch.float32, device=k.device)
     ks, vs = (k_scale, v_scale) if fp8 else (dummy, dummy)
     c, s = (cos, sin) if cos is not None else (dummy, dummy)
-    kern._cache_write_kernel[(N // page_size, H, 2)](
-        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs,
-        *k.stride(), *v.stride(), *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
+    qi = q if q is not None else k
+    qo = q_out.view(N // page_size, page_size, H, D) if q is not None else k_pages
+    kern._cache_write_kernel[(N // page_size, H, 3 if q is not None else 2)](
+        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo,
+        *k.stride(), *v.stride(), *qi.stride(), *qo.stride(),
+        *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
         *ks.stride(), *vs.stride(),
         PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
-        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), num_warps=4)
+        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(),
+        num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
+    return q_out
 
 
 @torch.library.custom_op("lpm_rt::cache_write", mutates_args=("k_pages", "v_pages", "k_scale", "v_scale"))
 def _cache_write_op(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
                     slot_mapping: torch.Tensor, k_scale: Optional[torch.Tensor],
                     v_scale: Optional[torch.Tensor], cos: Optional[torch.Tensor],
-                    sin: Optional[torch.Tensor]) -> None:
-    _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
+                    sin: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
+    """Returns rope(q), or an empty [0, H, D] tensor when q is None (custom ops return tensors)."""
+    return _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q)
 
 
-def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None, cos=None, sin=None):
-    """Launcher: the selected backend's kernel; same contract as the ref, except that the triton
-    kernel writes whole pages (N a multiple of page_size, each page_size-group of slots one page)."""
+@_cache_write_op.register_fake
+def _(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q):
+    return k.new_empty(q.shape if q is not None else (0, *k.shape[1:]), dtype=q.dtype if q is not None else k.dtype)
+
+
+def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None, cos=None, sin=None,
+                *, q=None):
+    """Launcher: the selected backend's kernel; same contract as the ref (returns rope(q) when q
+    is given, else None), except that the triton kernel writes whole pages (N a multiple of
+    page_size, each page_size-group of slots one page)."""
     from . import get_backend
 
     if get_backend() != "triton":
-        return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
-    torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin)
+        return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q)
+    q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q)
+    return q_rot if q is not None else None

@@ -5,17 +5,28 @@
 
 x: [B, L, C]; shift, scale: broadcastable to x -- [B, 1, C] (per sample), [B, L, C] (per token,
 e.g. per-frame modulation expanded over the frame's tokens), possibly strided views of a
-``chunk(6)`` of the modulation tensor. Returns x's dtype.
+``chunk(6)`` of the modulation tensor. Returns x's dtype, or with ``out_fp8=True`` the pair
+(y float8_e4m3fn [B, L, C], per-token scales [B, L] fp32) that ``fp8_linear`` consumes:
+y ~= y8 * scale[..., None].
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["norm_modulate", "norm_modulate_ref"]
+__all__ = ["norm_modulate", "norm_modulate_ref", "quantize_fp8_rows", "FP8_MAX"]
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-def norm_modulate_ref(x, shift, scale, eps: float = 1e-6, norm: str = "layer"):
+def quantize_fp8_rows(y: torch.Tensor):
+    """Per-row (per-token) e4m3 quantization: scale = max(amax|row| / 448, 1e-12)."""
+    s = (y.abs().amax(-1).float() / FP8_MAX).clamp_min(1e-12)                  # (..., )
+    q = (y.float() / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, s
+
+
+def norm_modulate_ref(x, shift, scale, eps: float = 1e-6, norm: str = "layer", *, out_fp8: bool = False):
     xf = x.float() if x.dtype != torch.float64 else x
     if norm == "layer":
         xn = torch.nn.functional.layer_norm(xf, xf.shape[-1:], eps=eps)
@@ -23,13 +34,69 @@ def norm_modulate_ref(x, shift, scale, eps: float = 1e-6, norm: str = "layer"):
         xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     else:
         raise ValueError(f"norm {norm!r} not in layer/rms")
-    return (xn * (1 + scale.to(xf.dtype)) + shift.to(xf.dtype)).to(x.dtype)
+    y = xn * (1 + scale.to(xf.dtype)) + shift.to(xf.dtype)
+    return quantize_fp8_rows(y) if out_fp8 else y.to(x.dtype)
 
 
-def norm_modulate(x, shift, scale, eps: float = 1e-6, norm: str = "layer"):
+def _norm_modulate_triton(x, shift, scale, eps, norm, out_fp8):
+    import triton
+
+    from csrc_triton import norm_modulate as kern
+
+    from ._triton_util import check_device, interpreting
+
+    if norm not in ("layer", "rms"):
+        raise ValueError(f"norm {norm!r} not in layer/rms")
+    if x.dim() != 3 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"triton norm_modulate: x must be [B, L, C] fp32/fp16/bf16, got "
+                         f"{tuple(x.shape)} {x.dtype}")
+    B, L, C = x.shape
+    if C > 16384:
+        raise ValueError(f"triton norm_modulate: C={C} > 16384")
+    check_device(x, shift=shift, scale=scale)
+    try:
+        shift, scale = shift.broadcast_to(x.shape), scale.broadcast_to(x.shape)  # views: stride 0
+    except RuntimeError as e:
+        raise ValueError(f"shift {tuple(shift.shape)} / scale {tuple(scale.shape)} do not broadcast "
+                         f"to x {tuple(x.shape)}") from e
+    y = torch.empty(B, L, C, dtype=torch.float8_e4m3fn if out_fp8 else x.dtype, device=x.device)
+    ys = torch.empty(B, L, dtype=torch.float32, device=x.device) if out_fp8 else y.new_empty(1, 1, dtype=torch.float32)
+    if B * L:
+        kern._norm_modulate_kernel[(B * L,)](
+            x, shift, scale, y, ys, L, C, float(eps),
+            *x.stride(), *shift.stride(), *scale.stride(), *y.stride(), *ys.stride(),
+            BLOCK_C=triton.next_power_of_2(C), RMS=norm == "rms", FP8_OUT=out_fp8,
+            FIX_ROUND=interpreting(), num_warps=4 if C <= 2048 else 8)
+    return (y, ys) if out_fp8 else y
+
+
+@torch.library.custom_op("lpm_rt::norm_modulate", mutates_args=())
+def _norm_modulate_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                      norm: str) -> torch.Tensor:
+    return _norm_modulate_triton(x, shift, scale, eps, norm, False)
+
+
+@_norm_modulate_op.register_fake
+def _(x, shift, scale, eps, norm):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("lpm_rt::norm_modulate_fp8", mutates_args=())
+def _norm_modulate_fp8_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                          norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _norm_modulate_triton(x, shift, scale, eps, norm, True)
+
+
+@_norm_modulate_fp8_op.register_fake
+def _(x, shift, scale, eps, norm):
+    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def norm_modulate(x, shift, scale, eps: float = 1e-6, norm: str = "layer", *, out_fp8: bool = False):
     """Launcher: the selected backend's kernel; same contract as the ref."""
     from . import get_backend
 
-    if get_backend() == "triton":
-        raise NotImplementedError("triton norm_modulate is not built yet")
-    return norm_modulate_ref(x, shift, scale, eps, norm)
+    if get_backend() != "triton":
+        return norm_modulate_ref(x, shift, scale, eps, norm, out_fp8=out_fp8)
+    op = torch.ops.lpm_rt.norm_modulate_fp8 if out_fp8 else torch.ops.lpm_rt.norm_modulate
+    return op(x, shift, scale, float(eps), norm)

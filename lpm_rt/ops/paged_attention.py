@@ -11,10 +11,13 @@ FP8 pages are dequantized with per-page per-head scales: K = k_pages[p].float() 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 __all__ = ["paged_attention", "paged_attention_ref", "gather_pages"]
+
+_LOG2E = 1.4426950408889634
 
 
 def gather_pages(pages: torch.Tensor, scale: torch.Tensor | None, table_row: torch.Tensor,
@@ -53,11 +56,128 @@ def paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens,
     return out
 
 
+def _config(Lq: int, D: int, kv_fp8: bool, device: torch.device):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages). On a GPU: FA2-style 128-row query tiles (two
+    warpgroups) once Lq fills them; fp8 K/V tiles are half the bytes, so 128-token KV blocks.
+    Checked to fit sm_90a shared memory by ``python -m lpm_rt.benchmark.sass``."""
+    import triton
+
+    small_m = min(64, max(16, triton.next_power_of_2(Lq)))
+    if device.type != "cuda":
+        return small_m, (64 if D <= 64 else 32), 4, 2          # interpreter: fewer, larger numpy ops
+    if Lq >= 128 and D <= 128:
+        return 128, (128 if kv_fp8 else 64), 8, 3
+    return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2
+
+
+def _pick_splits(n_ctas: int, kv_max: int, block_n: int, device: torch.device) -> int:
+    """Split-KV when the (m-block, batch, head) grid cannot fill the GPU (small Lq, long history)."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if n_ctas >= sms:
+        return 1
+    return max(1, min(-(-2 * sms // n_ctas), -(-kv_max // (4 * block_n)), 32))
+
+
+def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale,
+                            sm_scale, fp8_q, num_splits):
+    import triton
+
+    from csrc_triton import paged_attention as kern
+
+    from ._triton_util import check_device, ieee_dots, interpreting
+
+    B, Lq, H, D = q.shape
+    P, page_size = k_pages.shape[:2]
+    kv_fp8 = k_pages.dtype == torch.float8_e4m3fn
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"triton paged_attention: q dtype {q.dtype} not in fp32/fp16/bf16")
+    if D < 16 or D > 256 or D & (D - 1):
+        raise ValueError(f"triton paged_attention: head_dim {D} must be a power of two in [16, 256]")
+    if tuple(v_pages.shape) != tuple(k_pages.shape) or v_pages.dtype != k_pages.dtype:
+        raise ValueError("k_pages and v_pages must have one shape and dtype")
+    if not kv_fp8 and k_pages.dtype != q.dtype:
+        raise TypeError(f"pages {k_pages.dtype} must be fp8 e4m3 or q's dtype {q.dtype}")
+    if kv_fp8 and (k_scale is None or v_scale is None or tuple(k_scale.shape) != (P, H)
+                   or tuple(v_scale.shape) != (P, H) or k_scale.dtype != torch.float32
+                   or v_scale.dtype != torch.float32):
+        raise ValueError("fp8 pages need k_scale and v_scale: [P, H] float32")
+    if fp8_q and not kv_fp8:
+        raise ValueError("fp8_q needs fp8 pages")
+    if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype != torch.int32:
+        raise ValueError(f"block_table must be [B={B}, max_pages] int32, got "
+                         f"{tuple(block_table.shape)} {block_table.dtype}")
+    if tuple(kv_lens.shape) != (B,) or kv_lens.dtype != torch.int32:
+        raise ValueError(f"kv_lens must be [B={B}] int32")
+    check_device(q, k_pages=k_pages, v_pages=v_pages, block_table=block_table, k_scale=k_scale,
+                 v_scale=v_scale)
+    kv_lens = kv_lens.to(q.device, non_blocking=True)
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    dummy = torch.empty(1, 1, dtype=torch.float32, device=q.device)
+    ks, vs = (k_scale, v_scale) if kv_fp8 else (dummy, dummy)
+
+    block_m, block_n, warps, stages = _config(Lq, D, kv_fp8, q.device)
+    grid_m = triton.cdiv(Lq, block_m)
+    kv_max = block_table.shape[1] * page_size
+    splits = num_splits or _pick_splits(grid_m * B * H, kv_max, block_n, q.device)
+    kv_per_split = triton.cdiv(triton.cdiv(kv_max, splits), block_n) * block_n
+    out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if splits > 1:
+        part = torch.empty(B, splits, Lq, H, D, dtype=torch.float32, device=q.device)
+        lse = torch.empty(B, splits, Lq, H, dtype=torch.float32, device=q.device)
+        o, ostr, lstr = part, part.stride(), lse.stride()
+    else:
+        o, lse = out, dummy
+        ostr = (out.stride(0), 0, *out.stride()[1:])
+        lstr = (0, 0, 0, 0)
+    kern._paged_attn_fwd_kernel[(grid_m, B * H, splits)](
+        q, k_pages, v_pages, ks, vs, block_table, kv_lens, o, lse,
+        sm_scale * _LOG2E, Lq, H, kv_per_split,
+        *q.stride(), *k_pages.stride(), *v_pages.stride(), *ks.stride(), *vs.stride(),
+        *block_table.stride(), *ostr, *lstr,
+        PAGE_SIZE=page_size, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
+        KV_FP8=kv_fp8, FP8_Q=bool(fp8_q), SPLIT=splits > 1, IEEE=ieee_dots(q.dtype),
+        FIX_ROUND=interpreting(),
+        num_warps=warps, num_stages=stages)
+    if splits > 1:
+        kern._paged_attn_combine_kernel[(Lq, B * H)](
+            part, lse, out, H, splits, *part.stride(), *lse.stride(), *out.stride(),
+            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits),
+            FIX_ROUND=interpreting(), num_warps=4 if D <= 64 else 8)
+    return out
+
+
+@torch.library.custom_op("lpm_rt::paged_attention", mutates_args=())
+def _paged_attention_op(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
+                        block_table: torch.Tensor, kv_lens: torch.Tensor,
+                        k_scale: Optional[torch.Tensor], v_scale: Optional[torch.Tensor],
+                        sm_scale: Optional[float], fp8_q: bool, num_splits: int) -> torch.Tensor:
+    return _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale,
+                                   sm_scale, fp8_q, num_splits)
+
+
+@_paged_attention_op.register_fake
+def _(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale, fp8_q, num_splits):
+    return q.new_empty(q.shape)
+
+
 def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
-                    k_scale=None, v_scale=None, sm_scale=None):
-    """Launcher: the selected backend's kernel (``lpm_rt.ops.set_backend``); same contract as the ref."""
+                    k_scale=None, v_scale=None, sm_scale=None, *, fp8_q=None, num_splits=0):
+    """Launcher: the selected backend's kernel (``lpm_rt.ops.set_backend``); same contract as the ref.
+
+    Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T and P.V as fp8 dots
+    (needs fp8 pages; default: on for fp8 pages on sm_89+), ``num_splits`` forces split-KV
+    (0 = heuristic: split when the grid cannot fill the GPU).
+    """
     from . import get_backend
 
-    if get_backend() == "triton":
-        raise NotImplementedError("triton paged_attention is not built yet")
-    return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
+    if get_backend() != "triton":
+        return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
+    if fp8_q is None:
+        fp8_q = (k_pages.dtype == torch.float8_e4m3fn and q.is_cuda
+                 and torch.cuda.get_device_capability(q.device) >= (8, 9))
+    return torch.ops.lpm_rt.paged_attention(q, k_pages, v_pages, block_table, kv_lens, k_scale,
+                                            v_scale, sm_scale, bool(fp8_q), int(num_splits))

@@ -1,0 +1,254 @@
+"""ONNX graphs of the online model for TensorRT on Jetson Orin (opset 17, static shapes).
+
+TensorRT has no page tables, so the streamed step takes the history as DENSE tensors. Shape
+contract (N = chunk_frames * T tokens, T = tokens per latent frame, Nc = context tokens:
+(reference_slots + history_frames) * T for the backbone, reference_slots * T for the refiner):
+
+    <net>_step   (net = backbone | refiner; one denoising pass over one chunk)
+      in  latents   [1, z, C, h, w] f32   the chunk's noisy latents
+          timestep  [1] f32               0..1000 (= 1000 * sigma)
+          text      [1, Lt, text_dim]     prompt embeddings, Lt = text_len, zero rows padded at the end
+          text_valid [Lt] f32             1 for real prompt rows, 0 for padding (masked out)
+          mel_speaker, mel_listener [1, (audio_context + C) * 16, n_mels]   causal log-mel (lpm_rt.model.audio.log_mel)
+          k_ctx, v_ctx [layers, Nc, H, D] K (RoPE applied) / V of [references | history], oldest first,
+                                          exactly what the paged cache holds
+          ctx_valid [Nc] f32              1 for filled context slots, 0 for empty ones (stream start)
+          rope_cos, rope_sin [N, D/2]     RoPE of the chunk's tokens (lpm_rt.model.attend.token_positions)
+      out velocity  [1, z, C, h, w]       flow-matching velocity
+          k_new, v_new [layers, N, H, D]  the chunk's K (RoPE applied) / V: append to the history after
+                                          the last denoising pass (the noisy-history cache)
+    <net>_refs   (once per session: the reference pass)
+      in  ref_latents [1, z, R, h, w], ref_kinds [R] i64, ref_valid [R * T], rope_cos, rope_sin [R * T, D/2]
+      out k_ref, v_ref [layers, R * T, H, D]
+    vae_decode
+      in  latents [1, z, C, h, w], prev [1, c, h, w] (zeros at stream start)
+      out video [1, 3, 4 C, 8 h, 8 w], prev_out [1, c, h, w] (feed back as prev)
+
+The torch wrappers below are what is exported; they reuse the model's modules and mirror
+``Block.forward`` (with masks for padded text and empty context slots), and their outputs equal
+the paged reference path (tests/aot/test_onnx.py). Timestep embeddings are computed in fp32
+(TensorRT has no float64).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lpm_rt import ops
+from lpm_rt.model.rope import rope_apply
+
+__all__ = ["ChunkStep", "RefPass", "VaeDecode", "example_inputs", "export_all", "OPSET", "rel_l2"]
+
+OPSET = 17
+NEG = -30000.0          # additive mask value: exp underflows to 0, and it fits fp16 engines
+
+
+def rel_l2(a, b) -> float:
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _sdpa(q, k, v, bias=None):
+    """q: [1, Lq, H, D], k/v: [1, Lk, H, D], bias: additive, broadcastable to [1, H, Lq, Lk]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias)
+    return out.transpose(1, 2)
+
+
+class _DenseNet(nn.Module):
+    """Shared pieces: fp32 timestep embedding, the block loop with masked text attention."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        cfg = net.cfg
+        half = cfg.freq_dim // 2
+        self.register_buffer("freqs", torch.pow(10000.0, -torch.arange(half, dtype=torch.float64) / half).float(),
+                             persistent=False)
+
+    def embed_time(self, t):                                      # t: [1, F] -> e [1, F, C], e0 [1, F, 6, C]
+        ang = t[..., None] * self.freqs
+        e = self.net.time_embedding(torch.cat([torch.cos(ang), torch.sin(ang)], -1))
+        return e, self.net.time_projection(e).unflatten(-1, (6, self.net.cfg.dim))
+
+    @staticmethod
+    def block(blk, x, e, attend, context=None, text_bias=None, audio=None):
+        """``lpm_rt.model.dit.Block.forward`` with a key mask on the text cross-attention."""
+        B, N, C = x.shape
+        Fr = e.shape[1]
+        T = N // Fr
+        mod = (blk.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)      # (B, F, 1, 6, C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(3)
+
+        def modulate(h, shift, scale):
+            return ops.norm_modulate(h.view(B * Fr, T, C), shift.reshape(B * Fr, 1, C),
+                                     scale.reshape(B * Fr, 1, C), blk.eps).view(B, N, C)
+
+        def gated(y, gate):
+            return (y.view(B, Fr, T, C) * gate).view(B, N, C)
+
+        q, k, v = blk.self_attn.qkv(modulate(x, shift1, scale1))
+        x = x + gated(blk.self_attn.o(attend(q, k, v).flatten(2)), gate1)
+        if context is not None:
+            q, k, v = blk.cross_attn.qkv(blk.norm3(x), context)
+            x = x + blk.cross_attn.o(_sdpa(q, k, v, text_bias).flatten(2))
+        if audio is not None:
+            h = blk.norm_audio(x).view(B * Fr, T, C)
+            x = x + blk.audio_attn.cross(h, audio.flatten(0, 1)).view(B, N, C)
+        return x + gated(blk.ffn(modulate(x, shift2, scale2)), gate2)
+
+    def unpatchify(self, x, frames, h, w):                        # [1, F*h*w, patch_dim] -> [1, z, F, H, W]
+        pt, ph, pw = self.net.cfg.patch_size
+        z = self.net.cfg.out_dim
+        x = x.view(1, frames, h, w, pt, ph, pw, z).permute(0, 7, 1, 4, 2, 5, 3, 6)   # (1, z, F, pt, h, ph, w, pw)
+        return x.reshape(1, z, frames * pt, h * ph, w * pw)
+
+
+class ChunkStep(_DenseNet):
+    """One denoising pass of ``net`` over a chunk with dense [refs | history] K/V (see module doc)."""
+
+    def forward(self, latents, timestep, text, text_valid, mel_speaker, mel_listener,
+                k_ctx, v_ctx, ctx_valid, rope_cos, rope_sin):
+        net = self.net
+        _, _, Fr, Hl, Wl = latents.shape
+        h, w = Hl // net.cfg.patch_size[1], Wl // net.cfg.patch_size[2]
+        x = net.embed_patches(latents)                                           # (1, N, C)
+        N = x.shape[1]
+        e, e0 = self.embed_time(timestep.reshape(1, 1).expand(1, Fr))
+        context = net.embed_text(text)
+        text_bias = ((1.0 - text_valid) * NEG).view(1, 1, 1, -1)
+        audio = (net.encode_audio(mel_speaker), net.encode_audio(mel_listener))
+        kv_bias = torch.cat([(1.0 - ctx_valid) * NEG, ctx_valid.new_zeros(N)]).view(1, 1, 1, -1)
+        k_new, v_new = [], []
+        for i, blk in enumerate(net.blocks):
+            def attend(q, k, v, i=i):
+                q, k = rope_apply(q, rope_cos, rope_sin), rope_apply(k, rope_cos, rope_sin)
+                k_new.append(k[0])
+                v_new.append(v[0])
+                kk = torch.cat([k_ctx[i].unsqueeze(0), k], 1)                     # (1, Nc + N, H, D)
+                vv = torch.cat([v_ctx[i].unsqueeze(0), v], 1)
+                return _sdpa(q, kk, vv, kv_bias)
+            x = self.block(blk, x, e0, attend, context, text_bias, audio[i % 2])
+        out = net.head(x, e)
+        return self.unpatchify(out, Fr, h, w), torch.stack(k_new), torch.stack(v_new)
+
+
+class RefPass(_DenseNet):
+    """The reference pass (t = 0, references attend among themselves): their K/V for the context."""
+
+    def forward(self, ref_latents, ref_kinds, ref_valid, rope_cos, rope_sin):
+        net = self.net
+        r = net.embed_refs(ref_latents, ref_kinds)
+        _, e0 = self.embed_time(torch.zeros(1, 1, device=r.device))
+        bias = ((1.0 - ref_valid) * NEG).view(1, 1, 1, -1)
+        ks, vs = [], []
+        for blk in net.blocks:
+            def attend(q, k, v):
+                q, k = rope_apply(q, rope_cos, rope_sin), rope_apply(k, rope_cos, rope_sin)
+                ks.append(k[0])
+                vs.append(v[0])
+                return _sdpa(q, k, v, bias)
+            r = self.block(blk, r, e0, attend)
+        return torch.stack(ks), torch.stack(vs)
+
+
+class VaeDecode(nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents, prev):
+        from lpm_rt.model.vae import DecoderCache
+        cache = DecoderCache()
+        cache.prev = prev
+        video = self.vae.decode(latents, cache)
+        return video, cache.prev
+
+
+def example_inputs(cfg, kind: str, net: str = "backbone", seed: int = 0) -> dict:
+    """Random inputs with the static shapes of the contract (ordered as the graph's inputs)."""
+    from lpm_rt.model.attend import token_positions
+    m, s = cfg.model, cfg.stream
+    g = torch.Generator().manual_seed(seed)
+    T, C, R = s.tokens_per_frame, s.chunk_frames, s.reference_slots
+    h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
+    layers = m.num_layers if net == "backbone" else m.refiner_layers
+    lat = lambda f: torch.randn(1, m.vae_z_dim, f, s.latent_h, s.latent_w, generator=g)   # noqa: E731
+    if kind == "vae":
+        return dict(latents=lat(C), prev=torch.zeros(1, m.vae_channels[-1], s.latent_h, s.latent_w))
+    if kind == "refs":
+        cos, sin = token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta)
+        return dict(ref_latents=lat(R), ref_kinds=torch.arange(R) % m.num_ref_kinds,
+                    ref_valid=torch.ones(R * T), rope_cos=cos, rope_sin=sin)
+    nc = (R + (s.history_frames if net == "backbone" else 0)) * T
+    nmel = (m.audio_context + C) * 16
+    valid = torch.ones(nc)
+    valid[R * T - T:R * T] = 0                            # one empty reference slot: exercises the mask
+    text_valid = torch.ones(m.text_len)
+    text_valid[m.text_len // 2:] = 0
+    cos, sin = token_positions(torch.arange(C) + s.history_frames, h, w, m.rope_dims, m.rope_theta)
+    return dict(latents=lat(C), timestep=torch.tensor([1000.0 * s.sigmas[0]]),
+                text=torch.randn(1, m.text_len, m.text_dim, generator=g) * text_valid[None, :, None],
+                text_valid=text_valid,
+                mel_speaker=torch.randn(1, nmel, m.n_mels, generator=g) - 5,
+                mel_listener=torch.randn(1, nmel, m.n_mels, generator=g) - 5,
+                k_ctx=torch.randn(layers, nc, m.num_heads, m.head_dim, generator=g),
+                v_ctx=torch.randn(layers, nc, m.num_heads, m.head_dim, generator=g),
+                ctx_valid=valid, rope_cos=cos, rope_sin=sin)
+
+
+_OUTPUTS = dict(step=["velocity", "k_new", "v_new"], refs=["k_ref", "v_ref"], vae=["video", "prev_out"])
+
+
+def _export_one(module, inputs: dict, outputs: list, path: Path) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    module = module.eval()
+    args = tuple(inputs.values())
+    with torch.no_grad():
+        want = module(*args)
+        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=outputs,
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
+    got = sess.run(outputs, fed)
+    return dict(inputs={k: list(v.shape) for k, v in inputs.items()},
+                outputs={n: list(g.shape) for n, g in zip(outputs, got)},
+                parity_rel_l2={n: float(f"{rel_l2(g, w_):.3e}") for n, g, w_ in zip(outputs, got, want)},
+                bytes=path.stat().st_size)
+
+
+def export_all(model, out_dir, log=lambda m: None) -> dict:
+    """Export every graph of ``model`` (an OnlineLPM, fp32 on CPU) to ``out_dir`` and check it:
+    onnx.checker (full check) and onnxruntime vs torch (relative L2 per output)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    prev = ops.get_backend()
+    ops.set_backend("ref")
+    graphs = {}
+    try:
+        for net in ("backbone", "refiner"):
+            dit = getattr(model, net).float().eval()
+            graphs[f"{net}_step"] = _export_one(ChunkStep(dit), example_inputs(cfg, "step", net), _OUTPUTS["step"],
+                                                out / f"{net}_step.onnx")
+            graphs[f"{net}_refs"] = _export_one(RefPass(dit), example_inputs(cfg, "refs", net), _OUTPUTS["refs"],
+                                                out / f"{net}_refs.onnx")
+        graphs["vae_decode"] = _export_one(VaeDecode(model.vae.float().eval()), example_inputs(cfg, "vae"),
+                                           _OUTPUTS["vae"], out / "vae_decode.onnx")
+    finally:
+        ops.set_backend(prev)
+    for name, r in graphs.items():
+        worst = max(r["parity_rel_l2"].values())
+        log(f"      {name}.onnx: {r['bytes'] / 1e6:.2f} MB, onnxruntime vs torch rel L2 max {worst:.1e}")
+    worst = max(max(r["parity_rel_l2"].values()) for r in graphs.values())
+    if not math.isfinite(worst) or worst > 1e-3:
+        raise RuntimeError(f"ONNX parity failed: relative L2 {worst:.2e} > 1e-3")
+    return dict(opset=OPSET, graphs=graphs)

@@ -1,0 +1,237 @@
+"""``lpm-rt compile``: checkpoint -> self-verifying artifact for one target (DESIGN section 5).
+
+Steps (each announced on the progress stream):
+    1. resolve the model (preset or model directory) and the target (arch, dtypes, page size)
+    2. quantize weights offline, with a per-layer SQNR report
+    3. check the quantized online step against fp32 on CPU (SQNR of velocity and video)
+    4. enumerate the kernel specializations the stream settings need; compile each to a cubin
+    5. export the per-chunk ONNX graphs (orin) and check them against torch with onnxruntime
+    6. write weights/, kernels/, onnx/ and manifest.json (every file with its sha256)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import lpm_rt
+from lpm_rt.artifact import FORMAT, FORMAT_VERSION, config_hash, dequantize_state_dict
+from lpm_rt.checkpoint import PARTS, load_dir, sha256_file
+from lpm_rt.config import PRESETS, preset
+from lpm_rt.errors import ArtifactError
+from lpm_rt.model.online import OnlineLPM
+
+from .kernels import BuildContext, compile_variant, enumerate_variants
+from .quantize import quantize_state_dict, sqnr_db
+from .targets import TUNING, Target, target as get_target
+
+__all__ = ["resolve_model", "build", "toolchain", "step_sqnr"]
+
+STEP_CHECK_MAX_PARAMS = 200_000_000      # the CPU step check is skipped above this (too slow)
+
+
+def _log(msg: str) -> None:
+    print(f"[lpm-rt compile] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_model(src: str) -> tuple[OnlineLPM, dict]:
+    """A preset name (the shipped trained demo for "demo" when present) or a model directory."""
+    from lpm_rt.loader import SHIPPED_DEMO
+
+    if src == "demo" and (SHIPPED_DEMO / "config.json").is_file():
+        model, meta = load_dir(SHIPPED_DEMO)
+        return model, dict(source=f"shipped demo ({SHIPPED_DEMO})", trained=True)
+    if src in PRESETS:
+        return OnlineLPM(preset(src)).init_weights(0), dict(source=f"preset {src} (initial weights)", trained=False)
+    if Path(src).is_dir():
+        model, meta = load_dir(src)
+        return model, dict(source=str(Path(src).resolve()), trained=bool(meta.get("trained", True)))
+    raise ArtifactError(f"--model {src!r} is neither a preset ({', '.join(PRESETS)}) nor a model directory")
+
+
+def toolchain() -> dict:
+    import safetensors
+    import triton
+
+    tc = dict(lpm_rt=lpm_rt.__version__, torch=torch.__version__, triton=triton.__version__,
+              safetensors=safetensors.__version__, python=platform.python_version())
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    try:
+        out = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True, check=True).stdout
+        tc["cuda"] = out.split("release ")[1].split(",")[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        tc["cuda"] = None
+    try:
+        import onnx
+        tc["onnx"] = onnx.__version__
+    except ImportError:
+        pass
+    return tc
+
+
+def step_sqnr(model: OnlineLPM, stored: dict, tgt: Target, chunks: int = 2, seed: int = 0) -> dict:
+    """SQNR (dB) of the target's quantized online step (weights dequantized, KV pages in the
+    target's dtype) against the fp32 model, on CPU: backbone velocity of the last step and video."""
+    cfg = model.cfg
+    qcfg = cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype=tgt.kv_dtype, max_sessions=1))
+    qmodel = _dequantized(qcfg, stored)
+    qmodel.cfg = qcfg                                 # pages in the target's KV dtype
+    ref = OnlineLPM(cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype="fp32",
+                                                             max_sessions=1))).eval()
+    ref.load_state_dict(model.state_dict())
+    s, m = cfg.stream, cfg.model
+    g = torch.Generator().manual_seed(seed)
+    refs = torch.randn(1, m.vae_z_dim, min(1, s.reference_slots), s.latent_h, s.latent_w, generator=g)
+    kinds = torch.zeros(refs.shape[2], dtype=torch.long)
+    from lpm_rt.model.audio import MEL_HOP, MEL_WIN
+    n = MEL_WIN - MEL_HOP + (m.audio_context + s.chunk_frames) * m.vae_temporal * (s.sample_rate // s.fps)
+    audio = [(0.1 * torch.randn(1, n, generator=g), 0.1 * torch.randn(1, n, generator=g)) for _ in range(chunks)]
+    outs = []
+    for net in (ref, qmodel):
+        st = net.open_stream(refs, kinds, "talk", seed)
+        vids, caps = [], []
+        for a in audio:
+            vids.append(net.step(st, *a, capture=caps))
+        st.close()
+        outs.append((torch.cat(vids, 2), torch.cat([c[1] for c in caps])))
+    return dict(video_db=round(sqnr_db(outs[0][0], outs[1][0]), 2), velocity_db=round(sqnr_db(outs[0][1], outs[1][1]), 2),
+                chunks=chunks, kv_dtype=tgt.kv_dtype)
+
+
+def _dequantized(cfg, stored: dict) -> OnlineLPM:
+    """An fp32 CPU model holding exactly the artifact's (dequantized) weights."""
+    m = OnlineLPM(cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype="fp32")))
+    for part in PARTS:
+        getattr(m, part).load_state_dict(dequantize_state_dict(stored[part]))
+    return m.eval()
+
+
+def _write_file(out: Path, rel: str, data: bytes, files: dict) -> None:
+    p = out / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    files[rel] = sha256_file(p)
+
+
+def build(src: str, target_name: str, out_dir, weights: str | None = None, step_check: bool | None = None,
+          onnx: bool | None = None, log=_log) -> dict:
+    """Run the pipeline; returns the manifest written to ``out_dir/manifest.json``."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    # 1. resolve
+    tgt = get_target(target_name)
+    if weights:
+        tgt = tgt.with_weights(weights)
+    model, origin = resolve_model(src)
+    cfg = model.cfg
+    cfg = cfg.replace(runtime=cfg.runtime.replace(kv_dtype=tgt.kv_dtype, dtype=tgt.act_dtype))
+    model.cfg = cfg
+    log(f"1/6 target {tgt.name}: arch {tgt.arch}, weights {tgt.weights.value}, activations {tgt.act_dtype}, "
+        f"KV pages {tgt.kv_dtype} x {cfg.stream.page_size} tokens; model {cfg.name} from {origin['source']}")
+    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise ArtifactError(f"{out}: exists, is not empty and is not an artifact; refusing to overwrite")
+    final, out = out, out.with_name(f".{out.name}.partial")     # staged: a failed build leaves no artifact
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        meta = _build_into(out, model, cfg, tgt, origin, log, step_check, onnx)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    meta["compile_seconds"] = round(time.perf_counter() - t_start, 1)
+    size = sum((final / f).stat().st_size for f in meta["files"])
+    log(f"6/6 wrote {final} ({len(meta['files'])} files, {size / 1e6:.2f} MB) in {meta['compile_seconds']} s")
+    return meta
+
+
+def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_check, onnx) -> dict:
+    files: dict = {}
+
+    # 2. quantize
+    stored, rows = {}, []
+    for part in PARTS:
+        sd = {k: v.detach() for k, v in getattr(model, part).state_dict().items()}
+        stored[part], r = quantize_state_dict(sd, tgt, prefix=f"{part}.")
+        rows += r
+    finite = [r["sqnr_db"] for r in rows if r["sqnr_db"] is not None]
+    summary = dict(layers=len(rows), min_db=round(min(finite), 2) if finite else None,
+                   median_db=round(statistics.median(finite), 2) if finite else None)
+    log(f"2/6 quantized {len(rows)} linears to {tgt.weights.value}: SQNR min {summary['min_db']} dB, "
+        f"median {summary['median_db']} dB" if finite else f"2/6 weights stored as {tgt.weights.value} (lossless)")
+    for r in sorted((r for r in rows if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]:
+        log(f"      lowest: {r['layer']} {r['shape']} {r['sqnr_db']:.2f} dB")
+    for part in PARTS:
+        path = out / "weights" / f"{part}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(stored[part], str(path), metadata={"format": "pt", "lpm_rt": "artifact-weights"})
+        files[f"weights/{part}.safetensors"] = sha256_file(path)
+
+    # 3. step check
+    nparams = sum(p.numel() for p in model.parameters())
+    if step_check is None:
+        step_check = nparams <= STEP_CHECK_MAX_PARAMS
+    step = None
+    if step_check:
+        step = step_sqnr(model, stored, tgt)
+        log(f"3/6 quantized online step vs fp32 (CPU, {step['chunks']} chunks): velocity {step['velocity_db']} dB, "
+            f"video {step['video_db']} dB")
+    else:
+        log(f"3/6 step check skipped ({nparams / 1e6:.0f} M parameters)")
+
+    # 4. kernels
+    ctx = BuildContext(cfg, tgt, frozenset(r["format"] for r in rows))
+    variants, notes = enumerate_variants(ctx)
+    for note in notes:
+        log(f"      note: {note}")
+    kernels = []
+    if variants:
+        from tqdm import tqdm
+        log(f"4/6 compiling {len(variants)} kernel specializations for {tgt.arch}")
+        for v in tqdm(variants, desc="kernels", unit="kernel", file=sys.stderr, disable=None):
+            t0 = time.perf_counter()
+            cubin, rec = compile_variant(v, tgt)
+            rec["file"] = f"kernels/{v.name}.cubin"
+            rec["compile_s"] = round(time.perf_counter() - t0, 2)
+            _write_file(out, rec["file"], cubin, files)
+            kernels.append(rec)
+            log(f"      {v.name}: {rec['num_warps']} warps, {rec['shared']} B shared")
+    else:
+        log(f"4/6 no kernels for {tgt.arch} (reference path)")
+
+    # 5. onnx
+    onnx_report = None
+    if onnx if onnx is not None else tgt.onnx:
+        from .onnx_export import export_all
+        log("5/6 exporting ONNX graphs (opset 17, static shapes) and checking parity with onnxruntime")
+        onnx_report = export_all(_dequantized(cfg, stored), out / "onnx", log=log)
+        for name in onnx_report["graphs"]:
+            files[f"onnx/{name}.onnx"] = sha256_file(out / "onnx" / f"{name}.onnx")
+    else:
+        log("5/6 no ONNX graphs for this target")
+
+    # 6. manifest
+    cfg_dict = cfg.to_dict()
+    meta = dict(format=FORMAT, format_version=FORMAT_VERSION,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                model=dict(name=cfg.name, **origin, parameters=nparams), trained=origin["trained"],
+                config=cfg_dict, config_hash=config_hash(cfg_dict),
+                target=dict(name=tgt.name, arch=tgt.arch, sm=tgt.sm, act_dtype=tgt.act_dtype, kv_dtype=tgt.kv_dtype,
+                            page_size=cfg.stream.page_size),
+                quantization=dict(format=tgt.weights.value, summary=summary, step_check=step, layers=rows),
+                kernels=kernels, kernel_notes=notes, kernel_tuning=TUNING, onnx=onnx_report,
+                toolchain=toolchain(), files=files)
+    (out / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return meta

@@ -1,0 +1,101 @@
+"""Cache write: RoPE on K, per-page per-head fp8 scale, quantize, scatter into pages -- one launch.
+
+    k_rot[n, h, 2i]   = k[n, h, 2i] cos[n, i] - k[n, h, 2i+1] sin[n, i]     (Wan's interleaved pairs,
+    k_rot[n, h, 2i+1] = k[n, h, 2i] sin[n, i] + k[n, h, 2i+1] cos[n, i]      RoFormer, Su et al. 2021)
+    page = slot_mapping[n] // PAGE_SIZE,  off = slot_mapping[n] % PAGE_SIZE
+    fp8:  scale[page, h] = max(amax_{tokens of the page, d} |x| / 448, 1e-12)
+          pages[page, off, h] = e4m3(x / scale[page, h])          (x = k_rot for K, v for V)
+    else: pages[page, off, h] = x.to(page dtype)
+
+One program per (group of PAGE_SIZE consecutive tokens, head): the cache writes whole latent
+frames and PAGE_SIZE divides a frame's tokens, so each group of PAGE_SIZE consecutive tokens
+fills exactly one page (the launcher checks N % PAGE_SIZE == 0; the slot mapping must map a
+group to one page -- the general case is ``cache_write_ref``). K, V and optionally Q share the
+launch: grid axis 2 picks K (RoPE, scatter), V (scatter) or Q (RoPE, written in token order to
+a fresh tensor for the attention that follows).
+
+dtypes: k/v fp32/fp16/bf16, cos/sin fp32, pages fp32/fp16/bf16/float8_e4m3fn. HEAD_DIM even,
+HEAD_DIM / 2 a power of two.
+"""
+
+import triton
+import triton.language as tl
+
+from ._fp import cast_rne
+
+FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _cache_write_kernel(
+    k_ptr, v_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, vp_ptr, ks_ptr, vs_ptr, q_ptr, qo_ptr,
+    stride_kn, stride_kh, stride_kd, stride_vn, stride_vh, stride_vd,
+    stride_qn, stride_qh, stride_qd, stride_qop, stride_qos, stride_qoh, stride_qod,
+    stride_cn, stride_cd, stride_sn, stride_sd,
+    stride_kpp, stride_kps, stride_kph, stride_kpd,
+    stride_vpp, stride_vps, stride_vph, stride_vpd,
+    stride_ksp, stride_ksh, stride_vsp, stride_vsh,
+    PAGE_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HALF_D: tl.constexpr,
+    ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr,
+):
+    pid_g = tl.program_id(0)
+    h = tl.program_id(1)
+    if tl.program_id(2) == 0:
+        _write_group(k_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, ks_ptr, pid_g, h,
+                     stride_kn, stride_kh, stride_kd, stride_cn, stride_cd, stride_sn, stride_sd,
+                     stride_kpp, stride_kps, stride_kph, stride_kpd, stride_ksp, stride_ksh,
+                     PAGE_SIZE, BLOCK_T, HALF_D, ROPE, FP8, FIX_ROUND, False)
+    elif tl.program_id(2) == 1:
+        _write_group(v_ptr, cos_ptr, sin_ptr, slot_ptr, vp_ptr, vs_ptr, pid_g, h,
+                     stride_vn, stride_vh, stride_vd, stride_cn, stride_cd, stride_sn, stride_sd,
+                     stride_vpp, stride_vps, stride_vph, stride_vpd, stride_vsp, stride_vsh,
+                     PAGE_SIZE, BLOCK_T, HALF_D, False, FP8, FIX_ROUND, False)
+    else:
+        # rotated q, written row for row ([N, H, D] seen as [N / PAGE_SIZE, PAGE_SIZE, H, D])
+        _write_group(q_ptr, cos_ptr, sin_ptr, slot_ptr, qo_ptr, ks_ptr, pid_g, h,
+                     stride_qn, stride_qh, stride_qd, stride_cn, stride_cd, stride_sn, stride_sd,
+                     stride_qop, stride_qos, stride_qoh, stride_qod, 0, 0,
+                     PAGE_SIZE, BLOCK_T, HALF_D, True, False, FIX_ROUND, True)
+
+
+@triton.jit
+def _write_group(
+    x_ptr, cos_ptr, sin_ptr, slot_ptr, pages_ptr, scale_ptr, pid_g, h,
+    stride_xn, stride_xh, stride_xd, stride_cn, stride_cd, stride_sn, stride_sd,
+    stride_pp, stride_ps, stride_ph, stride_pd, stride_scp, stride_sch,
+    PAGE_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HALF_D: tl.constexpr,
+    ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr, DIRECT: tl.constexpr,
+):
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_t = offs_t < PAGE_SIZE
+    tok = pid_g * PAGE_SIZE + offs_t
+    pair = tl.arange(0, HALF_D)
+    x_row = x_ptr + tok[:, None] * stride_xn + h * stride_xh
+    # the pairs (2i, 2i+1) as two [BLOCK_T, HALF_D] halves
+    xr = tl.load(x_row + (2 * pair[None, :]) * stride_xd, mask=mask_t[:, None], other=0.0).to(tl.float32)
+    xi = tl.load(x_row + (2 * pair[None, :] + 1) * stride_xd, mask=mask_t[:, None], other=0.0).to(tl.float32)
+    if ROPE:
+        c = tl.load(cos_ptr + tok[:, None] * stride_cn + pair[None, :] * stride_cd, mask=mask_t[:, None], other=0.0)
+        s = tl.load(sin_ptr + tok[:, None] * stride_sn + pair[None, :] * stride_sd, mask=mask_t[:, None], other=0.0)
+        c = c.to(tl.float32)
+        s = s.to(tl.float32)
+        xr, xi = xr * c - xi * s, xr * s + xi * c
+
+    if DIRECT:
+        slot = tok.to(tl.int64)
+    else:
+        slot = tl.load(slot_ptr + tok, mask=mask_t, other=0)
+    page = slot // PAGE_SIZE
+    off = slot % PAGE_SIZE
+    if FP8:
+        amax = tl.maximum(tl.max(tl.max(tl.abs(xr), 1), 0), tl.max(tl.max(tl.abs(xi), 1), 0))
+        sc = tl.maximum(amax / FP8_MAX, 1e-12)
+        # the group's page: every token of the group lands in it (launcher contract)
+        page0 = tl.load(slot_ptr + pid_g * PAGE_SIZE) // PAGE_SIZE
+        tl.store(scale_ptr + page0 * stride_scp + h * stride_sch, sc)
+        xr = tl.minimum(tl.maximum(xr / sc, -FP8_MAX), FP8_MAX)
+        xi = tl.minimum(tl.maximum(xi / sc, -FP8_MAX), FP8_MAX)
+    dst = pages_ptr + page[:, None] * stride_pp + off[:, None] * stride_ps + h * stride_ph
+    pdt = pages_ptr.dtype.element_ty
+    tl.store(dst + (2 * pair[None, :]) * stride_pd, cast_rne(xr, pdt, FIX_ROUND), mask=mask_t[:, None])
+    tl.store(dst + (2 * pair[None, :] + 1) * stride_pd, cast_rne(xi, pdt, FIX_ROUND), mask=mask_t[:, None])

@@ -1,0 +1,115 @@
+"""FP8 e4m3 GEMM with per-token activation scales, per-channel or 1x128-block weight scales, and
+fused epilogues (bias, GELU(tanh), gated residual).
+
+    acc[m, n] = sum_kb ( sum_{k in kb} x8[m, k] w8[n, k] ) * ws[n, kb]     (BLOCK_SCALE, kb = k // 128;
+                                                                         DeepSeek-V3-style 1x128 blocks)
+              = ( sum_k x8[m, k] w8[n, k] ) * ws[n]                     (per-channel)
+    y = acc * xs[m] (+ bias[n]);  GELU: y = 0.5 y (1 + tanh(sqrt(2/pi) (y + 0.044715 y^3)))
+    RESIDUAL: out = residual[m, n] + gate[m, n] * y    (Wan's x + gate * f(x) after attention/FFN)
+
+The fp8 x fp8 products run on the FP8 tensor cores (QGMMA on sm_90a), accumulated in fp32;
+block scales are applied to each 128-wide K slab's fp32 partial sum, so the accumulator never
+holds an unscaled sum across blocks with different scales. Rows of residual/gate are addressed
+as (m // L, m % L) with their own strides, so a per-sample gate ([B, 1, N], stride 0 over L) or
+a strided ``chunk(6)`` view is read in place.
+
+dtypes: x8, w8 float8_e4m3fn (sm_89+), scales fp32, bias/residual/gate any float, out fp32/fp16/bf16.
+Limits: with BLOCK_SCALE, K % 128 == 0 and BLOCK_K divides 128.
+"""
+
+import triton
+import triton.language as tl
+
+from ._fp import cast_rne
+
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+
+
+@triton.jit
+def _fp8_linear_kernel(
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, res_ptr, gate_ptr, out_ptr,
+    M, N, K, L,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_wsn, stride_wsk,
+    stride_rb, stride_rl, stride_rn, stride_gb, stride_gl, stride_gn,
+    stride_om, stride_on,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr,
+):
+    # grouped launch order: GROUP_M row-tiles sweep the N tiles together, so a weight tile is
+    # reused from L2 by GROUP_M programs in flight instead of being re-read from HBM
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    rows = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows
+    pid_n = (pid % per_group) // rows
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = (k0 + offs_k) < K
+        a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        if BLOCK_SCALE:
+            ws = tl.load(ws_ptr + offs_n * stride_wsn + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
+            acc += tl.dot(a, tl.trans(b)) * ws[None, :]
+        else:
+            # promote the fp8 MMA's partial sums to the fp32 accumulator every 128 products
+            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=128)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+    y = acc * xs[:, None]
+    if not BLOCK_SCALE:
+        ws = tl.load(ws_ptr + offs_n * stride_wsn, mask=mask_n, other=0.0)
+        y = y * ws[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        u = SQRT_2_OVER_PI * (y + 0.044715 * y * y * y)
+        y = 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))        # 1 + tanh(u), overflow-safe
+    mask = mask_m[:, None] & mask_n[None, :]
+    if RESIDUAL:
+        rb = offs_m // L
+        rl = offs_m % L
+        r = tl.load(res_ptr + rb[:, None] * stride_rb + rl[:, None] * stride_rl + offs_n[None, :] * stride_rn,
+                    mask=mask, other=0.0)
+        g = tl.load(gate_ptr + rb[:, None] * stride_gb + rl[:, None] * stride_gl + offs_n[None, :] * stride_gn,
+                    mask=mask, other=0.0)
+        y = r.to(tl.float32) + g.to(tl.float32) * y
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+             cast_rne(y, out_ptr.dtype.element_ty, FIX_ROUND), mask=mask)
+
+
+# Tile configs for the GPU autotuner (launcher: CUDA only; the interpreter takes one fixed tile).
+# 128-wide K slabs match the 1x128 weight-scale blocks; all fit sm_90a shared memory without
+# spills (checked by ``python -m lpm_rt.benchmark.sass``).
+FP8_LINEAR_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+]
+
+
+def autotuned_fp8_linear():
+    """The kernel wrapped in ``triton.autotune`` over FP8_LINEAR_CONFIGS, keyed on (M, N, K)."""
+    global _AUTOTUNED
+    if _AUTOTUNED is None:
+        cfgs = [triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["num_warps"],
+                              num_stages=c["num_stages"]) for c in FP8_LINEAR_CONFIGS]
+        _AUTOTUNED = triton.autotune(configs=cfgs, key=["M", "N", "K", "BLOCK_SCALE"])(_fp8_linear_kernel)
+    return _AUTOTUNED
+
+
+_AUTOTUNED = None

@@ -1,0 +1,164 @@
+"""Paged attention: flash-attention forward over K/V pages named by a block table.
+
+    out[b, i, h] = sum_j softmax_j(sm_scale * q[b, i, h] . K_b[j, h]) V_b[j, h],   j < kv_lens[b]
+    K_b[j] = k_pages[block_table[b, j // PAGE_SIZE], j % PAGE_SIZE]   (times k_scale[page, h] for fp8)
+
+Online softmax in base 2 (FlashAttention-2, Dao 2023): running row max ``m``, running sum ``l``,
+fp32 accumulator rescaled by ``exp2(m_old - m_new)``. Tokens are gathered one by one from their
+page, so any PAGE_SIZE works (8, 32, 120: not a power of two) and kv_lens need not be page multiples.
+
+dtypes: q fp32/fp16/bf16; pages the same dtype as q, or float8_e4m3fn with per-page per-head
+scales [P, H] fp32. fp32 uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is
+also set for bf16 under TRITON_INTERPRET (see ``_mma``); FIX_ROUND likewise (see ``_fp.py``).
+FP8_Q (sm_89+/sm_90a, fp8 pages only): Q is quantized per (BLOCK_M rows, head) block to e4m3
+with its own scale (SageAttention's per-block Q scale, sm_scale folded in first), Q.K^T runs
+as an fp8 dot; P is rescaled by v_scale[token] / max(v_scale in block) and by 448 so it fills
+e4m3's range, P.V runs as an fp8 dot, and every block's product is accumulated in fp32 registers
+(FA3's fix for the fp8 MMA's limited accumulator precision). No K smoothing yet.
+
+SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
+writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
+``_paged_attn_combine_kernel`` merges the splits. Without SPLIT the output is written directly.
+
+Limits: HEAD_DIM a power of two in [16, 256]; a row with kv_lens[b] == 0 yields zeros.
+"""
+
+import triton
+import triton.language as tl
+
+from ._fp import cast_rne
+
+FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _mma(a, b, IEEE: tl.constexpr):
+    """a @ b with fp32 accumulation. IEEE: upcast the (already rounded) operands to fp32 and use
+    exact fp32 products -- for fp32 inputs (no TF32) and for bf16 under the CPU interpreter,
+    whose numpy dot has no bf16 type; bf16 products are exact in fp32, so the math is unchanged."""
+    if IEEE:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
+def _paged_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, table_ptr, lens_ptr, o_ptr, lse_ptr,
+    qk_scale, Lq, H, kv_per_split,
+    stride_qb, stride_ql, stride_qh, stride_qd,
+    stride_kp, stride_ks, stride_kh, stride_kd,
+    stride_vp, stride_vs, stride_vh, stride_vd,
+    stride_ksp, stride_ksh, stride_vsp, stride_vsh,
+    stride_tb, stride_tp,
+    stride_ob, stride_os, stride_ol, stride_oh, stride_od,
+    stride_lb, stride_ls, stride_ll, stride_lh,
+    PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
+    FIX_ROUND: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    kv_len = tl.load(lens_ptr + b)
+    lo = pid_s * kv_per_split
+    hi = tl.minimum(lo + kv_per_split, kv_len)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < Lq
+    q_ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=mask_m[:, None], other=0.0)
+    cdt = q_ptr.dtype.element_ty
+    if FP8_Q:
+        qf = q.to(tl.float32) * qk_scale
+        q_sc = tl.maximum(tl.max(tl.max(tl.abs(qf), 1), 0) / FP8_MAX, 1e-12)
+        q = cast_rne(qf / q_sc, tl.float8e4nv, FIX_ROUND)
+        qk_mul = q_sc
+    else:
+        qk_mul = qk_scale
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    table_row = table_ptr + b * stride_tb
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        valid = offs_n < hi
+        # the gather: each token's page comes from the table, so pages may lie anywhere
+        page = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tp, mask=valid, other=0).to(tl.int64)
+        off = offs_n % PAGE_SIZE
+        k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_ks + h * stride_kh
+                    + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vs + h * stride_vh
+                    + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+        if FP8_Q:
+            qk = tl.dot(q, tl.trans(k))
+        else:
+            qk = _mma(q, tl.trans(k.to(cdt)), IEEE)
+        if KV_FP8:
+            ks = tl.load(ks_ptr + page * stride_ksp + h * stride_ksh, mask=valid, other=0.0)
+            qk = qk * (qk_mul * ks)[None, :]
+        else:
+            qk = qk * qk_mul
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if KV_FP8:
+            vs = tl.load(vs_ptr + page * stride_vsp + h * stride_vsh, mask=valid, other=0.0)
+            if FP8_Q:
+                vmax = tl.maximum(tl.max(vs, 0), 1e-30)
+                p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
+                acc += tl.dot(p8, v) * (vmax / FP8_MAX)
+            else:
+                acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
+        else:
+            acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_ptrs = (o_ptr + b * stride_ob + pid_s * stride_os + h * stride_oh
+              + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od)
+    tl.store(o_ptrs, cast_rne(out, o_ptr.dtype.element_ty, FIX_ROUND), mask=mask_m[:, None])
+    if SPLIT:
+        lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
+        tl.store(lse_ptr + b * stride_lb + pid_s * stride_ls + h * stride_lh + offs_m * stride_ll,
+                 lse, mask=mask_m)
+
+
+@triton.jit
+def _paged_attn_combine_kernel(
+    part_ptr, lse_ptr, o_ptr, H, num_splits,
+    stride_pb, stride_ps, stride_pl, stride_ph, stride_pd,
+    stride_lb, stride_ls, stride_ll, stride_lh,
+    stride_ob, stride_ol, stride_oh, stride_od,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, FIX_ROUND: tl.constexpr,
+):
+    """out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m), m = max_s lse_s; empty splits have lse -inf."""
+    pid_l = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_s = offs_s < num_splits
+    lse = tl.load(lse_ptr + b * stride_lb + pid_l * stride_ll + h * stride_lh + offs_s * stride_ls,
+                  mask=mask_s, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m)                                            # 0 for empty splits
+    part = tl.load(part_ptr + b * stride_pb + pid_l * stride_pl + h * stride_ph
+                   + offs_s[:, None] * stride_ps + offs_d[None, :] * stride_pd,
+                   mask=mask_s[:, None], other=0.0)
+    den = tl.sum(w, 0)
+    out = tl.sum(part * w[:, None], 0) / tl.where(den > 0.0, den, 1.0)
+    tl.store(o_ptr + b * stride_ob + pid_l * stride_ol + h * stride_oh + offs_d * stride_od,
+             cast_rne(out, o_ptr.dtype.element_ty, FIX_ROUND))

@@ -1,0 +1,395 @@
+"""Kernel benchmarks: every op's providers side by side at production shapes.
+
+    lpm-rt bench kernels [--op OP] [--quick] [--out FILE]      (``main``; also ``python -m ...``)
+
+Providers: ``ref-eager`` (the pure-torch reference), ``ref-compiled`` (``torch.compile`` of it: the
+bar to beat), ``triton`` variants, and vendor baselines (``scaled_dot_product_attention`` per
+backend over the same K/V gathered contiguously, bf16 ``torch.matmul``, ``torch._scaled_mm``).
+Timing: ``triton.testing.do_bench`` median and p20/p80 (warm-up excluded). Throughput from the
+explicit ``*_flops`` / ``*_bytes`` helpers, as a fraction of peaks measured on the same device in
+the same run. Results go to JSON (device, driver, versions, git SHA). Without a CUDA GPU there
+is nothing meaningful to time: ``main`` says so, runs a tiny correctness smoke of the Triton
+kernels through the interpreter, and returns 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from ..config import preset
+
+OPS = ("paged_attention", "fp8_linear", "norm_modulate", "cache_write")
+SCORES_LIMIT = 8 << 30          # ref providers materialize [H, Lq, N] fp32 scores: skip beyond this
+F8, BF16 = torch.float8_e4m3fn, torch.bfloat16
+
+
+# ---------------------------------------------------------------- shapes and work
+def production_shapes(op: str, quick: bool = False) -> list[dict]:
+    """Labelled shapes of one denoising pass at 480P: chunks of c latent frames attend to
+    [3 reference frames | 12-frame history | the chunk] through pages of 120 tokens."""
+    out = []
+    for name in ("edge-1.3b", "lpm-17b"):
+        cfg = preset(name)
+        m, s = cfg.model, cfg.stream
+        tpf = s.tokens_per_frame                                           # 1560 at 480P
+        for c in ((1, 6) if quick else (1, 3, 6)):
+            lq, kv = c * tpf, (s.reference_slots + s.history_frames + c) * tpf
+            base = dict(label=f"{name} 480P chunk={c}f", preset=name, B=1, M=lq)
+            if op == "paged_attention":
+                out.append(dict(base, Lq=lq, kv=kv, H=m.num_heads, D=m.head_dim, page_size=s.page_size))
+            elif op == "fp8_linear":
+                out += [dict(base, label=base["label"] + f" {nm}", K=k, N=n)
+                        for nm, k, n in (("qkv", m.dim, 3 * m.dim), ("ffn-up", m.dim, m.ffn_dim),
+                                         ("ffn-down", m.ffn_dim, m.dim))]
+            elif op == "norm_modulate":
+                out.append(dict(base, C=m.dim))
+            elif op == "cache_write":
+                out.append(dict(base, N=lq, H=m.num_heads, D=m.head_dim, page_size=s.page_size))
+    if op == "paged_attention":                                            # decode-like: split-KV
+        out.append(dict(label="lpm-17b Lq=16 over 15 frames", preset="lpm-17b", B=1, M=16, Lq=16,
+                        kv=15 * 1560, H=40, D=128, page_size=120))
+    return out
+
+
+def attention_flops(sh) -> float:
+    return 4.0 * sh["B"] * sh["H"] * sh["Lq"] * sh["kv"] * sh["D"]
+
+
+def attention_bytes(sh, q_elt: int, kv_elt: int) -> float:
+    return sh["B"] * sh["H"] * sh["D"] * (2 * sh["Lq"] * q_elt + 2 * sh["kv"] * kv_elt)
+
+
+def linear_flops(sh) -> float:
+    return 2.0 * sh["M"] * sh["N"] * sh["K"]
+
+
+def linear_bytes(sh, in_elt: int, out_elt: int = 2) -> float:
+    return (sh["M"] * sh["K"] + sh["N"] * sh["K"]) * in_elt + sh["M"] * sh["N"] * out_elt
+
+
+def norm_bytes(sh, out_elt: int = 2) -> float:
+    return sh["M"] * sh["C"] * (2 + out_elt) + 4 * sh["C"] * 2
+
+
+def cache_write_bytes(sh, page_elt: int) -> float:
+    n = sh["N"] * sh["H"] * sh["D"]
+    return 2 * n * (2 + page_elt) + n // 2 * 8
+
+
+# ---------------------------------------------------------------- inputs
+def attention_inputs(sh, kv_dtype, device="cuda", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    ps, H, D = sh["page_size"], sh["H"], sh["D"]
+    n_pages = -(-sh["kv"] // ps)
+    P = n_pages + 8
+    q = torch.randn(sh["B"], sh["Lq"], H, D, generator=g).to(device, BF16)
+    kf = torch.randn(P, ps, H, D, generator=g).to(device)
+    vf = torch.randn(P, ps, H, D, generator=g).to(device)
+    table = torch.randperm(P, generator=g)[:n_pages].view(1, -1).to(device, torch.int32)
+    lens = torch.full((sh["B"],), sh["kv"], dtype=torch.int32)
+    ks = vs = None
+    if kv_dtype == F8:
+        ks, vs = kf.abs().amax((1, 3)) / 448.0, vf.abs().amax((1, 3)) / 448.0
+        kf, vf = kf / ks[:, None, :, None], vf / vs[:, None, :, None]
+    return (q, kf.to(kv_dtype), vf.to(kv_dtype), table, lens, ks, vs)
+
+
+# ---------------------------------------------------------------- providers
+def _timed(fn, quick):
+    from triton.testing import do_bench
+
+    med, p20, p80 = do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, quantiles=[0.5, 0.2, 0.8])
+    return dict(median_ms=med, p20_ms=p20, p80_ms=p80)
+
+
+def providers(op: str, sh: dict, device: str = "cuda"):
+    """(name, precision, zero-arg callable or None when skipped) for one op and shape."""
+    from .. import ops
+
+    def triton_call(fn, *a, **k):
+        def run():
+            ops.set_backend("triton")
+            return fn(*a, **k)
+        return run
+
+    if op == "paged_attention":
+        big = sh["H"] * sh["Lq"] * sh["kv"] * 4 > SCORES_LIMIT
+        a16, a8 = attention_inputs(sh, BF16, device), attention_inputs(sh, F8, device)
+        q, k, v, table, lens = a16[:5]
+        kc = k[table[0].long()].flatten(0, 1)[: sh["kv"]].permute(1, 0, 2).unsqueeze(0)    # (1, H, kv, D)
+        vc = v[table[0].long()].flatten(0, 1)[: sh["kv"]].permute(1, 0, 2).unsqueeze(0)
+        qc = q.transpose(1, 2)
+        compiled = torch.compile(ops.paged_attention_ref)
+        yield "ref-eager", "bf16", None if big else (lambda: ops.paged_attention_ref(*a16))
+        yield "ref-compiled", "bf16", None if big else (lambda: compiled(*a16))
+        yield "triton", "bf16", triton_call(ops.paged_attention, *a16)
+        yield "triton-fp8kv", "fp8kv", triton_call(ops.paged_attention, *a8, fp8_q=False)
+        yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            def sdpa(be=be):
+                with sdpa_kernel([be]):
+                    return torch.nn.functional.scaled_dot_product_attention(qc, kc, vc)
+            yield f"sdpa-{be.name.lower()}", "bf16", sdpa
+    elif op == "fp8_linear":
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(sh["M"], sh["K"], generator=g).to(device, BF16)
+        w = (torch.randn(sh["N"], sh["K"], generator=g) * sh["K"] ** -0.5).to(device, BF16)
+        x8, xs = ops.quantize_fp8_rows(x)
+        w8, ws = ops.quantize_fp8_weight(w)
+        wb8, wbs = ops.quantize_fp8_weight(w, 128)
+        big = sh["M"] * sh["N"] * 4 * 3 > SCORES_LIMIT
+        compiled = torch.compile(ops.fp8_linear_ref)
+        yield "ref-eager", "fp8", None if big else (lambda: ops.fp8_linear_ref(x8, xs, w8, ws))
+        yield "ref-compiled", "fp8", None if big else (lambda: compiled(x8, xs, w8, ws))
+        yield "triton", "fp8", triton_call(ops.fp8_linear, x8, xs, w8, ws)
+        yield "triton-block128", "fp8", triton_call(ops.fp8_linear, x8, xs, wb8, wbs)
+        yield "torch-matmul-bf16", "bf16", lambda: x @ w.T
+        xs2, ws2, w8t = xs[:, None].contiguous(), ws[None, :].contiguous(), w8.T
+        yield "scaled_mm", "fp8", lambda: torch._scaled_mm(x8, w8t, scale_a=xs2, scale_b=ws2, out_dtype=BF16)
+    elif op == "norm_modulate":
+        x = torch.randn(1, sh["M"], sh["C"], device=device, dtype=BF16)
+        e = torch.randn(1, 1, 6, sh["C"], device=device, dtype=BF16)
+        shift, scale = (t.squeeze(2) for t in e.chunk(6, dim=2)[:2])
+        compiled = torch.compile(ops.norm_modulate_ref)
+        yield "ref-eager", "bf16", lambda: ops.norm_modulate_ref(x, shift, scale)
+        yield "ref-compiled", "bf16", lambda: compiled(x, shift, scale)
+        yield "triton", "bf16", triton_call(ops.norm_modulate, x, shift, scale)
+        yield "triton-fp8out", "fp8", triton_call(ops.norm_modulate, x, shift, scale, out_fp8=True)
+    elif op == "cache_write":
+        N, H, D, ps = sh["N"], sh["H"], sh["D"], sh["page_size"]
+        k = torch.randn(N, H, D, device=device, dtype=BF16)
+        v = torch.randn_like(k)
+        P = N // ps + 4
+        kp, vp = (torch.empty(P, ps, H, D, device=device, dtype=F8) for _ in range(2))
+        ks, vs = (torch.empty(P, H, device=device) for _ in range(2))
+        slots = (torch.randperm(P)[: N // ps, None] * ps + torch.arange(ps)).flatten().to(device)
+        ang = torch.rand(N, D // 2, device=device) * 6.28
+        cos, sin = ang.cos(), ang.sin()
+        args = (k, v, kp, vp, slots, ks, vs, cos, sin)
+        compiled = torch.compile(ops.cache_write_ref)
+        yield "ref-eager", "fp8", lambda: ops.cache_write_ref(*args)
+        yield "ref-compiled", "fp8", lambda: compiled(*args)
+        yield "triton", "fp8", triton_call(ops.cache_write, *args)
+
+
+def work(op, sh, precision) -> tuple[float, float]:
+    """(flops, bytes) of one call."""
+    if op == "paged_attention":
+        return attention_flops(sh), attention_bytes(sh, 2, 1 if precision.startswith("fp8") else 2)
+    if op == "fp8_linear":
+        return linear_flops(sh), linear_bytes(sh, 1 if precision == "fp8" else 2)
+    if op == "norm_modulate":
+        return 0.0, norm_bytes(sh, 1 if precision == "fp8" else 2)
+    return 0.0, cache_write_bytes(sh, 1)
+
+
+# ---------------------------------------------------------------- device and environment
+def measure_peaks(quick: bool = False) -> dict:
+    """Peaks measured here, now: bf16 and fp8 dense GEMM at 8192^3, device-to-device copy."""
+    from triton.testing import do_bench
+
+    n = 4096 if quick else 8192
+    a = torch.randn(n, n, device="cuda", dtype=BF16)
+    b = torch.randn(n, n, device="cuda", dtype=BF16)
+    peaks = {"bf16_tflops": 2 * n ** 3 / do_bench(lambda: a @ b) * 1e-9}
+    try:
+        a8, b8 = a.to(F8), b.to(F8).T.contiguous().T
+        one = torch.ones((), device="cuda")
+        peaks["fp8_tflops"] = 2 * n ** 3 / do_bench(
+            lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=BF16)) * 1e-9
+    except (RuntimeError, TypeError) as e:                                # pre-sm_89 or old torch
+        peaks["fp8_tflops"], peaks["fp8_error"] = None, str(e)[:200]
+    src = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
+    dst = torch.empty_like(src)
+    peaks["copy_gbps"] = 2 * src.numel() * 4 / do_bench(lambda: dst.copy_(src)) * 1e-6
+    return peaks
+
+
+def env_info() -> dict:
+    import triton
+
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    info = dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
+                git_sha=sh(["git", "-C", os.path.dirname(__file__), "rev-parse", "HEAD"]),
+                time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, sm=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
+                    memory_gb=round(p.total_memory / 2 ** 30, 1),
+                    driver=sh(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
+    return info
+
+
+def run_op(op: str, quick: bool, peaks: dict, shapes=None, device: str = "cuda") -> list[dict]:
+    from .. import ops
+
+    prev = ops.get_backend()
+    try:
+        return _run_op(op, quick, peaks, shapes, device)
+    finally:
+        ops.set_backend(prev)                    # triton providers select the backend per call
+
+
+def _run_op(op, quick, peaks, shapes, device) -> list[dict]:
+    rows = []
+    for sh in shapes if shapes is not None else production_shapes(op, quick):
+        for name, precision, fn in providers(op, sh, device):
+            row = dict(op=op, shape=sh["label"], provider=name, precision=precision,
+                       **{k: v for k, v in sh.items() if k not in ("label", "preset")})
+            if fn is None:
+                rows.append(dict(row, skipped=f"reference would materialize > {SCORES_LIMIT >> 30} GiB"))
+                continue
+            try:
+                t = _timed(fn, quick)
+            except Exception as e:                                         # noqa: BLE001 -- a baseline may be unsupported
+                rows.append(dict(row, skipped=f"{type(e).__name__}: {str(e)[:160]}"))
+                continue
+            flops, nbytes = work(op, sh, precision)
+            sec = t["median_ms"] * 1e-3
+            row.update(t, tflops=flops / sec * 1e-12 if flops else None, gbps=nbytes / sec * 1e-9)
+            peak = peaks.get("fp8_tflops" if precision == "fp8" else "bf16_tflops")    # fp8kv: bf16 MMA
+            row["frac_peak"] = (row["tflops"] / peak if flops and peak
+                                else row["gbps"] / peaks["copy_gbps"] if not flops else None)
+            rows.append(row)
+            print(f"{op:16s} {sh['label']:34s} {name:20s} {t['median_ms']:9.3f} ms "
+                  f"[{t['p20_ms']:.3f}, {t['p80_ms']:.3f}]  "
+                  + (f"{row['tflops']:7.1f} TFLOP/s" if flops else f"{row['gbps']:7.1f} GB/s")
+                  + (f"  {100 * row['frac_peak']:5.1f}% of measured peak" if row["frac_peak"] else ""), flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ---------------------------------------------------------------- CPU smoke
+def cpu_smoke(op_filter=None) -> list[str]:
+    """Tiny correctness check of each Triton kernel through the interpreter (not a speed figure).
+    TRITON_INTERPRET is read when triton is imported, so unless this process set it first the
+    smoke runs in a child process that does."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        code = ("import sys; from lpm_rt.benchmark.kernels import cpu_smoke; "
+                f"print(chr(10).join(cpu_smoke({op_filter!r})))")
+        proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TRITON_INTERPRET="1"),
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode:
+            return [f"smoke failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"]
+        return proc.stdout.strip().splitlines()
+    from .. import ops
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 2, 16, generator=g)
+    kp, vp = torch.randn(4, 8, 2, 16, generator=g), torch.randn(4, 8, 2, 16, generator=g)
+    table, lens = torch.tensor([[2, 0, 3]], dtype=torch.int32), torch.tensor([19], dtype=torch.int32)
+    x = torch.randn(1, 5, 32, generator=g)
+    sft, scl = torch.randn(1, 1, 32, generator=g), torch.randn(1, 1, 32, generator=g)
+    x8, xs = ops.quantize_fp8_rows(x)
+    w8, ws = ops.quantize_fp8_weight(torch.randn(24, 32, generator=g))
+    cases = {
+        "paged_attention": lambda: ops.paged_attention(q, kp, vp, table, lens),
+        "norm_modulate": lambda: ops.norm_modulate(x, sft, scl),
+        "fp8_linear": lambda: ops.fp8_linear(x8, xs, w8, ws, out_dtype=torch.float32),
+    }
+    lines, prev = [], ops.get_backend()
+    try:
+        for name, fn in cases.items():
+            if op_filter and name != op_filter:
+                continue
+            ops.set_backend("ref")
+            want = fn()
+            ops.set_backend("triton")
+            got = fn()
+            err = (got.double() - want.double()).abs().max().item()
+            lines.append(f"{name:16s} triton (interpreter) vs ref: max abs err {err:.2e} "
+                         f"{'ok' if err < 1e-3 else 'MISMATCH'}")
+    finally:
+        ops.set_backend(prev)
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="lpm-rt bench kernels", description="Benchmark the kernels "
+                                 "against the torch reference (eager, compiled) and vendor baselines.")
+    ap.add_argument("--op", choices=OPS, default=None, help="benchmark one op (default: all)")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    ap.add_argument("--out", default=None, help="JSON file (default bench/results/kernels-<gpu>-<time>.json)")
+    args = ap.parse_args(argv)
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        print("triton is not installed (pip install 'lpm-rt[bench]'): nothing to benchmark.")
+        return 0
+    if not torch.cuda.is_available():
+        print("No CUDA GPU: kernel speed needs one, so no timings are taken here. Running a tiny "
+              "correctness smoke of the Triton kernels through the interpreter instead:")
+        lines = cpu_smoke(args.op)
+        for line in lines:
+            print("  " + line)
+        return 1 if any("MISMATCH" in ln or "failed" in ln for ln in lines) else 0
+    info = env_info()
+    peaks = measure_peaks(args.quick)
+    print(f"{info['gpu']} (driver {info.get('driver')}), torch {info['torch']}, triton {info['triton']}; "
+          f"measured peaks: {', '.join(f'{k}={v:.0f}' for k, v in peaks.items() if isinstance(v, float))}")
+    rows = [r for op in ((args.op,) if args.op else OPS) for r in run_op(op, args.quick, peaks)]
+    out = args.out or os.path.join("bench", "results", "kernels-{}-{}.json".format(
+        info["gpu"].replace(" ", "_"), datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(env=info, peaks=peaks, quick=args.quick, results=rows), f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def provider_names(op: str) -> list[str]:
+    return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8",
+                                "sdpa-flash_attention", "sdpa-cudnn_attention", "sdpa-efficient_attention"],
+            "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "torch-matmul-bf16",
+                           "scaled_mm"],
+            "norm_modulate": ["ref-eager", "ref-compiled", "triton", "triton-fp8out"],
+            "cache_write": ["ref-eager", "ref-compiled", "triton"]}[op]
+
+
+def pytest_benchmark_run(benchmark, op: str, shape: dict, provider: str) -> None:
+    """Time one (op, shape, provider) with pytest-benchmark (bench/kernels/bench_<op>.py)."""
+    import pytest
+
+    found = [(p, fn) for name, p, fn in providers(op, shape) if name == provider]
+    if not found or found[0][1] is None:
+        pytest.skip(f"{provider} not run at {shape['label']} (reference too large or not offered)")
+    precision, fn = found[0]
+
+    def call():
+        fn()
+        torch.cuda.synchronize()
+
+    try:
+        call()
+    except Exception as e:                                                  # noqa: BLE001 -- unsupported baseline
+        pytest.skip(f"{provider}: {type(e).__name__}: {str(e)[:120]}")
+    benchmark.pedantic(call, warmup_rounds=3, rounds=20, iterations=1)
+    flops, nbytes = work(op, shape, precision)
+    sec = benchmark.stats.stats.median
+    benchmark.extra_info.update(shape=shape["label"], provider=provider, precision=precision,
+                                tflops=flops / sec * 1e-12 if flops else None, gbps=nbytes / sec * 1e-9)
+
+
+def lpm_ops():
+    from .. import ops
+
+    return ops

@@ -1,0 +1,209 @@
+"""Ahead-of-time compile of the csrc_triton kernels for a GPU target on a GPU-less host, and a
+check of the machine code: the MMA instructions in the SASS are the ones the kernel is meant for
+(QGMMA = fp8 wgmma on sm_90a, HGMMA = fp16/bf16 wgmma on sm_90a, HMMA = mma.sync on sm_80/87).
+
+    python -m lpm_rt.benchmark.sass [--json]     (exit 1 if an expectation fails)
+
+Must run with TRITON_INTERPRET unset: under the interpreter ``@triton.jit`` yields
+InterpretedFunction objects, which ``triton.compile`` cannot lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+MMA_RE = re.compile(r"\b(QGMMA|HGMMA|IGMMA|HMMA|IMMA)\b")
+
+
+@dataclass
+class Spec:
+    """One kernel variant: pointer element types by parameter name, constexpr values, target arch."""
+
+    module: str
+    kernel: str
+    pointers: dict
+    constexprs: dict
+    arch: int
+    expect: str | None          # MMA instruction that must appear (None: no MMA expected)
+    label: str
+    num_warps: int = 4
+    num_stages: int = 2
+    floats: tuple = field(default=("qk_scale", "eps"))
+    div16: tuple = field(default=("K", "N", "kv_per_split"))   # sizes the runtime keeps multiples of 16
+    unaligned: tuple = field(default=("stride_ksp", "stride_vsp", "stride_tb", "stride_qb", "stride_lb",
+                                      "stride_ls", "stride_qb", "stride_wsn", "stride_sb", "stride_hb"))
+
+
+UNIT = re.compile(r"^stride_(qd|kd|vd|od|ksh|vsh|tp|pd|ll|lh|xk|wk|on|wsk|xc|hc|sc|yc|cd|sd|kpd|vpd|rn|gn)$")
+
+
+def signature_for(fn, spec: Spec) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) for ASTSource, the way the JIT would specialize aligned,
+    contiguous tensors: '*<dtype>' per pointer (declared 16-byte aligned: tt.divisibility 16),
+    innermost strides fixed to constexpr 1 and sizes/strides that are multiples of 16 declared so
+    (tt.divisibility 16) -- without these hints loads and masks stay scalar and the software
+    pipeliner cannot use cp.async, exactly what the JIT infers from actual arguments; other
+    integers 'i32', floats 'fp32'."""
+    sig, attrs, ce = {}, {}, dict(spec.constexprs)
+    for i, name in enumerate(fn.arg_names):
+        if name in ce:
+            sig[name] = "constexpr"
+        elif UNIT.match(name):
+            sig[name], ce[name] = "constexpr", 1
+        elif name in spec.pointers:
+            sig[name] = "*" + spec.pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in spec.floats:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+            if (name.startswith("stride_") and name not in spec.unaligned) or name in spec.div16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, ce, attrs
+
+
+def compile_spec(spec: Spec):
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(spec.module), spec.kernel)
+    if not isinstance(fn, triton.runtime.jit.JITFunction):
+        raise RuntimeError(f"{spec.kernel} is {type(fn).__name__}: unset TRITON_INTERPRET to compile")
+    sig, ce, attrs = signature_for(fn, spec)
+    src = ASTSource(fn, signature=sig, constexprs=ce, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", spec.arch, 32),
+                          options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+
+
+def cuobjdump() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def sass_of(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([cuobjdump(), "--dump-sass", f.name], check=True, capture_output=True,
+                              text=True).stdout
+
+
+def _attn(arch, q, kv, fp8_q, expect, label, d=128):
+    ptr = {"q_ptr": q, "k_ptr": kv, "v_ptr": kv, "ks_ptr": "fp32", "vs_ptr": "fp32", "table_ptr": "i32",
+           "lens_ptr": "i32", "o_ptr": q, "lse_ptr": "fp32"}
+    import torch
+
+    from lpm_rt.ops.paged_attention import _config
+
+    bm, bn, warps, stages = _config(1560, d, kv == "fp8e4nv", torch.device("cuda"))   # the launcher's choice
+    ce = dict(PAGE_SIZE=120, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
+              SPLIT=False, IEEE=False, FIX_ROUND=False)
+    return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
+                num_warps=warps, num_stages=stages)
+
+
+def specs() -> list[Spec]:
+    lin_ptr = {"x_ptr": "fp8e4nv", "w_ptr": "fp8e4nv", "xs_ptr": "fp32", "ws_ptr": "fp32", "bias_ptr": "bf16",
+               "res_ptr": "bf16", "gate_ptr": "bf16", "out_ptr": "bf16"}
+    lin_ce = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, BLOCK_SCALE=False, HAS_BIAS=True,
+                  GELU=True, RESIDUAL=False, FIX_ROUND=False)
+    nm_ptr = {"x_ptr": "bf16", "shift_ptr": "bf16", "scale_ptr": "bf16", "y_ptr": "fp8e4nv", "ys_ptr": "fp32"}
+    cw = {"k_ptr": "bf16", "v_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32", "slot_ptr": "i64",
+          "kp_ptr": "fp8e4nv", "vp_ptr": "fp8e4nv", "ks_ptr": "fp32", "vs_ptr": "fp32", "q_ptr": "bf16",
+          "qo_ptr": "bf16"}
+    comb = {"part_ptr": "fp32", "lse_ptr": "fp32", "o_ptr": "bf16"}
+    out = [
+        _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
+        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
+        _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
+        _attn(87, "bf16", "bf16", False, "HMMA", "paged_attention bf16, d64 (Orin)", d=64),
+        Spec("csrc_triton.paged_attention", "_paged_attn_combine_kernel", comb,
+             dict(HEAD_DIM=128, BLOCK_S=8, FIX_ROUND=False), 90, None, "split-KV combine"),
+        Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", lin_ptr, lin_ce, 90, "QGMMA",
+             "fp8_linear per-channel + bias + GELU", num_warps=8, num_stages=3),
+        Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", lin_ptr,
+             {**lin_ce, "BLOCK_SCALE": True, "GELU": False, "RESIDUAL": True}, 90, "QGMMA",
+             "fp8_linear 1x128 blocks + gated residual", num_warps=8, num_stages=3),
+        Spec("csrc_triton.norm_modulate", "_norm_modulate_kernel", nm_ptr,
+             dict(BLOCK_C=8192, RMS=False, FP8_OUT=True, FIX_ROUND=False), 90, None, "norm_modulate -> fp8, C 5120",
+             num_warps=8),
+        Spec("csrc_triton.norm_modulate", "_norm_modulate_kernel", {**nm_ptr, "y_ptr": "fp16"},
+             dict(BLOCK_C=2048, RMS=True, FP8_OUT=False, FIX_ROUND=False), 87, None, "norm_modulate fp16 (Orin)"),
+        Spec("csrc_triton.cache_write", "_cache_write_kernel", cw,
+             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=True, FIX_ROUND=False), 90, None,
+             "cache_write RoPE + fp8", num_warps=8),
+        Spec("csrc_triton.cache_write", "_cache_write_kernel", {**cw, "kp_ptr": "fp16", "vp_ptr": "fp16", "q_ptr": "fp16", "qo_ptr": "fp16"},
+             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=False, FIX_ROUND=False), 87, None,
+             "cache_write RoPE fp16 (Orin)", num_warps=8),
+    ]
+    from csrc_triton.fp8_linear import FP8_LINEAR_CONFIGS
+
+    for i, c in enumerate(FP8_LINEAR_CONFIGS):                 # every tile the GPU autotuner may pick
+        tile = {k: v for k, v in c.items() if k.isupper()}
+        out.append(Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", lin_ptr,
+                        {**lin_ce, **tile, "BLOCK_SCALE": True, "RESIDUAL": True}, 90, "QGMMA",
+                        f"fp8_linear autotune cfg {i} (block scales)", num_warps=c["num_warps"],
+                        num_stages=c["num_stages"]))
+    return out
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """REG / SHARED / LOCAL (spill) / STACK per kernel, from ``cuobjdump --dump-resource-usage``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        txt = subprocess.run([cuobjdump(), "--dump-resource-usage", f.name], check=True,
+                             capture_output=True, text=True).stdout
+    return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", txt)}
+
+
+def check_all(selected=None) -> list[dict]:
+    rows = []
+    for spec in specs():
+        if selected and selected not in spec.module:
+            continue
+        t0 = time.perf_counter()
+        k = compile_spec(spec)
+        mma = collections.Counter(MMA_RE.findall(sass_of(k.asm["cubin"])))
+        ok = (spec.expect is None and not mma) or (spec.expect is not None and mma[spec.expect] > 0)
+        rows.append(dict(label=spec.label, kernel=k.metadata.name, arch=f"sm_{spec.arch}{'a' if spec.arch >= 90 else ''}",
+                         num_warps=k.metadata.num_warps, shared=k.metadata.shared, mma=dict(mma),
+                         resources=resource_usage(k.asm["cubin"]),
+                         expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--op", default=None, help="only kernels of this op (e.g. paged_attention)")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET to compile for a GPU target", file=sys.stderr)
+        return 2
+    rows = check_all(args.op)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{'ok ' if r['ok'] else 'BAD'} {r['arch']:8s} {r['label']:45s} warps={r['num_warps']} "
+                  f"smem={r['shared']:6d} regs={r['resources'].get('reg')} spill={r['resources'].get('local')} "
+                  f"mma={r['mma']} ({r['compile_s']} s)")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Small helpers shared by the Triton launchers (imported lazily: triton is optional)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when csrc_triton's kernels were decorated under TRITON_INTERPRET=1 (CPU, numpy)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from csrc_triton import _fp
+
+    return isinstance(_fp.cast_rne, InterpretedFunction)
+
+
+def ieee_dots(dtype: torch.dtype) -> bool:
+    """Dots in exact fp32: for fp32 data (no TF32), and for bf16 in the interpreter (numpy has no bf16)."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
+
+
+def check_device(ref: torch.Tensor, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device}, expected {ref.device}")

@@ -1,0 +1,135 @@
+"""FP8 linear layer with fused epilogues.
+
+    y   = (x8 * xs[..., None]) @ (w8 * ws)^T            (ws: [N] per channel, or [N, K/128] per 1x128 block)
+    y   = act(y + bias)                                  (act: "none" or "gelu_tanh")
+    out = residual + gate * y   if residual is given     (gate broadcastable to residual)
+
+x8: [..., K] float8_e4m3fn with per-token scales xs: [...] fp32 (``norm_modulate(..., out_fp8=True)``
+or ``quantize_fp8_rows`` produce them); w8: [N, K] float8_e4m3fn from ``quantize_fp8_weight``
+(offline, in the AOT pipeline). Returns [..., N] in ``out_dtype``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .norm_modulate import FP8_MAX, quantize_fp8_rows
+
+__all__ = ["fp8_linear", "fp8_linear_ref", "quantize_fp8_weight", "quantize_fp8_rows"]
+
+WEIGHT_BLOCK = 128
+
+
+def quantize_fp8_weight(w: torch.Tensor, block: Optional[int] = None):
+    """w: [N, K] -> (w8 [N, K] e4m3, scale fp32: [N] per channel, or [N, K/block] per 1 x block)."""
+    N, K = w.shape
+    if block is None:
+        return quantize_fp8_rows(w)
+    if K % block:
+        raise ValueError(f"K={K} is not a multiple of the weight block {block}")
+    q, s = quantize_fp8_rows(w.reshape(N, K // block, block))               # (N, K/block, block)
+    return q.reshape(N, K), s
+
+
+def _dequant_weight(w8, ws, dtype):
+    if ws.dim() == 1:
+        return w8.to(dtype) * ws.to(dtype)[:, None]
+    N, K = w8.shape
+    return (w8.to(dtype).view(N, ws.shape[1], -1) * ws.to(dtype)[..., None]).view(N, K)
+
+
+def fp8_linear_ref(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=None, gate=None,
+                   out_dtype=torch.bfloat16, compute_dtype=torch.float32):
+    if act not in ("none", "gelu_tanh"):
+        raise ValueError(f"act {act!r} not in none/gelu_tanh")
+    x = x8.to(compute_dtype) * x_scale.to(compute_dtype)[..., None]
+    y = x @ _dequant_weight(w8, w_scale, compute_dtype).T
+    if bias is not None:
+        y = y + bias.to(compute_dtype)
+    if act == "gelu_tanh":
+        y = torch.nn.functional.gelu(y, approximate="tanh")
+    if residual is not None:
+        g = torch.ones((), dtype=compute_dtype) if gate is None else gate.to(compute_dtype)
+        y = residual.to(compute_dtype) + g * y
+    return y.to(out_dtype)
+
+
+def _as_bln(t, lead, N):
+    """Broadcast to [*lead, N] and view as [B, L, N] (stride 0 where broadcast; no copy for <= 2 lead dims)."""
+    t = t.broadcast_to(*lead, N)
+    return t.unsqueeze(0) if len(lead) == 1 else (t if len(lead) == 2 else t.reshape(lead[0], -1, N))
+
+
+def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
+    import triton
+
+    from csrc_triton import fp8_linear as kern
+
+    from ._triton_util import check_device, interpreting
+
+    f8 = torch.float8_e4m3fn
+    if x8.dtype != f8 or w8.dtype != f8:
+        raise TypeError(f"x8/w8 must be float8_e4m3fn, got {x8.dtype}/{w8.dtype}")
+    if act not in ("none", "gelu_tanh"):
+        raise ValueError(f"act {act!r} not in none/gelu_tanh")
+    lead, K = tuple(x8.shape[:-1]), x8.shape[-1]
+    N = w8.shape[0]
+    if w8.dim() != 2 or w8.shape[1] != K or tuple(x_scale.shape) != lead or x_scale.dtype != torch.float32:
+        raise ValueError(f"x8 {tuple(x8.shape)}, x_scale {tuple(x_scale.shape)}, w8 {tuple(w8.shape)} disagree")
+    block = w_scale.dim() == 2
+    if w_scale.dtype != torch.float32 or (block and (K % WEIGHT_BLOCK or tuple(w_scale.shape) != (N, K // WEIGHT_BLOCK))) \
+            or (not block and tuple(w_scale.shape) != (N,)):
+        raise ValueError(f"w_scale must be [N] or [N, K/{WEIGHT_BLOCK}] fp32, got {tuple(w_scale.shape)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"bias must be [N={N}]")
+    check_device(x8, x_scale=x_scale, w8=w8, w_scale=w_scale, bias=bias, residual=residual, gate=gate)
+    x2 = x8.reshape(-1, K)                                                   # (M, K)
+    M = x2.shape[0]
+    L = math.prod(lead[1:]) if len(lead) > 1 else M                         # rows of one sample
+    out = torch.empty(*lead, N, dtype=out_dtype, device=x8.device)
+    dummy = torch.zeros(1, 1, 1, dtype=torch.float32, device=x8.device)
+    res = g = dummy
+    if residual is not None:
+        one = torch.ones((), dtype=torch.float32, device=x8.device)
+        res, g = _as_bln(residual, lead, N), _as_bln(one if gate is None else gate, lead, N)
+    ws2 = w_scale if block else w_scale[:, None]
+    args = (x2, w8, x_scale.reshape(M), ws2, bias if bias is not None else dummy, res, g, out, M, N, K, L,
+            *x2.stride(), *w8.stride(), *ws2.stride(), *res.stride(), *g.stride(), *out.view(M, N).stride())
+    flags = dict(BLOCK_SCALE=block, HAS_BIAS=bias is not None, GELU=act == "gelu_tanh",
+                 RESIDUAL=residual is not None, FIX_ROUND=interpreting())
+    if M == 0:
+        return out
+    if x8.is_cuda:                                   # tile picked by the autotuner, per (M, N, K)
+        kernel = kern.autotuned_fp8_linear()
+        kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **flags)
+    else:
+        bm, bn = min(64, max(16, triton.next_power_of_2(M))), 64
+        kern._fp8_linear_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+            *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=WEIGHT_BLOCK, GROUP_M=4, **flags)
+    return out
+
+
+@torch.library.custom_op("lpm_rt::fp8_linear", mutates_args=())
+def _fp8_linear_op(x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor,
+                   bias: Optional[torch.Tensor], act: str, residual: Optional[torch.Tensor],
+                   gate: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    return _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)
+
+
+@_fp8_linear_op.register_fake
+def _(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
+    return x8.new_empty(*x8.shape[:-1], w8.shape[0], dtype=out_dtype)
+
+
+def fp8_linear(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=None, gate=None,
+               out_dtype=torch.bfloat16):
+    """Launcher: the selected backend's kernel; same contract as ``fp8_linear_ref``."""
+    from . import get_backend
+
+    if get_backend() != "triton":
+        return fp8_linear_ref(x8, x_scale, w8, w_scale, bias, act=act, residual=residual, gate=gate,
+                              out_dtype=out_dtype)
+    return torch.ops.lpm_rt.fp8_linear(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)

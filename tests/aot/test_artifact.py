@@ -1,0 +1,145 @@
+"""Artifacts: cpu round trip through lpm_rt.load, verification refusals, describe()."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import lpm_rt
+from lpm_rt.artifact import QUANTIZED_RE, describe, verify
+
+from lpm_compile import build
+
+
+def _frames(avatar, seconds=0.5, seed=0):
+    g = np.random.default_rng(seed)
+    img = g.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pcm = (0.1 * g.standard_normal(int(24000 * seconds))).astype(np.float32)
+    with avatar.open_session(references=[img], prompt="talk", seed=seed) as s:
+        s.push_audio(pcm, 24000, track="speaker")
+        s.flush()
+        return np.stack([f.image for f in s.frames()]).astype(np.float64)
+
+
+def _err(a, b):
+    return float(np.abs(a - b).mean())
+
+
+def test_cpu_fp32_round_trip_is_exact(artifact):
+    path = artifact("cpu")
+    meta = json.loads((path / "manifest.json").read_text())
+    assert meta["target"]["name"] == "cpu" and meta["kernels"] == []
+    assert set(meta["files"]) == {f"weights/{p}.safetensors" for p in ("backbone", "refiner", "vae")}
+    got = _frames(lpm_rt.load(str(path)))
+    want = _frames(lpm_rt.load("tiny"))                  # the reference path, same initial weights
+    assert got.shape == want.shape == (12, 64, 64, 3)
+    assert np.isfinite(got).all()
+    assert _err(got, want) == 0.0, f"max {np.abs(got - want).max()}"
+
+
+def test_cpu_bf16_weights_within_calibrated_bound(tmp_path):
+    build("tiny", "cpu", tmp_path / "a", weights="bf16", step_check=False, log=lambda m: None)
+    got = _frames(lpm_rt.load(str(tmp_path / "a")))
+    ref_av = lpm_rt.load("tiny")
+    want = _frames(ref_av)
+    # the same math in low precision: the reference model with its block linears rounded to bf16
+    low = lpm_rt.load("tiny")
+    with torch.no_grad():
+        for net in (low.model.backbone, low.model.refiner):
+            for k, p in net.named_parameters():
+                if QUANTIZED_RE.match(k):
+                    p.copy_(p.bfloat16().float())
+    expect = _frames(low)
+    e_art, e_low = _err(got, want), _err(expect, want)
+    assert e_art > 0, "bf16 weights were not applied"
+    assert e_art <= 2 * e_low + 1e-3, f"artifact err {e_art:.4f} vs bf16 reference err {e_low:.4f}"
+
+
+def test_quantized_step_sqnr_recorded(artifact):
+    meta = json.loads((artifact("h100") / "manifest.json").read_text())
+    q = meta["quantization"]
+    assert q["format"] == "fp8_e4m3_channel"
+    assert q["summary"]["min_db"] > 25                   # e4m3 per channel: ~31 dB on Gaussian weights
+    assert q["step_check"]["velocity_db"] > 25 and q["step_check"]["video_db"] > 25
+    assert len(q["layers"]) == q["summary"]["layers"] > 0
+    assert meta["kernel_tuning"]["kind"] == "heuristic"
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_weight_names_the_file(artifact, tmp_path):
+    d = _copy(artifact("cpu"), tmp_path)
+    f = d / "weights" / "refiner.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(lpm_rt.ArtifactError, match=r"refiner\.safetensors: sha256 mismatch"):
+        lpm_rt.load(str(d))
+
+
+def test_tampered_cubin_and_extra_file(artifact, tmp_path):
+    d = _copy(artifact("h100"), tmp_path)
+    cubin = sorted((d / "kernels").glob("*.cubin"))[0]
+    data = bytearray(cubin.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cubin.write_bytes(bytes(data))
+    with pytest.raises(lpm_rt.ArtifactError, match=cubin.name):
+        verify(d)
+    d2 = _copy(artifact("cpu"), tmp_path / "x")
+    (d2 / "weights" / "extra.safetensors").write_bytes(b"")
+    with pytest.raises(lpm_rt.ArtifactError, match="extra.safetensors: not listed"):
+        lpm_rt.load(str(d2))
+
+
+def test_manifest_edits_are_refused(artifact, tmp_path):
+    d = _copy(artifact("cpu"), tmp_path)
+    mf = d / "manifest.json"
+    meta = json.loads(mf.read_text())
+    mf.write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(lpm_rt.ArtifactError, match="format_version 99"):
+        lpm_rt.load(str(d))
+    meta["config"]["model"]["num_layers"] = 3
+    mf.write_text(json.dumps(meta))
+    with pytest.raises(lpm_rt.ArtifactError, match="config_hash"):
+        lpm_rt.load(str(d))
+    mf.write_text("{not json")
+    with pytest.raises(lpm_rt.ArtifactError, match="manifest.json: not valid JSON"):
+        lpm_rt.load(str(d))
+
+
+def test_toolchain_mismatch_is_refused(artifact, tmp_path):
+    d = _copy(artifact("cpu"), tmp_path)
+    mf = d / "manifest.json"
+    meta = json.loads(mf.read_text())
+    meta["toolchain"]["lpm_rt"] = "7.3.0"
+    mf.write_text(json.dumps(meta))
+    with pytest.raises(lpm_rt.ArtifactError, match="compiled by lpm_rt 7.3.0"):
+        lpm_rt.load(str(d))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without an sm_90 GPU")
+@pytest.mark.parametrize("target,arch", [("h100", "sm_90a"), ("orin", "sm_87")])
+def test_gpu_artifact_refused_without_matching_gpu(artifact, target, arch):
+    with pytest.raises(lpm_rt.ArtifactError, match=f"{target} artifact needs an {arch} GPU.*no CUDA GPU"):
+        lpm_rt.load(str(artifact(target)))
+    info = describe(artifact(target))
+    assert info["integrity"] == "ok" and info["runnable_here"] is False
+    assert info["target"]["arch"] == arch and info["kernels"]
+    assert describe(artifact("cpu"))["runnable_here"] is True
+
+
+def test_compile_from_a_model_directory(tmp_path):
+    from lpm_rt.checkpoint import save
+    from lpm_rt.model.online import OnlineLPM
+    from lpm_rt.config import preset
+
+    save(OnlineLPM(preset("tiny")).init_weights(3), tmp_path / "ckpt")
+    meta = build(str(tmp_path / "ckpt"), "cpu", tmp_path / "a", step_check=False, log=lambda m: None)
+    assert meta["model"]["source"] == str((tmp_path / "ckpt").resolve())
+    assert verify(tmp_path / "a")["config_hash"] == meta["config_hash"]

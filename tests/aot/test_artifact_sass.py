@@ -1,0 +1,90 @@
+"""Machine code of the compiled kernels: FP8 wgmma (QGMMA) on h100, mma.sync (HMMA/IMMA) and no
+Hopper-only instructions on orin (sm_87). Runs on whatever kernels csrc_triton holds now."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+
+import importlib.util
+
+# located without importing triton: tests/ops must be able to switch on TRITON_INTERPRET later
+BIN = os.path.join(os.path.dirname(importlib.util.find_spec("triton").origin), "backends", "nvidia", "bin")
+MMA = re.compile(r"\b(QGMMA|HGMMA|IGMMA|BGMMA|HMMA|IMMA)\b")
+HOPPER_ONLY = re.compile(r"\b(QGMMA|HGMMA|IGMMA|BGMMA|UTMALDG|UTMASTG|UTMAPF|UTMACCTL|UBLKCP|UBLKRED|UBLKPF|"
+                         r"SYNCS|WARPGROUP|ELECT|ACQBULK|UCGABAR)\w*")
+
+
+def sass(path) -> str:
+    return subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", str(path)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _kernels(path):
+    return json.loads((path / "manifest.json").read_text())["kernels"]
+
+
+def test_h100_kernels(artifact):
+    path = artifact("h100")
+    ks = _kernels(path)
+    roles = {k["role"] for k in ks}
+    assert {"attention", "linear"} <= roles, f"expected attention and fp8 linear kernels, got {roles}"
+    for k in ks:
+        code = sass(path / k["file"])
+        assert "code for sm_90a" in code, k["name"]
+        mma = set(MMA.findall(code))
+        if k["role"] == "linear":
+            assert "QGMMA" in mma, (k["name"], mma)
+        elif k["role"] == "attention":
+            # fp8 Q.K^T / P.V need head_dim >= 32: tiny (d=16, 32-row tiles) runs bf16 MMA on
+            # dequantized K/V -- wgmma (HGMMA) for 64-row tiles, mma.sync (HMMA) below that
+            if k["constexprs"]["FP8_Q"]:
+                assert "QGMMA" in mma, (k["name"], mma)
+            else:
+                assert mma & {"HGMMA", "HMMA"}, (k["name"], mma)
+        assert k["num_warps"] in (4, 8) and k["shared"] >= 0 and k["params"]
+
+
+FP8_ATTENTION_SCRIPT = """
+import json, sys
+from lpm_rt.config import preset
+from lpm_compile.kernels import BuildContext, enumerate_variants, compile_variant
+from lpm_compile.targets import target
+cfg, t = preset(sys.argv[1]), target("h100")
+vs, _ = enumerate_variants(BuildContext(cfg, t, frozenset({"fp8_e4m3_channel"})))
+out = []
+for v in vs:
+    if v.role == "attention":
+        cubin, rec = compile_variant(v, t)
+        open(sys.argv[2] + "/" + v.name + ".cubin", "wb").write(cubin)
+        out.append(rec)
+print(json.dumps(out))
+"""
+
+
+def test_h100_fp8_attention_at_demo_head_dim(tmp_path):
+    """The demo preset (head_dim 32) gets the FP8-Q attention: Q.K^T and P.V on QGMMA."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", FP8_ATTENTION_SCRIPT, "demo", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert recs and all(rec["constexprs"]["FP8_Q"] for rec in recs)
+    for rec in recs:
+        assert "QGMMA" in MMA.findall(sass(tmp_path / f"{rec['name']}.cubin")), rec["name"]
+
+
+def test_orin_kernels(artifact):
+    path = artifact("orin")
+    ks = _kernels(path)
+    assert not any(k["role"] == "linear" for k in ks), "sm_87 has no FP8: no fp8_linear kernels"
+    assert any(k["role"] == "attention" for k in ks)
+    for k in ks:
+        code = sass(path / k["file"])
+        assert "code for sm_87" in code, k["name"]
+        bad = sorted(set(HOPPER_ONLY.findall(code)))
+        assert not bad, (k["name"], bad)
+        if k["role"] == "attention":
+            assert {"HMMA", "IMMA"} & set(MMA.findall(code)), k["name"]

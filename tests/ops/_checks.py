@@ -1,0 +1,46 @@
+"""Shared accuracy checks for op tests (flash-attention's self-calibrating bound, SQNR, cosine)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _report(name: str, got: torch.Tensor, ref: torch.Tensor) -> str:
+    err = (got.double() - ref.double()).abs()
+    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    return (f"{name}: max err {err.max().item():.3e}, mean err {err.mean().item():.3e}, worst index "
+            f"{idx} (got {got.double()[idx].item():.6g}, ref {ref.double()[idx].item():.6g})")
+
+
+def assert_calibrated(got, low, ref, floor: float = 1e-6, name: str = "out"):
+    """err(got vs ref) <= 2 * err(low vs ref) + floor, max over elements; ref is the fp64 reference,
+    low the same math done in the kernel's low precision. Also asserts every element is finite."""
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values ({(~torch.isfinite(got)).sum()} of {got.numel()})"
+    err = (got.double() - ref.double()).abs().max().item()
+    bound = 2 * (low.double() - ref.double()).abs().max().item() + floor
+    assert err <= bound, f"{_report(name, got, ref)}; bound {bound:.3e}"
+
+
+def sqnr_db(got, ref) -> float:
+    """20 log10(|ref| / |ref - got|) over the whole tensor."""
+    ref, got = ref.double(), got.double()
+    return (20 * torch.log10(ref.norm() / (ref - got).norm().clamp_min(1e-300))).item()
+
+
+def cosine(got, ref) -> float:
+    return torch.nn.functional.cosine_similarity(got.double().flatten(), ref.double().flatten(), dim=0).item()
+
+
+def assert_sqnr(got, ref, min_db: float = 25.0, min_cos: float = 0.995, name: str = "out"):
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    s, c = sqnr_db(got, ref), cosine(got, ref)
+    assert s >= min_db and c >= min_cos, f"{_report(name, got, ref)}; SQNR {s:.1f} dB (>= {min_db}), cos {c:.5f}"
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill with NaN (or a max value for dtypes without NaN) so unwritten elements show."""
+    if t.dtype == torch.float8_e4m3fn:
+        return t.view(torch.uint8).fill_(0x7F).view(t.dtype)     # 0x7F is e4m3fn's NaN
+    return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-1)
+

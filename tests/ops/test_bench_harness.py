@@ -1,0 +1,63 @@
+"""The kernel benchmark harness (lpm_rt.benchmark.kernels) end to end on CPU at tiny shapes:
+every provider of every op is wired and runs (Triton through the interpreter), rows carry the
+fields the JSON promises, the work helpers count what they should, and ``main`` without a GPU
+says so and exits 0. Timing itself is replaced by one call: there is nothing to time on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lpm_rt.benchmark import kernels as H
+
+TINY = {
+    "paged_attention": dict(label="tiny", B=1, M=5, Lq=5, kv=21, H=2, D=16, page_size=8),
+    "fp8_linear": dict(label="tiny", B=1, M=5, K=128, N=24),
+    "norm_modulate": dict(label="tiny", B=1, M=5, C=32),
+    "cache_write": dict(label="tiny", B=1, M=16, N=16, H=2, D=16, page_size=8),
+}
+
+
+def test_work_helpers():
+    sh = dict(B=1, H=40, Lq=1560, kv=24960, D=128)
+    assert H.attention_flops(sh) == 4 * 40 * 1560 * 24960 * 128
+    assert H.linear_flops(dict(M=9360, N=13824, K=5120)) == 2 * 9360 * 13824 * 5120
+    assert H.attention_bytes(sh, 2, 1) == 40 * 128 * (2 * 1560 * 2 + 2 * 24960)
+
+
+def test_production_shapes_are_labelled_480p():
+    shapes = H.production_shapes("paged_attention")
+    s17 = [s for s in shapes if s["label"] == "lpm-17b 480P chunk=6f"][0]
+    assert (s17["Lq"], s17["kv"], s17["H"], s17["D"], s17["page_size"]) == (9360, 21 * 1560, 40, 128, 120)
+    assert any(s["K"] == 5120 and s["N"] == 13824 and s["M"] == 9360 for s in H.production_shapes("fp8_linear"))
+
+
+@pytest.mark.parametrize("op", H.OPS)
+def test_every_provider_runs(op, monkeypatch):
+    calls = []
+
+    def one_call(fn, quick):
+        fn()
+        calls.append(1)
+        return dict(median_ms=1.0, p20_ms=0.9, p80_ms=1.2)
+
+    monkeypatch.setattr(H, "_timed", one_call)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)          # inductor on CPU: too slow here
+    rows = H.run_op(op, True, dict(bf16_tflops=1.0, fp8_tflops=2.0, copy_gbps=1.0), [TINY[op]], device="cpu")
+    assert [r["provider"] for r in rows] == H.provider_names(op)
+    for r in rows:
+        if r["provider"].startswith(("ref", "triton")):
+            assert "skipped" not in r, r
+        if "skipped" not in r:
+            assert r["median_ms"] == 1.0 and r["gbps"] > 0 and r["frac_peak"] > 0
+            assert (r["tflops"] is not None and r["tflops"] > 0) == (op in ("paged_attention", "fp8_linear"))
+    assert len(calls) == sum("skipped" not in r for r in rows)
+    assert H.lpm_ops().get_backend() == "ref"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_main_without_gpu(capsys, tmp_path):
+    assert H.main(["--op", "norm_modulate", "--out", str(tmp_path / "x.json")]) == 0
+    out = capsys.readouterr().out
+    assert "No CUDA GPU" in out and "norm_modulate" in out and "ok" in out
+    assert not (tmp_path / "x.json").exists()                             # no fake numbers written

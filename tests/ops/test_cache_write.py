@@ -1,0 +1,145 @@
+"""cache_write (Triton, interpreter on CPU) against the fp64 reference.
+
+Pages and scales are poisoned (NaN) before each call: written slots must come back finite and
+every slot the mapping does not name must still be NaN afterwards. Slot mappings send each
+page-sized group of tokens to a random page, with the offsets inside the page shuffled.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from lpm_rt.config import preset
+from lpm_rt.model.rope import grid_positions, rope_apply, rope_cos_sin
+from lpm_rt.ops import cache_write, cache_write_ref
+from lpm_rt.ops.cache_write import FP8_MAX
+
+from _checks import assert_calibrated, assert_sqnr, poison_
+
+
+def make_case(N, H, D, page_size, P, dtype=torch.float32, rope=True, seed=0):
+    """k, v as strided views of a fused qkv projection, slots, and RoPE tables from real positions."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(N, 3, H, D, generator=g).to(dtype)                     # (N, 3, H, D)
+    k, v = qkv[:, 1], qkv[:, 2]
+    pages = torch.randperm(P, generator=g)[: N // page_size]
+    offs = torch.stack([torch.randperm(page_size, generator=g) for _ in range(N // page_size)])
+    slots = (pages[:, None] * page_size + offs).flatten()                   # (N,) int64
+    cos = sin = None
+    if rope:
+        c = D // 2
+        dims = (c - 2 * (c // 3), c // 3, c // 3)
+        side = max(1, int(N ** 0.5))
+        pos = grid_positions(torch.arange(-(-N // (side * side))) - 3, side, side)[:N]
+        cos, sin = rope_cos_sin(pos, dims)
+    return k, v, slots, cos, sin
+
+
+def new_pages(P, page_size, H, D, dtype):
+    kp, vp = (poison_(torch.empty(P, page_size, H, D, dtype=dtype)) for _ in range(2))
+    scales = (poison_(torch.empty(P, H)), poison_(torch.empty(P, H))) if dtype == torch.float8_e4m3fn else (None, None)
+    return kp, vp, *scales
+
+
+def written_mask(P, page_size, slots):
+    m = torch.zeros(P * page_size, dtype=torch.bool)
+    m[slots] = True
+    return m.view(P, page_size)
+
+
+def check_untouched(pages, mask):
+    """Slots outside the mapping were not written (still the poison)."""
+    raw = pages.view(torch.uint8) if pages.dtype == torch.float8_e4m3fn else pages
+    rest = raw[~mask]
+    assert (rest == 0x7F).all() if pages.dtype == torch.float8_e4m3fn else torch.isnan(rest).all(), \
+        "kernel wrote outside the slot mapping"
+
+
+TINY, DEMO = preset("tiny"), preset("demo")
+
+
+@pytest.mark.parametrize("N,H,D,page_size,P,dtype,rope", [
+    pytest.param(16, 2, TINY.model.head_dim, TINY.stream.page_size, 5, torch.float32, True, id="tiny-fp32"),
+    pytest.param(240, 1, DEMO.model.head_dim, 120, 4, torch.bfloat16, True, id="p120-bf16"),
+    pytest.param(64, 2, 64, DEMO.stream.page_size, 3, torch.float16, False, id="demo-fp16-norope"),
+])
+def test_matches_fp64_reference(triton_backend, N, H, D, page_size, P, dtype, rope):
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P, dtype, rope)
+    kp, vp, _, _ = new_pages(P, page_size, H, D, dtype)
+    cache_write(k, v, kp, vp, slots, cos=cos, sin=sin)
+    k64 = rope_apply(k.double(), cos.double(), sin.double()) if rope else k.double()
+    low_k = rope_apply(k, cos, sin) if rope else k                            # the ref's math in k's dtype
+    flat = lambda p: p.view(-1, H, D)[slots]                                  # noqa: E731
+    assert_calibrated(flat(kp), low_k, k64, floor=1e-6, name="k_pages")
+    assert torch.equal(flat(vp), v), "v pages are a plain copy"
+    mask = written_mask(P, page_size, slots)
+    check_untouched(kp, mask), check_untouched(vp, mask)
+
+
+@pytest.mark.parametrize("dtype,page_size,D", [(torch.float32, 8, 16), (torch.bfloat16, 120, 32)])
+def test_fp8_pages(triton_backend, dtype, page_size, D):
+    N, H, P = 2 * page_size, 2, 5
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P, dtype)
+    kp, vp, ks, vs = new_pages(P, page_size, H, D, torch.float8_e4m3fn)
+    cache_write(k, v, kp, vp, slots, ks, vs, cos, sin)
+    rkp, rvp, rks, rvs = new_pages(P, page_size, H, D, torch.float8_e4m3fn)
+    cache_write_ref(k, v, rkp, rvp, slots, rks, rvs, cos, sin)
+    pages_written = slots.div(page_size, rounding_mode="floor").unique()
+    for name, got_s, ref_s in (("k_scale", ks, rks), ("v_scale", vs, rvs)):
+        torch.testing.assert_close(got_s[pages_written], ref_s[pages_written], rtol=1e-2, atol=0, msg=name)
+        assert torch.isnan(got_s[[p for p in range(P) if p not in pages_written.tolist()]]).all()
+    k64 = rope_apply(k.double(), cos.double(), sin.double())
+    for name, pages, sc, exact in (("k", kp, ks, k64), ("v", vp, vs, v.double())):
+        deq = pages.double() * sc.double()[:, None, :, None]                   # (P, page_size, H, D)
+        got = deq.view(-1, H, D)[slots]
+        assert_sqnr(got, exact, min_db=30.0, min_cos=0.999, name=f"{name} dequantized")
+        ref_codes = (rkp if name == "k" else rvp).view(-1, H, D)[slots].view(torch.uint8)
+        same = (pages.view(-1, H, D)[slots].view(torch.uint8) == ref_codes).double().mean().item()
+        assert same >= 0.97, f"{name}: only {same:.3f} of fp8 codes equal the reference's"
+        check_untouched(pages, written_mask(P, page_size, slots))
+
+
+def test_launcher_really_launches_triton(triton_backend, monkeypatch):
+    kern = importlib.import_module("csrc_triton.cache_write")
+    mod = importlib.import_module("lpm_rt.ops.cache_write")
+    monkeypatch.setattr(mod, "cache_write_ref", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fallback")))
+    launches, real = [], kern._cache_write_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(kern, "_cache_write_kernel", Spy())
+    k, v, slots, cos, sin = make_case(16, 1, 16, 8, 3)
+    kp, vp, _, _ = new_pages(3, 8, 1, 16, torch.float32)
+    cache_write(k, v, kp, vp, slots, cos=cos, sin=sin)
+    assert launches == [(2, 1, 2)]
+    assert torch.isfinite(kp.view(-1, 1, 16)[slots]).all()
+
+
+def test_partial_page_raises(triton_backend):
+    k, v, slots, cos, sin = make_case(16, 1, 16, 8, 3)
+    kp, vp, _, _ = new_pages(3, 8, 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="whole pages"):
+        cache_write(k[:12], v[:12], kp, vp, slots[:12], cos=cos[:12], sin=sin[:12])
+
+
+@pytest.mark.parametrize("dtype,page_size", [(torch.float32, 8), (torch.bfloat16, 120)])
+def test_fused_q_rope(triton_backend, dtype, page_size):
+    """q rides along in the same launch: rotated and returned in token order, pages unchanged."""
+    N, H, D, P = 2 * page_size, 2, 32, 4
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P, dtype)
+    q = torch.randn(N, H, 2 * D).to(dtype)[..., ::2]                          # strided view
+    kp, vp, _, _ = new_pages(P, page_size, H, D, dtype)
+    rkp, rvp, _, _ = new_pages(P, page_size, H, D, dtype)
+    got = cache_write(k, v, kp, vp, slots, cos=cos, sin=sin, q=q)
+    want = cache_write_ref(k, v, rkp, rvp, slots, cos=cos, sin=sin, q=q)
+    exact = rope_apply(q.double(), cos.double(), sin.double())
+    assert got.shape == q.shape and got.dtype == dtype
+    assert_calibrated(got, want, exact, floor=1e-6, name="rope(q)")
+    check_untouched(kp, written_mask(P, page_size, slots))
+    assert cache_write(k, v, kp, vp, slots, cos=cos, sin=sin) is None

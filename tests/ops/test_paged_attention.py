@@ -1,0 +1,193 @@
+"""paged_attention (Triton, interpreter on CPU) against the fp64 reference.
+
+Each case scrambles the page table (a random permutation of a pool larger than needed), uses
+kv_lens that are not page multiples, a non-contiguous q view, and runs with torch's
+fill-uninitialized-memory mode so every output/workspace element starts as NaN.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import lpm_rt.ops as ops
+from lpm_rt.config import preset
+from lpm_rt.ops import paged_attention, paged_attention_ref
+from lpm_rt.ops.cache_write import FP8_MAX
+from lpm_rt.ops.paged_attention import gather_pages
+
+from _checks import assert_calibrated, assert_sqnr
+
+
+def make_case(B, Lq, H, D, page_size, kv_lens, dtype=torch.float32, kv_dtype=None,
+              spare_pages=3, device="cpu", seed=0):
+    """Inputs built as the cache holds them. Returns (q, k_pages, v_pages, table, lens, k_scale, v_scale)."""
+    g = torch.Generator().manual_seed(seed)
+    kv_dtype = kv_dtype or dtype
+    max_pages = max(-(-n // page_size) for n in kv_lens) + 1
+    P = B * max_pages + spare_pages
+    q = torch.randn(B, Lq, H, 2 * D, generator=g).to(device, dtype)[..., ::2]   # strided view, stride_d 2
+    kf = torch.randn(P, page_size, H, D, generator=g) * torch.rand(P, 1, H, 1, generator=g).add(0.25)
+    vf = torch.randn(P, page_size, H, D, generator=g) * torch.rand(P, 1, H, 1, generator=g).add(0.25)
+    table = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).to(torch.int32)
+    lens = torch.tensor(kv_lens, dtype=torch.int32)
+    if kv_dtype == torch.float8_e4m3fn:
+        ks = kf.abs().amax(dim=(1, 3)) / FP8_MAX                          # (P, H)
+        vs = vf.abs().amax(dim=(1, 3)) / FP8_MAX
+        kp = (kf / ks[:, None, :, None]).to(kv_dtype)
+        vp = (vf / vs[:, None, :, None]).to(kv_dtype)
+        return q, kp.to(device), vp.to(device), table.to(device), lens, ks.to(device), vs.to(device)
+    return q, kf.to(device, kv_dtype), vf.to(device, kv_dtype), table.to(device), lens, None, None
+
+
+def low_precision(q, kp, vp, table, lens, ks, vs, sm_scale=None):
+    """The kernel's math with its rounding points, done in one block: scores from q-dtype (or fp8)
+    operands accumulated in fp32, P (times the v scale) rounded to q's dtype before P.V, fp32
+    accumulation, output rounded to q's dtype. The 'same math in low precision' of the bound."""
+    B, Lq, H, D = q.shape
+    sm_scale = D ** -0.5 if sm_scale is None else sm_scale
+    out = torch.empty_like(q)
+    for b in range(B):
+        n = int(lens[b])
+        k = gather_pages(kp, None, table[b], n, torch.float32)                 # (n, H, D) raw values
+        v = gather_pages(vp, None, table[b], n, torch.float32)
+        ids = table[b].long().repeat_interleave(kp.shape[1])[:n]
+        ksc = ks[ids].float() if ks is not None else torch.ones(n, H)         # (n, H) per-token scale
+        vsc = vs[ids].float() if vs is not None else torch.ones(n, H)
+        s = torch.einsum("qhd,nhd->hqn", q[b].float(), k) * (sm_scale * ksc.T[:, None, :])
+        p = torch.exp(s - s.amax(-1, keepdim=True)) if n else s               # (H, Lq, n)
+        pv = (p * vsc.T[:, None, :]).to(q.dtype).float()
+        o = torch.einsum("hqn,nhd->qhd", pv, v) / p.sum(-1).clamp_min(1e-30).T[:, :, None]
+        out[b] = o.to(q.dtype)
+    return out
+
+
+def references(q, kp, vp, table, lens, ks, vs, sm_scale=None):
+    """(fp64 reference, the same math in q's precision)."""
+    ref = paged_attention_ref(q.double(), kp, vp, table, lens, ks, vs, sm_scale)
+    return ref, low_precision(q, kp, vp, table, lens, ks, vs, sm_scale)
+
+
+@pytest.fixture(autouse=True)
+def _poison_allocations():
+    """torch.empty returns NaN-filled memory while this is on: unwritten outputs show up."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(prev)
+
+
+TINY, DEMO = preset("tiny"), preset("demo")
+CASES = [  # B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, num_splits
+    pytest.param(2, 5, 2, TINY.model.head_dim, TINY.stream.page_size, [37, 8], torch.float32, None, 1, id="tiny-fp32"),
+    pytest.param(1, 33, 2, DEMO.model.head_dim, DEMO.stream.page_size, [70], torch.float16, None, 1, id="demo-fp16"),
+    pytest.param(1, 1, 2, 64, 120, [250], torch.bfloat16, None, 3, id="p120-lq1-bf16-split"),
+    pytest.param(1, 3, 1, 128, 120, [121], torch.float32, None, 1, id="d128-fp32"),
+    pytest.param(2, 7, 2, 32, 8, [0, 9], torch.float16, None, 4, id="empty-row-empty-splits"),
+    pytest.param(2, 4, 2, 32, 8, [19, 40], torch.bfloat16, torch.float8_e4m3fn, 1, id="fp8-pages-bf16"),
+    pytest.param(1, 2, 2, 16, 8, [13], torch.float32, torch.float8_e4m3fn, 2, id="fp8-pages-fp32-split"),
+]
+
+
+@pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
+def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, splits):
+    args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
+    assert not args[0].is_contiguous()
+    out = paged_attention(*args, num_splits=splits)
+    ref, low = references(*args)
+    assert out.dtype == dtype
+    assert_calibrated(out, low, ref, floor=1e-5)
+
+
+@pytest.mark.parametrize("Lq,page_size,splits", [(1, 8, 1), (20, 120, 2)])
+def test_fp8_q_sqnr(triton_backend, Lq, page_size, splits):
+    """FP8 Q.K^T and P.V: ~3 mantissa bits per operand, so judged by SQNR and cosine."""
+    args = make_case(2, Lq, 2, 64, page_size, [45, 130], torch.bfloat16, torch.float8_e4m3fn)
+    out = paged_attention(*args, fp8_q=True, num_splits=splits)
+    ref, _ = references(*args)
+    assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
+
+
+def test_sm_scale_and_page_order(triton_backend):
+    """A custom sm_scale is honoured, and the table (not page ids) orders the tokens."""
+    q, kp, vp, table, lens, _, _ = make_case(1, 4, 1, 16, 8, [20])
+    out = paged_attention(q, kp, vp, table, lens, sm_scale=0.3)
+    ref, low = references(q, kp, vp, table, lens, None, None, sm_scale=0.3)
+    assert_calibrated(out, low, ref, floor=1e-5)
+    swapped = table.flip(1).contiguous()                # same pages, other order -> other tokens valid
+    out2 = paged_attention(q, kp, vp, swapped, lens, sm_scale=0.3)
+    assert not torch.allclose(out, out2)
+
+
+def test_launcher_really_launches_triton(triton_backend, monkeypatch):
+    """The reference is made to raise and the kernel is spied on: a fallback cannot pass."""
+    kern = importlib.import_module("csrc_triton.paged_attention")
+    mod = importlib.import_module("lpm_rt.ops.paged_attention")   # the module, not the function
+
+    def boom(*a, **k):
+        raise AssertionError("fell back to the reference")
+
+    launches = []
+    real = kern._paged_attn_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(mod, "paged_attention_ref", boom)
+    monkeypatch.setattr(kern, "_paged_attn_fwd_kernel", Spy())
+    args = make_case(1, 2, 1, 16, 8, [11])
+    out = paged_attention(*args)
+    assert launches == [(1, 1, 1)] and torch.isfinite(out).all()
+
+
+def test_bad_inputs_raise(triton_backend):
+    q, kp, vp, table, lens, _, _ = make_case(1, 2, 1, 16, 8, [11])
+    with pytest.raises(ValueError, match="int32"):
+        paged_attention(q, kp, vp, table.long(), lens)
+    with pytest.raises(TypeError):
+        paged_attention(q.half(), kp, vp, table, lens)
+    with pytest.raises(ValueError, match="fp8_q"):
+        paged_attention(q, kp, vp, table, lens, fp8_q=True)
+
+
+def test_torch_compile_traces_custom_op(triton_backend):
+    args = make_case(1, 3, 2, 16, 8, [10])
+    fn = torch.compile(lambda *a: paged_attention(*a) * 2.0, backend="aot_eager", fullgraph=True)
+    out = fn(*args)
+    ops.set_backend("ref")
+    ref, low = references(*args)
+    assert_calibrated(out / 2.0, low, ref, floor=1e-5)
+
+
+# ---------------------------------------------------------------- GPU, production shapes
+LPM17 = preset("lpm-17b")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk,heads,kv_dtype,fp8_q", [
+    (1, 8, torch.bfloat16, False), (1, 8, torch.float8_e4m3fn, False), (6, 4, torch.float8_e4m3fn, True)])
+def test_gpu_lpm17b_480p(gpu_triton, chunk, heads, kv_dtype, fp8_q):
+    """lpm-17b at 480P (head_dim 128, pages of 120; a subset of the 40 heads keeps the fp32
+    reference in memory): chunk of c frames over [3 refs | 12 history | chunk]."""
+    s = LPM17.stream
+    lq, kv = chunk * s.tokens_per_frame, (s.reference_slots + s.history_frames + chunk) * s.tokens_per_frame
+    args = make_case(1, lq, heads, LPM17.model.head_dim, s.page_size, [kv], torch.bfloat16, kv_dtype,
+                     device="cuda")
+    out = paged_attention(*args, fp8_q=fp8_q)
+    ref = paged_attention_ref(*args)                                         # fp32 upcast
+    if fp8_q:
+        assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
+    else:
+        assert_calibrated(out, paged_attention_ref(*args, upcast=False), ref, floor=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_split_kv_small_lq(gpu_triton):
+    args = make_case(2, 16, 40, 128, 120, [15 * 1560, 7 * 1560 + 33], torch.bfloat16, device="cuda")
+    out = paged_attention(*args)                                             # heuristic picks split-KV
+    ref = paged_attention_ref(*args)
+    assert_calibrated(out, paged_attention_ref(*args, upcast=False), ref, floor=1e-4)
