@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from . import ops
 from .checkpoint import load_dir
 from .config import PRESETS, RuntimeConfig, preset
 from .errors import ArtifactError
@@ -49,11 +51,16 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _place(model: OnlineLPM) -> OnlineLPM:
-    """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU)."""
+    """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU) and select
+    the runtime's op backend (process-wide: ``lpm_rt.ops.set_backend``)."""
     rt = model.cfg.runtime
     dt = _DTYPES[rt.dtype]
     if rt.device != "cpu" and not torch.cuda.is_available():
         raise ArtifactError(f"runtime device {rt.device!r} requested but no CUDA device is available")
+    if rt.ops_backend == "triton" and rt.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ArtifactError("ops_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 to "
+                            "run the kernels in Triton's interpreter for testing)")
+    ops.set_backend(rt.ops_backend)
     model.backbone.to(rt.device, dt)
     model.refiner.to(rt.device, dt)
     model.vae.to(rt.device, dt if rt.device != "cpu" else torch.float32)

@@ -56,3 +56,11 @@ def test_tampering_is_refused(tmp_path, damage):
 def test_unknown_source_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="neither a preset"):
         lpm_rt.load(str(tmp_path / "nothing-here"))
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    from lpm_rt.config import RuntimeConfig
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ArtifactError, match="CUDA device"):
+        lpm_rt.load("tiny", runtime=RuntimeConfig(ops_backend="triton"))
+    assert lpm_rt.ops.get_backend() == "ref"
