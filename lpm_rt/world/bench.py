@@ -171,6 +171,13 @@ def _versions() -> dict:
             "torch": torch.__version__, "av": av.__version__, "python": platform.python_version()}
 
 
+
+def _cell(v) -> str:
+    """{"corr": 0.77, "mae": 0.128} -> "corr 0.770, mae 0.128"."""
+    if not isinstance(v, dict):
+        return str(v)
+    return ", ".join(f"{k} {x:.3f}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items())
+
 def _markdown(res: dict) -> str:
     rows = list(res["systems"])
     lines = ["# LPM-Bench-mini", "", f"device: {res['device']} · scenarios: "
@@ -183,7 +190,7 @@ def _markdown(res: dict) -> str:
               "| label | held-out random | held-out scenarios |", "|---|---|---|"]
     for k, v in res["analyzer"]["heldout_random"].items():
         w = res["analyzer"]["heldout_scenarios"].get(k, {})
-        lines.append(f"| {k} | {json.dumps(v)} | {json.dumps(w)} |")
+        lines.append(f"| {k} | {_cell(v)} | {_cell(w)} |")
     lines += ["", "Plots: `metrics.png` (one panel per metric in the order above, one bar per system "
               "in row order, colours green, red, blue, orange...); `mouth_vs_audio.png` (strips: "
               "speaker audio envelope, ground-truth opening, then each system's measured opening, "
