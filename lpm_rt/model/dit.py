@@ -180,7 +180,8 @@ class LPMDiT(nn.Module):
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: [B, C_z, F, H, W] -> tokens [B, F * h * w, C] (time-major, then rows)."""
-        return self.patch_embedding(latents.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))        # (B, C, F, h, w)
+        return x.flatten(2).transpose(1, 2).contiguous()                              # (B, F*h*w, C)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """context: [B, L, text_dim] precomputed embeddings -> [B, L, C]."""

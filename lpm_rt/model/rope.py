@@ -32,7 +32,7 @@ def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: [N, H, D] or [B, N, H, D]; cos/sin: [N, D/2]. Computes in fp32 (fp64 if x is)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xr, xi = x.to(dt).unflatten(-1, (-1, 2)).unbind(-1)             # (..., N, H, D/2) each
-    c, s = cos.to(dt)[:, None, :], sin.to(dt)[:, None, :]           # (N, 1, D/2)
+    c, s = cos.to(x.device, dt)[:, None, :], sin.to(x.device, dt)[:, None, :]   # (N, 1, D/2)
     out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)   # (..., N, H, D/2, 2)
     return out.flatten(-2).to(x.dtype)
 

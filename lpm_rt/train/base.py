@@ -1,0 +1,154 @@
+"""``train base``: the VAE, then Base LPM (the bidirectional teacher) with flow matching.
+
+Stage ``vae``      reconstruction of world clips (and of references as still clips) through
+                   ``VAE.encode`` / ``VAE.decode``, with a latent-scale penalty that keeps every
+                   channel near zero mean and unit variance (the DiT's flow matching assumes
+                   unit-scale data) and small latent noise so the decoder tolerates generated
+                   latents. At its end the measured per-channel std is folded into the VAE's
+                   weights (:func:`normalize_latents`), so latents are unit-scale exactly.
+Stage ``teacher``  flow matching on VAE latents (VAE frozen): v = noise - x0 at a logit-normal
+                   noise level, one level per clip (Wan). Condition dropout for classifier-free
+                   guidance: per clip the text (-> null tag) and the audio (-> silence, each track
+                   or both), per batch the references.
+
+The teacher is saved as the ``backbone`` of the model directory (the refiner keeps its initial
+weights), so ``lpm_rt.load(DIR)`` loads it and ``train distill --teacher DIR`` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..config import preset
+from ..model.online import OnlineLPM
+from .data import Batch, batch_indices, clip_frames, collate, make_source
+from .dist import Dist, broadcast_module
+from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
+from .loop import RunDir, StageSpec, run_stages, step_generator
+
+__all__ = ["train_base", "vae_loss", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
+
+log = logging.getLogger("lpm_rt.train")
+
+
+def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1) -> dict:
+    """Reconstruction (L1 + MSE) of the clip and of its first reference as a still clip, + the
+    latent-scale penalty (per channel: mean^2 + (var - 1)^2). ``latent_noise`` is relative to the
+    latents' current std, so the decoder's robustness margin does not depend on their scale."""
+    video = batch.video                                                   # (B, 3, T, H, W)
+    B, R = batch.ref_images.shape[:2]
+    if R:
+        T = vae.cfg.vae_temporal
+        still = batch.ref_images[:, :1].transpose(1, 2).expand(-1, -1, T, -1, -1)   # first ref, still
+        video = torch.cat([video, still], 2)
+    z = vae.encode(video)                                                 # (B, z, F, h, w)
+    rec = vae.decode(z + latent_noise * z.detach().std() * randn(z.shape, gen, z.device))
+    l_rec = F.l1_loss(rec, video) + F.mse_loss(rec, video)
+    mean = z.mean(dim=(0, 2, 3, 4))
+    var = z.var(dim=(0, 2, 3, 4))
+    l_reg = (mean.pow(2) + (var - 1).pow(2)).mean()
+    return {"loss": l_rec + reg * l_reg, "rec": l_rec.detach(), "latent_std": var.detach().mean().sqrt()}
+
+
+@torch.no_grad()
+def normalize_latents(vae, batches, dist: Dist | None = None) -> torch.Tensor:
+    """Give every latent channel unit std over ``batches`` by folding the scale into the VAE's
+    weights: encoder's last conv / std, decoder's first conv * std. Exact (zero padding maps to
+    zero either way), so reconstructions are unchanged while the DiT sees unit-scale latents
+    (what Wan's fixed per-channel latent statistics do). Statistics are pooled over ranks.
+    Returns the std that was folded."""
+    z = torch.cat([vae.encode(b.video).transpose(0, 1).flatten(1) for b in batches], 1).double()  # (z, N)
+    stats = torch.stack([z.sum(1), z.pow(2).sum(1), torch.full_like(z[:, 0], z.shape[1])])      # (3, z)
+    if dist is not None and dist.enabled:
+        torch.distributed.all_reduce(stats)
+    mean = stats[0] / stats[2]
+    std = (stats[1] / stats[2] - mean ** 2).clamp_min(1e-8).sqrt().float().clamp_min(1e-4)     # (z,)
+    vae.enc_out.weight.div_(std.view(-1, 1, 1, 1))
+    vae.enc_out.bias.div_(std)
+    vae.dec_in.weight.mul_(std.view(1, -1, 1, 1))
+    return std
+
+
+@torch.no_grad()
+def encode_batch(vae, batch: Batch) -> tuple:
+    """-> (latents [B, z, F, h, w], Cond with reference latents [B, z, R, h, w] or None)."""
+    z = vae.encode(batch.video)
+    B, R = batch.ref_images.shape[:2]
+    refs = None
+    if R:
+        r = vae.encode_image(batch.ref_images.flatten(0, 1))               # (B*R, z, 1, h, w)
+        refs = r.view(B, R, *r.shape[1:]).squeeze(3).transpose(1, 2).contiguous()   # (B, z, R, h, w)
+    return z, Cond(batch.tag_ids, batch.mels, refs, batch.ref_kinds if R else None)
+
+
+def drop_conditions(cond: Cond, gen: torch.Generator, p_text: float, p_audio: float, p_refs: float) -> Cond:
+    """Condition dropout for classifier-free guidance (see the module docstring)."""
+    B = cond.tag_ids.shape[0]
+    u = torch.rand(B, 4, generator=gen).to(cond.tag_ids.device)
+    tags = torch.where((u[:, 0] < p_text)[:, None], torch.zeros_like(cond.tag_ids), cond.tag_ids)
+    mels = []
+    for j, m in enumerate(cond.mels):                # drop both tracks, or one of them
+        drop = (u[:, 1] < p_audio) | (u[:, 2 + j] < p_audio / 2)
+        mels.append(torch.where(drop[:, None, None], torch.full_like(m, SILENCE_MEL), m))
+    keep_refs = cond.refs is not None and float(torch.rand(1, generator=gen)) >= p_refs
+    return Cond(tags, tuple(mels), cond.refs if keep_refs else None, cond.ref_kinds if keep_refs else None)
+
+
+def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0) -> dict:
+    """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip."""
+    B, Fr = x0.shape[0], x0.shape[2]
+    sigma = sample_sigma(B, gen, shift).to(x0.device)
+    noise = randn(x0.shape, gen, x0.device)
+    v = velocity(net, add_noise(x0, noise, sigma), (1000.0 * sigma)[:, None].expand(B, Fr), cond,
+                 ref_time_index=ref_time_index)
+    loss = F.mse_loss(v, noise - x0)
+    return {"loss": loss}
+
+
+def train_base(args, dist: Dist) -> int:
+    cfg = preset(args.preset)
+    s = cfg.stream
+    # default clip: every RoPE time index the stream uses (it re-bases below s.time_limit)
+    frames = args.frames or max(2 * s.chunk_frames + s.history_frames, s.time_limit)
+    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source)
+    torch.manual_seed(args.seed)
+    model = OnlineLPM(cfg).init_weights(args.seed).to(dist.device)
+    broadcast_module(model, dist)
+    run = RunDir(args.out, dist)
+    optims = {"vae": torch.optim.AdamW(model.vae.parameters(), lr=args.vae_lr, weight_decay=0.0),
+              "teacher": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.01)}
+    params = {"vae": list(model.vae.parameters()), "teacher": list(model.backbone.parameters())}
+
+    def batch_at(stage, step):
+        idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
+        return collate([source.clip(i) for i in idx], cfg).to(dist.device)
+
+    def vae_step(step):
+        g = step_generator(args.seed, "vae", step, dist.rank)
+        out = vae_loss(model.vae, batch_at("vae", step), g)
+        out["loss"].backward()
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def teacher_step(step):
+        g = step_generator(args.seed, "teacher", step, dist.rank)
+        x0, cond = encode_batch(model.vae, batch_at("teacher", step))
+        cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
+        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift)
+        out["loss"].backward()
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def train_only(part):
+        def setup(start):
+            model.requires_grad_(False)
+            getattr(model, part).requires_grad_(True)
+            if part == "backbone" and start == 0:      # once, before the teacher's first step
+                std = normalize_latents(model.vae, [batch_at("latent_stats", i) for i in range(4)], dist)
+                log.info("latent std folded into the VAE: %s", [round(float(x), 3) for x in std])
+        return setup
+
+    stages = [StageSpec("vae", args.vae_steps, args.vae_lr, vae_step, ("vae",), train_only("vae")),
+              StageSpec("teacher", args.steps, args.lr, teacher_step, ("teacher",), train_only("backbone"))]
+    return run_stages(run, args, stages, model, {}, optims, params, {"role": "base", "preset": cfg.name})

@@ -1,0 +1,115 @@
+"""Command line of the trainer: ``main(argv) -> int`` (``lpm-rt train ...`` routes here).
+
+Exit codes: 0 done, 2 bad arguments, 3 stopped before the end (``--stop-after``; resume by running
+the same command again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from ..config import PRESETS
+
+__all__ = ["main", "build_parser"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run directory (model, metrics.jsonl, ckpt/); resumes if present")
+    p.add_argument("--data", default=None, help="dataset directory written by the world's writer "
+                                                "(default: generate clips on the fly)")
+    p.add_argument("--source", default=None, metavar="MODULE:FACTORY",
+                   help="custom clip source: FACTORY(cfg, frames) returning an object with clip(i)")
+    p.add_argument("--batch", type=int, default=2, help="clips per process and step")
+    p.add_argument("--frames", type=int, default=0,
+                   help="latent frames per clip (0: 2 chunks + the history window, at least the stream's RoPE time limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=20, help="linear LR warm-up steps (per stage)")
+    p.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps (and at stage ends)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--fsdp", action="store_true", help="shard networks with FSDP (CUDA + torchrun only)")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # tests: simulate a kill
+    p.add_argument("--rank-digest", action="store_true",
+                   help="write DIR/digest-rank<r>.txt (sha256 of the weights) on every rank at the end")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lpm-rt train", description="Train Base LPM, distill it into Online LPM.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("base", help="train the VAE and the bidirectional teacher (flow matching + CFG dropout)")
+    b.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    b.add_argument("--steps", type=int, required=True, help="teacher steps")
+    b.add_argument("--vae-steps", type=int, default=None, help="VAE steps before the teacher (default: --steps)")
+    b.add_argument("--lr", type=float, default=3e-4)
+    b.add_argument("--vae-lr", type=float, default=2e-3)
+    b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
+    b.add_argument("--p-drop-text", type=float, default=0.1)
+    b.add_argument("--p-drop-audio", type=float, default=0.1)
+    b.add_argument("--p-drop-refs", type=float, default=0.1)
+    _common(b)
+    d = sub.add_parser("distill", help="four stages: ODE init, self-rollout DMD, refiner, long rollouts")
+    d.add_argument("--teacher", required=True, help="model directory written by `train base`")
+    d.add_argument("--steps", type=int, required=True, help="steps of every stage (override per stage below)")
+    d.add_argument("--init-steps", type=int, default=None, help="stage 1: causal init on teacher ODE trajectories")
+    d.add_argument("--dmd-steps", type=int, default=None, help="stage 2: self-rollout distribution matching")
+    d.add_argument("--refiner-steps", type=int, default=None, help="stage 3: one-step refiner")
+    d.add_argument("--long-steps", type=int, default=None, help="stage 4: long-horizon rollouts")
+    d.add_argument("--lr", type=float, default=1e-4, help="student / refiner learning rate")
+    d.add_argument("--fake-lr", type=float, default=2e-4, help="fake-score model learning rate")
+    d.add_argument("--fake-updates", type=int, default=2, help="fake-score updates per generator update")
+    d.add_argument("--ode-steps", type=int, default=8, help="Euler steps of the teacher's ODE (stage 1)")
+    d.add_argument("--guidance", type=float, default=2.0, help="teacher CFG scale on audio + text")
+    d.add_argument("--long-factor", type=int, default=3, help="stage 4 rollout length in clips")
+    _common(d)
+    e = sub.add_parser("export", help="copy a trained model directory for shipping (fp16 weights)")
+    e.add_argument("--src", required=True, help="model directory (e.g. the distill --out)")
+    e.add_argument("--out", required=True, help="destination (e.g. lpm_rt/assets/demo)")
+    e.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    return ap
+
+
+def export(src, out, dtype: str = "fp16") -> dict:
+    """Write ``src`` (a model directory) to ``out`` with weights cast to ``dtype``; the metadata
+    keeps how it was trained. Returns the sizes written (bytes per file)."""
+    from pathlib import Path
+
+    from ..checkpoint import load_dir, save
+    model, meta = load_dir(src)
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "files")}
+    keep.update(exported_from=str(src), weights_dtype=dtype)
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[dtype]
+    d = save(model, out, extra=keep, dtype=dt)
+    return {p.name: p.stat().st_size for p in sorted(Path(d).iterdir())}
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.cmd == "export":
+        sizes = export(args.src, args.out, args.dtype)
+        logging.getLogger("lpm_rt.train").warning("wrote %s: %.1f MB", args.out, sum(sizes.values()) / 1e6)
+        return 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for k in ("batch", "ckpt_every"):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k.replace('_', '-')} must be >= 1")
+    from . import dist as D
+    d = D.init()
+    if args.fsdp:
+        D.check_fsdp(d)                                      # refuses early with a clear message
+    try:
+        if args.cmd == "base":
+            if args.vae_steps is None:
+                args.vae_steps = args.steps
+            from .base import train_base
+            return train_base(args, d)
+        from .distill import train_distill
+        return train_distill(args, d)
+    finally:
+        D.shutdown(d)

@@ -1,0 +1,237 @@
+"""Training data: the adapter from the synthetic world's clips to model tensors.
+
+A :class:`Clip` is what any source hands over -- video frames (uint8), the two audio tracks at
+their own rate, reference images and a prompt. :func:`collate` turns a list of clips into a
+:class:`Batch` of tensors the trainers use:
+
+* ``video``    [B, 3, T, H, W] in [-1, 1] (the VAE encodes it inside the step, since the VAE is
+               itself trained by ``train base``);
+* ``mels``     (speaker, listener) log-mels [B, (audio_context + F) * 16, n_mels] at 24 kHz, the
+               first ``audio_context`` latent frames being the audio *before* the clip, exactly
+               the layout :meth:`LPMDiT.forward` and the runtime's ``step`` use;
+* ``ref_images`` [B, R, 3, H, W] in [-1, 1] and ``ref_kinds`` [R] (encoded like the runtime does,
+               :meth:`VAE.encode_image`);
+* ``tag_ids``  [B, L] prompt tag ids (embedded by the network being trained).
+
+Sources (all indexable: ``source.clip(i)`` is a pure function of ``i``, so every rank and every
+resumed run draws the same data for the same step):
+
+* :class:`WorldSource`   -- generated on the fly by :mod:`lpm_rt.world` (conversation + render);
+* :class:`DatasetSource` -- a dataset directory written by ``python -m lpm_rt.world.dataset``
+  (``--data DIR``; PyAV decode on CPU, the world reader's DALI decode when a GPU is present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import LPMConfig, RefKind
+from ..model.audio import AUDIO_RATE, MEL_HOP, MEL_WIN, Resampler, log_mel
+from ..model.text import tag_ids
+
+__all__ = ["Clip", "Batch", "collate", "WorldSource", "DatasetSource", "make_source", "clip_frames",
+           "batch_indices", "pick_references"]
+
+
+@dataclass
+class Clip:
+    """One training clip. ``audio_lead`` samples of each track precede video frame 0 (real audio
+    context; zero-padded to what the model needs)."""
+
+    video: np.ndarray                 # [T, H, W, 3] uint8
+    audio_self: np.ndarray            # [lead + n] float32 in [-1, 1]: the rendered character (speaker)
+    audio_partner: np.ndarray         # [lead + n] float32: the other party (listener track)
+    sample_rate: int
+    refs: list = field(default_factory=list)        # [H, W, 3] uint8 images
+    ref_kinds: list = field(default_factory=list)   # RefKind names, one per ref
+    prompt: str = ""
+    audio_lead: int = 0
+
+
+@dataclass
+class Batch:
+    video: torch.Tensor               # [B, 3, T, H, W] in [-1, 1]
+    mels: tuple                       # (speaker, listener) [B, (ctx + F) * 16, n_mels]
+    ref_images: torch.Tensor          # [B, R, 3, H, W] in [-1, 1] (R may be 0)
+    ref_kinds: torch.Tensor           # [R] int64
+    tag_ids: torch.Tensor             # [B, L] int64
+
+    def to(self, device) -> "Batch":
+        return Batch(self.video.to(device), tuple(m.to(device) for m in self.mels), self.ref_images.to(device),
+                     self.ref_kinds.to(device), self.tag_ids.to(device))
+
+
+def clip_frames(cfg: LPMConfig, latent_frames: int) -> int:
+    """Video frames of a clip of ``latent_frames`` latent frames."""
+    return latent_frames * cfg.model.vae_temporal
+
+
+def _resample(x: np.ndarray, rate: int) -> np.ndarray:
+    r = Resampler(rate, AUDIO_RATE)
+    return np.concatenate([r.push(x), r.flush()]) if rate != AUDIO_RATE else x.astype(np.float32)
+
+
+def _track_mel(audio: np.ndarray, lead: int, rate: int, frames: int, cfg: LPMConfig) -> torch.Tensor:
+    """Log-mel of one track, laid out as the runtime does: [(ctx + F) * 16, n_mels]."""
+    m = cfg.model
+    spl = m.vae_temporal * AUDIO_RATE // cfg.stream.fps                    # samples per latent frame
+    need_ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl                  # samples before frame 0
+    y = _resample(np.asarray(audio, np.float32), rate)
+    lead24 = int(round(lead * AUDIO_RATE / rate))
+    body = y[lead24:lead24 + frames * spl]
+    body = np.pad(body, (0, frames * spl - len(body)))
+    ctx = y[max(lead24 - need_ctx, 0):lead24]
+    ctx = np.pad(ctx, (need_ctx - len(ctx), 0))                             # silence before the stream
+    a = torch.from_numpy(np.concatenate([ctx, body]).astype(np.float32))[None]
+    return log_mel(a, m.n_mels)[0]
+
+
+def _images(imgs, height: int, width: int) -> torch.Tensor:
+    """list of [H, W, 3] uint8 -> [N, 3, height, width] in [-1, 1] (resized if needed)."""
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def collate(clips: list, cfg: LPMConfig) -> Batch:
+    """Clips -> a :class:`Batch`. Every clip must have the same frame count (a multiple of
+    ``vae_temporal``). References: the first R of each clip, R = the fewest any clip has; kinds
+    follow the first clip. Prompts of different tag counts are padded by cycling the clip's own
+    tags (exact for one-tag prompts: attention over repeated identical keys is unchanged)."""
+    s, m = cfg.stream, cfg.model
+    T = clips[0].video.shape[0]
+    if T % m.vae_temporal or any(c.video.shape[0] != T for c in clips):
+        raise ValueError(f"clips must share a frame count that is a multiple of {m.vae_temporal}")
+    frames = T // m.vae_temporal
+    video = torch.stack([_images(list(c.video), s.height, s.width) for c in clips])   # (B, T, 3, H, W)
+    mels = tuple(torch.stack([_track_mel(getattr(c, tr), c.audio_lead, c.sample_rate, frames, cfg)
+                              for c in clips]) for tr in ("audio_self", "audio_partner"))
+    R = min(min(len(c.refs) for c in clips), s.reference_slots)
+    if R:
+        refs = torch.stack([_images(c.refs[:R], s.height, s.width) for c in clips])    # (B, R, 3, H, W)
+    else:
+        refs = torch.zeros(len(clips), 0, 3, s.height, s.width)
+    kinds = torch.tensor([int(RefKind[str(k).upper()]) for k in clips[0].ref_kinds[:R]], dtype=torch.long)
+    ids = [tag_ids(c.prompt, m.num_tags) for c in clips]
+    L = max(len(i) for i in ids)
+    tags = torch.tensor([[i[j % len(i)] for j in range(L)] for i in ids], dtype=torch.long)
+    return Batch(video.transpose(1, 2).contiguous(), mels, refs, kinds, tags)
+
+
+def batch_indices(seed: int, stage: str, step: int, rank: int, world: int, batch: int) -> list:
+    """Clip indices of one rank's batch at ``step``: disjoint across ranks, a pure function of
+    its arguments (so resumed runs see the same data)."""
+    base = (step * world + rank) * batch
+    salt = sum(ord(ch) * 131 ** i for i, ch in enumerate(stage)) % 1_000_003
+    return [seed * 10_000_019 + salt * 7919 + base + b for b in range(batch)]
+
+
+# ---- sources -------------------------------------------------------------------------------------
+
+def pick_references(refs: list, prompt: str, slots: int, rng: np.random.Generator) -> tuple:
+    """Choose up to ``slots`` of ``refs`` ([(image, kind, expression)]) the way a user would give
+    them: the ``global`` one, then a random ``body_view``, then the ``face_expression`` of the
+    prompt's expression (any one if it has none). -> (images, kinds)."""
+    from ..world.character import TAG_TO_EXPRESSION
+    want = TAG_TO_EXPRESSION.get(prompt.strip().split(" ")[0] if prompt.strip() else "", None)
+    by_kind: dict = {}
+    for img, kind, expr in refs:
+        by_kind.setdefault(kind, []).append((img, expr))
+    out = []
+    for kind in ("global", "body_view", "face_expression"):
+        cands = by_kind.get(kind, [])
+        if not cands:
+            continue
+        match = [c for c in cands if c[1] == want] if kind == "face_expression" else []
+        pool = match or cands
+        out.append((pool[int(rng.integers(len(pool)))][0], kind))
+    out = out[:slots]
+    return [o[0] for o in out], [o[1] for o in out]
+
+
+class WorldSource:
+    """Clips generated on the fly by the synthetic world (:mod:`lpm_rt.world`).
+
+    Clip ``i``: a conversation of seed ``i`` a little longer than needed, cropped at a random
+    start (the audio before the crop is the clip's real audio context); references of the same
+    character in the conversation's scene, drawn as the world's dataset writer draws them."""
+
+    def __init__(self, cfg: LPMConfig, frames: int, modes=("conversation", "speaking", "listening")):
+        from ..world import Conversation, render_reference, render_video   # the world may still change:
+        from ..world.dataset import REFERENCES                             # import it where it is used
+        self.cfg, self.frames, self.modes = cfg, frames, tuple(modes)
+        self._gen, self._ref, self._video = Conversation.generate, render_reference, render_video
+        self._refs = REFERENCES
+
+    def clip(self, index: int) -> Clip:
+        s = self.cfg.stream
+        rng = np.random.default_rng([int(index), 0x7A1])
+        seconds = (self.frames + 12) / s.fps + float(rng.uniform(0.5, 2.0))
+        conv = self._gen(int(index) % (2 ** 31), seconds, mode=self.modes[int(rng.integers(len(self.modes)))])
+        start = int(rng.integers(0, conv.num_frames - self.frames + 1))
+        labels = {k: np.asarray(v)[start:start + self.frames] for k, v in conv.labels.items()}
+        size = (s.height, s.width)
+        video = self._video(conv.character, labels, conv.scene, size)
+        sr = conv.sample_rate
+        a0, a1 = int(round(start * sr / s.fps)), int(round((start + self.frames) * sr / s.fps))
+        lead = min(a0, sr)                                          # up to 1 s of real context
+        refs = [(self._ref(conv.character, view, expr, size, conv.scene), kind, expr)
+                for view, expr, kind in self._refs]
+        imgs, kinds = pick_references(refs, conv.prompt, s.reference_slots, rng)
+        return Clip(video, conv.self_audio[a0 - lead:a1], conv.partner_audio[a0 - lead:a1], sr, imgs, kinds,
+                    conv.prompt, lead)
+
+
+class DatasetSource:
+    """Clips read from a dataset directory written by ``python -m lpm_rt.world.dataset``.
+
+    Clip ``i`` is a random ``frames``-long crop of dataset item ``i % len``: only the crop is
+    decoded (PyAV on CPU; the world reader's DALI GPU decode when ``backend`` resolves to it),
+    the wav tracks and reference PNGs come through the world's media helpers."""
+
+    def __init__(self, cfg: LPMConfig, root, frames: int, backend: str = "auto"):
+        from ..media import read_image, read_video, read_wav
+        from ..world.dataset import WorldDataset
+        self.cfg, self.frames, self.root = cfg, frames, Path(root)
+        self.ds = WorldDataset(self.root, backend)
+        self._video, self._image, self._wav = read_video, read_image, read_wav
+        if len(self.ds) == 0:
+            raise ValueError(f"{self.root}: empty dataset")
+
+    def __len__(self):
+        return len(self.ds)
+
+    def clip(self, index: int) -> Clip:
+        rng = np.random.default_rng([int(index), 0xDA7A])
+        i = int(index) % len(self.ds)
+        entry, d = self.ds.index["clips"][i], self.ds.clip_dir(i)
+        n, fps = int(entry["frames"]), int(self.ds.index["fps"])
+        if n < self.frames:
+            raise ValueError(f"{d}: {n} frames < the {self.frames} a clip needs")
+        start = int(rng.integers(0, n - self.frames + 1))
+        if self.ds.backend == "pyav":
+            video = self._video(d / "video.mp4", start, self.frames)
+        else:
+            video = self.ds.read_video(i)[start:start + self.frames].cpu().numpy()
+        (spk, sr), (lis, _) = self._wav(d / "self.wav"), self._wav(d / "partner.wav")
+        a0, a1 = int(round(start * sr / fps)), int(round((start + self.frames) * sr / fps))
+        lead = min(a0, sr)
+        refs = [(self._image(d / r["file"]), r["kind"], r.get("expression")) for r in entry["references"]]
+        imgs, kinds = pick_references(refs, entry.get("prompt", ""), self.cfg.stream.reference_slots, rng)
+        return Clip(video, spk[a0 - lead:a1], lis[a0 - lead:a1], sr, imgs, kinds, entry.get("prompt", ""), lead)
+
+
+def make_source(cfg: LPMConfig, frames: int, data: str | None = None, factory: str | None = None):
+    """``factory`` "module:callable" (called as ``callable(cfg, frames)``, any object with
+    ``clip(i) -> Clip``) > ``data`` (a dataset directory) > the world generator on the fly."""
+    if factory:
+        import importlib
+        mod, _, name = factory.partition(":")
+        return getattr(importlib.import_module(mod), name)(cfg, frames)
+    return WorldSource(cfg, frames) if data is None else DatasetSource(cfg, data, frames)

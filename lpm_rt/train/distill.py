@@ -1,0 +1,222 @@
+"""``train distill``: Base LPM (bidirectional, many steps) -> Online LPM (causal backbone with a
+noisy-history cache, ``backbone_steps`` steps, one-step refiner). Four stages, each resumable:
+
+1. ``ode_init``  causal initialisation (CausVid's ODE regression): the teacher solves the ODE from
+   noise (CFG on audio + text); the student, chunk-causal with the runtime's noisy history, maps
+   each chunk's trajectory state at one of its own step levels to the trajectory's end.
+2. ``dmd``       self-rollout distribution matching (Self-Forcing / DMD): the student streams a clip
+   from noise exactly as the runtime does (its own generated noisy history); one randomly chosen
+   step per chunk keeps gradients. The generated clip is pushed along (fake score - real score):
+   the teacher is the real score, a fake-score model (initialised from the teacher) tracks the
+   student's distribution by flow matching on its samples.
+3. ``refiner``   the one-step refiner on the backbone's coarse outputs, re-noised to
+   ``refiner_sigma``: teacher-forced coarse outputs regress onto the real latents; free-rollout
+   coarse outputs onto the teacher's one-step denoise at that (low) noise level.
+4. ``long``      long-horizon rollouts (Self-Forcing++ / LongLive idea): stream ``--long-factor``
+   clips' worth of frames (history ring evicting, RoPE indices far past the training length) and
+   apply distribution matching to the last window, so what drifts over time is pulled back to the
+   teacher's distribution of a short clip with the same references (identity).
+
+The student starts as a copy of the teacher (same block type); the refiner from the teacher's
+first ``refiner_layers`` blocks; the VAE is the teacher's, frozen.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_dir
+from ..model.dit import LPMDiT
+from ..model.online import OnlineLPM
+from .base import encode_batch, teacher_loss
+from .data import batch_indices, clip_frames, collate, make_source
+from .dist import Dist, allreduce_grads, broadcast_module
+from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
+                   teacher_ode, velocity)
+from .loop import RunDir, StageSpec, lr_at, run_stages, step_generator
+
+__all__ = ["train_distill", "dmd_loss", "init_refiner", "pick_steps"]
+
+log = logging.getLogger("lpm_rt.train")
+STAGES = ("ode_init", "dmd", "refiner", "long")
+
+
+def init_refiner(refiner: LPMDiT, teacher: LPMDiT) -> None:
+    """Copy the teacher's weights into the refiner: every shared key (blocks 0..refiner_layers-1)."""
+    own = refiner.state_dict()
+    src = {k: v for k, v in teacher.state_dict().items() if k in own and v.shape == own[k].shape}
+    refiner.load_state_dict({**own, **src})
+
+
+def pick_steps(sigmas, B: int, frames: int, chunk: int, gen: torch.Generator, inputs=None):
+    """A random backbone step per chunk -> (sigma per frame [B, F], chosen inputs [B, z, F, h, w]
+    if ``inputs`` (per-step tensors) is given)."""
+    n = frames // chunk
+    k = torch.randint(len(sigmas), (B, n), generator=gen).repeat_interleave(chunk, 1)   # (B, F)
+    sig = torch.tensor(sigmas)[k]
+    if inputs is None:
+        return sig, None
+    stack = torch.stack(inputs, 0)                                                  # (K, B, z, F, h, w)
+    sig, k = sig.to(stack.device), k.to(stack.device)
+    idx = k[None, :, None, :, None, None].expand(1, -1, stack.shape[2], -1, *stack.shape[-2:])
+    return sig, stack.gather(0, idx)[0]
+
+
+def dmd_loss(x_gen, teacher, fake, cond: Cond, gen: torch.Generator, guidance: float, ref_time_index: int,
+             lo: float = 0.02, hi: float = 0.98) -> dict:
+    """Distribution matching (DMD): at a random noise level, the KL gradient w.r.t. the sample is
+    ~ (x0_fake - x0_real) (denoised by the fake and the real score); normalised per clip by
+    mean |x_gen - x0_real| and applied through an MSE to a stop-gradient target."""
+    B, Fr = x_gen.shape[0], x_gen.shape[2]
+    with torch.no_grad():
+        sigma = (lo + (hi - lo) * torch.rand(B, generator=gen)).to(x_gen.device)
+        xt = add_noise(x_gen.detach(), randn(x_gen.shape, gen, x_gen.device), sigma)
+        t = (1000.0 * sigma)[:, None].expand(B, Fr)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        x0_real = xt - s * guided_velocity(teacher, xt, t, cond, guidance, ref_time_index=ref_time_index)
+        x0_fake = xt - s * velocity(fake, xt, t, cond, ref_time_index=ref_time_index)
+        w = (x_gen.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)
+        grad = (x0_fake - x0_real) / w
+        target = x_gen.detach() - grad
+    loss = 0.5 * F.mse_loss(x_gen, target)
+    return {"loss": loss, "dmd_grad": grad.abs().mean()}
+
+
+def train_distill(args, dist: Dist) -> int:
+    tmodel, tmeta = load_dir(args.teacher)
+    cfg = tmodel.cfg
+    s, m = cfg.stream, cfg.model
+    teacher = tmodel.backbone.eval().requires_grad_(False)
+    # default clip: every RoPE time index the stream uses (it re-bases below s.time_limit)
+    frames = args.frames or max(2 * s.chunk_frames + s.history_frames, s.time_limit)
+    frames = -(-frames // s.chunk_frames) * s.chunk_frames                  # whole chunks
+    long_frames = frames * max(args.long_factor, 1)
+    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source)
+    long_source = make_source(cfg, clip_frames(cfg, long_frames), args.data, args.source)
+    torch.manual_seed(args.seed)
+    model = OnlineLPM(cfg)
+    model.backbone.load_state_dict(teacher.state_dict())
+    model.vae.load_state_dict(tmodel.vae.state_dict())
+    init_refiner(model.refiner, teacher)
+    dev = dist.device
+    teacher, model = teacher.to(dev), model.to(dev)
+    fake = copy.deepcopy(teacher).requires_grad_(True)
+    broadcast_module(model, dist)
+    broadcast_module(fake, dist)
+    vae = model.vae.eval().requires_grad_(False)
+    run = RunDir(args.out, dist)
+    optims = {"student": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.0),
+              "fake": torch.optim.AdamW(fake.parameters(), lr=args.fake_lr, weight_decay=0.0),
+              "refiner": torch.optim.AdamW(model.refiner.parameters(), lr=args.lr, weight_decay=0.0)}
+    params = {"student": list(model.backbone.parameters()), "fake": list(fake.parameters()),
+              "refiner": list(model.refiner.parameters())}
+    grid = ode_grid(args.ode_steps, s.sigma_shift, s.sigmas)
+    key = {round(float(x), 6): x for x in grid}
+    rti = s.ref_time_index
+
+    def conditions(stage, step, src=source):
+        idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
+        return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
+
+    def update_fake(x_gen, cond, g, step):
+        """``--fake-updates`` flow-matching steps of the fake score on the student's samples."""
+        opt = optims["fake"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.fake_lr, args.warmup)
+        total = 0.0
+        for _ in range(args.fake_updates):
+            opt.zero_grad(set_to_none=True)
+            loss = teacher_loss(fake, x_gen, cond, g, rti)["loss"]
+            loss.backward()
+            allreduce_grads(params["fake"], dist)
+            opt.step()
+            total += float(loss.detach())
+        return total / max(args.fake_updates, 1)
+
+    # ---- 1. causal init on the teacher's ODE trajectories ------------------------------------
+    def ode_step(step):
+        g = step_generator(args.seed, "ode_init", step, dist.rank)
+        x0_real, cond = conditions("ode_init", step)
+        traj, x0_t = teacher_ode(teacher, randn(x0_real.shape, g, dev), cond, grid, args.guidance, rti)
+        B, Fr = x0_real.shape[0], x0_real.shape[2]
+        sig, x_q = pick_steps(s.sigmas, B, Fr, s.chunk_frames, g, [traj[key[round(x, 6)]] for x in s.sigmas])
+        x_hist = traj[key[round(s.sigmas[-1], 6)]]
+        v = causal_forward(model.backbone, x_hist, x_q, sig, cond, s)
+        loss = F.mse_loss(x_q - sig[:, None, :, None, None] * v, x0_t)
+        loss.backward()
+        return {"loss": float(loss.detach())}
+
+    # ---- 2. self-rollout distribution matching --------------------------------------------------
+    def generate(cond, Fr, g, q_start=0):
+        """Student rollout (no grad) + one gradient-carrying step per chunk of frames >= q_start."""
+        with torch.no_grad():
+            r = rollout(model.backbone, cond, Fr, s, g)
+        B = r.x_hist.shape[0]
+        sig, x_q = pick_steps(s.sigmas, B, Fr - q_start, s.chunk_frames, g,
+                              [x[:, :, q_start:] for x in r.inputs])
+        v = causal_forward(model.backbone, r.x_hist, x_q, sig, cond, s, q_start=q_start)
+        return x_q - sig[:, None, :, None, None] * v, r
+
+    def dmd_step(step, stage="dmd", src=source, Fr=frames):
+        g = step_generator(args.seed, stage, step, dist.rank)
+        _, cond = conditions(stage, step, src)
+        q_start = Fr - frames                      # stage 4: the last window of a long rollout
+        x_gen, r = generate(cond, Fr, g, q_start)
+        wcond = cond.window(q_start, Fr, m) if q_start else cond
+        fake_loss = update_fake(x_gen.detach(), wcond, g, step)
+        out = dmd_loss(x_gen, teacher, fake, wcond, g, args.guidance, rti)
+        out["loss"].backward()
+        rec = {"loss": float(out["loss"].detach()), "dmd_grad": float(out["dmd_grad"]), "fake_loss": fake_loss}
+        if q_start:                                # identity drift: late vs early frame statistics
+            early, late = r.x0[:, :, :frames], r.x0[:, :, q_start:]
+            rec["drift"] = float((late.mean(dim=(2, 3, 4)) - early.mean(dim=(2, 3, 4))).abs().mean())
+        return rec
+
+    # ---- 3. the one-step refiner ---------------------------------------------------------------
+    def refiner_step(step):
+        g = step_generator(args.seed, "refiner", step, dist.rank)
+        x0_real, cond = conditions("refiner", step)
+        B, Fr = x0_real.shape[0], x0_real.shape[2]
+        sl, sr = s.sigmas[-1], s.refiner_sigma
+        with torch.no_grad():
+            x_h = add_noise(x0_real, randn(x0_real.shape, g, dev), torch.full((B,), sl, device=dev))
+            coarse_tf = x_h - sl * causal_forward(model.backbone, x_h, x_h, torch.full((B, Fr), sl, device=dev),
+                                                  cond, s)
+            coarse_free = rollout(model.backbone, cond, Fr, s, g).x0
+            xr_tf, xr_free = (add_noise(c, randn(c.shape, g, dev), torch.full((B,), sr, device=dev))
+                              for c in (coarse_tf, coarse_free))
+            t = torch.full((B, Fr), 1000.0 * sr, device=dev)
+            target_free = xr_free - sr * guided_velocity(teacher, xr_free, t, cond, args.guidance, ref_time_index=rti)
+        kw = dict(chunk_frames=s.chunk_frames, window=0, ref_time_index=rti)   # refs + the chunk only
+        pred_tf = xr_tf - sr * velocity(model.refiner, xr_tf, t, cond, **kw)
+        pred_free = xr_free - sr * velocity(model.refiner, xr_free, t, cond, **kw)
+        l_tf, l_free = F.mse_loss(pred_tf, x0_real), F.mse_loss(pred_free, target_free)
+        (l_tf + l_free).backward()
+        with torch.no_grad():
+            coarse_err = F.mse_loss(coarse_tf, x0_real)
+        return {"loss": float((l_tf + l_free).detach()), "refined_tf": float(l_tf.detach()),
+                "coarse_tf": float(coarse_err), "refined_free": float(l_free.detach())}
+
+    def long_step(step):
+        return dmd_step(step, "long", long_source, long_frames)
+
+    def train_only(*nets):
+        def setup(start):
+            for net in (model, fake):
+                net.requires_grad_(False)
+            for net in nets:
+                net.requires_grad_(True)
+        return setup
+
+    n = {k: v if v is not None else args.steps for k, v in zip(
+        STAGES, (args.init_steps, args.dmd_steps, args.refiner_steps, args.long_steps))}
+    stages = [StageSpec("ode_init", n["ode_init"], args.lr, ode_step, ("student",), train_only(model.backbone)),
+              StageSpec("dmd", n["dmd"], args.lr, dmd_step, ("student",), train_only(model.backbone, fake)),
+              StageSpec("refiner", n["refiner"], args.lr, refiner_step, ("refiner",), train_only(model.refiner)),
+              StageSpec("long", n["long"], args.lr, long_step, ("student",), train_only(model.backbone, fake))]
+    meta = {"role": "online", "teacher": str(args.teacher), "teacher_config": tmeta.get("config")}
+    return run_stages(run, args, stages, model, {"fake": fake}, optims, params, meta)

@@ -1,0 +1,113 @@
+"""End-to-end runs of the trainer CLI on the tiny preset: base, the four distill stages, resume
+after a simulated kill, and loading the result with lpm_rt.load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import lpm_rt
+from lpm_rt.train import main
+from lpm_rt.train.loop import optim_from_tensors, optim_to_tensors
+
+COMMON = ["--source", "blobsrc:make", "--batch", "1", "--frames", "4", "--warmup", "1"]
+DISTILL = ["--steps", "2", "--ode-steps", "3", "--fake-updates", "1", "--long-factor", "2", "--ckpt-every", "2"]
+
+
+def _metrics(d):
+    return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    torch.set_num_threads(1)
+    assert main(["base", "--preset", "tiny", "--steps", "3", "--vae-steps", "2", "--out", str(out)] + COMMON) == 0
+    return out
+
+
+def test_base_run_writes_a_loadable_teacher(teacher):
+    recs = _metrics(teacher)
+    assert [(r["stage"], r["step"]) for r in recs] == [("vae", 0), ("vae", 1), ("teacher", 0), ("teacher", 1),
+                                                      ("teacher", 2)]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["seconds"] >= 0 for r in recs)
+    meta = json.loads((teacher / "config.json").read_text())
+    assert meta["role"] == "base" and meta["trained"] is True
+    assert "blocks.0.self_attn.q.weight" in load_file(str(teacher / "backbone.safetensors"))
+    av = lpm_rt.load(str(teacher))
+    assert av.trained and av.spec.width == 64
+
+
+def _stream(out):
+    av = lpm_rt.load(str(out))
+    img = np.full((64, 64, 3), 120, np.uint8)
+    with av.open_session(references=[img], prompt="smile", seed=0) as sess:
+        t = np.arange(12000) / 24000
+        sess.push_audio((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
+        sess.flush()
+        return [f.image for f in sess.frames()]
+
+
+def test_distill_stages_resume_and_stream(teacher, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = ["distill", "--teacher", str(teacher)] + DISTILL + COMMON
+    assert main(args + ["--out", str(full)]) == 0
+    # a kill after 3 steps: ode_init (2 steps, checkpointed) + 1 dmd step that is lost
+    assert main(args + ["--out", str(killed), "--stop-after", "3"]) == 3
+    assert json.loads((killed / "ckpt" / (killed / "ckpt" / "LATEST").read_text() / "state.json").read_text()) \
+        == {"stage": "ode_init", "step": 2, "done": ["ode_init"]}
+    assert main(args + ["--out", str(killed)]) == 0
+    rf, rk = _metrics(full), _metrics(killed)
+    stages = [(r["stage"], r["step"]) for r in rf]
+    assert stages == [(s, i) for s in ("ode_init", "dmd", "refiner", "long") for i in range(2)]
+    assert [(r["stage"], r["step"]) for r in rk] == stages
+    for a, b in zip(rf, rk):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(abs(a["loss"]), 1e-3), (a, b)
+    assert {"dmd_grad", "fake_loss"} <= set(rf[2]) and "drift" in rf[-1] and "coarse_tf" in rf[4]
+    for part in ("backbone", "refiner"):
+        wa, wb = load_file(str(full / f"{part}.safetensors")), load_file(str(killed / f"{part}.safetensors"))
+        for k in wa:
+            assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6), (part, k)
+    # training moved the student and the refiner away from the teacher
+    t = load_file(str(teacher / "backbone.safetensors"))
+    s = load_file(str(full / "backbone.safetensors"))
+    assert any(not torch.equal(t[k], s[k]) for k in t)
+    frames = _stream(full)
+    assert len(frames) == 12 and frames[0].shape == (64, 64, 3) and frames[0].dtype == np.uint8
+    assert json.loads((full / "config.json").read_text())["role"] == "online"
+
+
+def test_optimizer_state_roundtrip_without_pickle(tmp_path):
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([p], lr=1e-2, betas=(0.8, 0.9))
+    for _ in range(3):
+        opt.zero_grad()
+        (p ** 2).sum().backward()
+        opt.step()
+    tensors, meta = optim_to_tensors(opt)
+    save_file(tensors, str(tmp_path / "o.safetensors"))
+    tensors, meta = load_file(str(tmp_path / "o.safetensors")), json.loads(json.dumps(meta))
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = torch.optim.AdamW([q], lr=0.5)
+    optim_from_tensors(opt2, tensors, meta)
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.9) and opt2.param_groups[0]["lr"] == 1e-2
+    for o, w in ((opt, p), (opt2, q)):
+        o.zero_grad()
+        (w ** 2).sum().backward()
+        o.step()
+    assert torch.equal(p, q)
+
+
+def test_export_fp16_halves_and_loads(teacher, tmp_path):
+    assert main(["export", "--src", str(teacher), "--out", str(tmp_path / "ship")]) == 0
+    a = load_file(str(teacher / "backbone.safetensors"))
+    b = load_file(str(tmp_path / "ship" / "backbone.safetensors"))
+    assert all(b[k].dtype == torch.float16 for k in b if b[k].is_floating_point())
+    size = lambda d: (d / "backbone.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "ship") < 0.6 * size(teacher)
+    assert max((a[k] - b[k].float()).abs().max() for k in a) < 1e-2
+    meta = json.loads((tmp_path / "ship" / "config.json").read_text())
+    assert meta["role"] == "base" and meta["weights_dtype"] == "fp16"
+    assert lpm_rt.load(str(tmp_path / "ship")).trained
