@@ -10,7 +10,9 @@ from lpm_rt.cli import main
 from lpm_rt.media import read_mp4, write_wav
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["run"], ["info"], ["bench"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["run"], ["info"], ["bench"], ["train"], ["train", "base"],
+                                 ["train", "distill"], ["compile"], ["plan"], ["bench", "kernels"],
+                                 ["bench", "quality"], ["bench", "stream"]])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main(cmd + ["--help"])
