@@ -137,6 +137,7 @@ class Avatar:
         if model.pools is None:
             model.make_pools()
         self._default_refs = None
+        Resampler(16000).push(np.zeros(256, np.float32))   # compile the numba kernel at load, not in a stream
 
     def default_references(self):
         """The model's built-in character (used when a session is opened without references)."""
