@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 
@@ -44,3 +46,24 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
         return t.view(torch.uint8).fill_(0x7F).view(t.dtype)     # 0x7F is e4m3fn's NaN
     return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-1)
 
+
+
+def spy_triton(monkeypatch, op: str, kernel: str) -> list:
+    """Make ``lpm_rt.ops.<op>.<op>_ref`` raise (a fallback cannot pass) and record every launch
+    grid of ``csrc_triton.<op>.<kernel>``; returns the (live) list of grids."""
+    kern = importlib.import_module(f"csrc_triton.{op}")
+    mod = importlib.import_module(f"lpm_rt.ops.{op}")             # the module, not the function
+
+    def fallback(*a, **k):
+        raise AssertionError(f"{op} fell back to the reference")
+
+    launches, real = [], getattr(kern, kernel)
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(mod, f"{op}_ref", fallback)
+    monkeypatch.setattr(kern, kernel, Spy())
+    return launches

@@ -61,3 +61,12 @@ def gpu_triton():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def poison_allocations():
+    """torch.empty returns NaN-filled memory while this is on: unwritten outputs show up."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(prev)

@@ -7,7 +7,6 @@ page-sized group of tokens to a random page, with the offsets inside the page sh
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from lpm_rt.model.rope import grid_positions, rope_apply, rope_cos_sin
 from lpm_rt.ops import cache_write, cache_write_ref
 from lpm_rt.ops.cache_write import FP8_MAX
 
-from _checks import assert_calibrated, assert_sqnr, poison_
+from _checks import assert_calibrated, assert_sqnr, poison_, spy_triton
 
 
 def make_case(N, H, D, page_size, P, dtype=torch.float32, rope=True, seed=0):
@@ -103,17 +102,7 @@ def test_fp8_pages(triton_backend, dtype, page_size, D):
 
 
 def test_launcher_really_launches_triton(triton_backend, monkeypatch):
-    kern = importlib.import_module("csrc_triton.cache_write")
-    mod = importlib.import_module("lpm_rt.ops.cache_write")
-    monkeypatch.setattr(mod, "cache_write_ref", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fallback")))
-    launches, real = [], kern._cache_write_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(kern, "_cache_write_kernel", Spy())
+    launches = spy_triton(monkeypatch, "cache_write", "_cache_write_kernel")
     k, v, slots, cos, sin = make_case(16, 1, 16, 8, 3)
     kp, vp, _, _ = new_pages(3, 8, 1, 16, torch.float32)
     cache_write(k, v, kp, vp, slots, cos=cos, sin=sin)

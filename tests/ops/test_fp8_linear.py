@@ -8,7 +8,6 @@ block, GEMM, epilogue) accurate against the unquantized fp64 layer (SQNR, cosine
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,9 @@ import torch
 from lpm_rt.config import preset
 from lpm_rt.ops.fp8_linear import fp8_linear, fp8_linear_ref, quantize_fp8_rows, quantize_fp8_weight
 
-from _checks import assert_calibrated, assert_sqnr
+from _checks import assert_calibrated, assert_sqnr, spy_triton
+
+pytestmark = pytest.mark.usefixtures("poison_allocations")   # unwritten outputs show as NaN
 
 F64 = torch.float64
 
@@ -36,13 +37,6 @@ def make_case(B, L, K, N, block, epilogue, dtype=torch.bfloat16, seed=0):
     w8, ws = quantize_fp8_weight(w, block)
     return x, w, x8, xs, w8, ws, kw
 
-
-@pytest.fixture(autouse=True)
-def _poison_allocations():
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(prev)
 
 
 TINY = preset("tiny")
@@ -77,17 +71,7 @@ def test_fp8_path_sqnr(triton_backend, block):
 
 
 def test_launcher_really_launches_triton(triton_backend, monkeypatch):
-    kern = importlib.import_module("csrc_triton.fp8_linear")
-    mod = importlib.import_module("lpm_rt.ops.fp8_linear")
-    monkeypatch.setattr(mod, "fp8_linear_ref", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fallback")))
-    launches, real = [], kern._fp8_linear_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(kern, "_fp8_linear_kernel", Spy())
+    launches = spy_triton(monkeypatch, "fp8_linear", "_fp8_linear_kernel")
     x, w, x8, xs, w8, ws, kw = make_case(1, 4, 128, 70, None, "none")
     out = fp8_linear(x8, xs, w8, ws)
     assert launches == [(2,)] and torch.isfinite(out).all()

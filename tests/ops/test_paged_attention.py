@@ -7,7 +7,6 @@ fill-uninitialized-memory mode so every output/workspace element starts as NaN.
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -18,7 +17,9 @@ from lpm_rt.ops import paged_attention, paged_attention_ref
 from lpm_rt.ops.cache_write import FP8_MAX
 from lpm_rt.ops.paged_attention import gather_pages
 
-from _checks import assert_calibrated, assert_sqnr
+from _checks import assert_calibrated, assert_sqnr, spy_triton
+
+pytestmark = pytest.mark.usefixtures("poison_allocations")   # unwritten outputs show as NaN
 
 
 def make_case(B, Lq, H, D, page_size, kv_lens, dtype=torch.float32, kv_dtype=None,
@@ -70,14 +71,6 @@ def references(q, kp, vp, table, lens, ks, vs, sm_scale=None):
     return ref, low_precision(q, kp, vp, table, lens, ks, vs, sm_scale)
 
 
-@pytest.fixture(autouse=True)
-def _poison_allocations():
-    """torch.empty returns NaN-filled memory while this is on: unwritten outputs show up."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(prev)
-
 
 TINY, DEMO = preset("tiny"), preset("demo")
 CASES = [  # B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, num_splits
@@ -123,22 +116,7 @@ def test_sm_scale_and_page_order(triton_backend):
 
 def test_launcher_really_launches_triton(triton_backend, monkeypatch):
     """The reference is made to raise and the kernel is spied on: a fallback cannot pass."""
-    kern = importlib.import_module("csrc_triton.paged_attention")
-    mod = importlib.import_module("lpm_rt.ops.paged_attention")   # the module, not the function
-
-    def boom(*a, **k):
-        raise AssertionError("fell back to the reference")
-
-    launches = []
-    real = kern._paged_attn_fwd_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(mod, "paged_attention_ref", boom)
-    monkeypatch.setattr(kern, "_paged_attn_fwd_kernel", Spy())
+    launches = spy_triton(monkeypatch, "paged_attention", "_paged_attn_fwd_kernel")
     args = make_case(1, 2, 1, 16, 8, [11])
     out = paged_attention(*args)
     assert launches == [(1, 1, 1)] and torch.isfinite(out).all()
