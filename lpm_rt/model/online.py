@@ -123,18 +123,19 @@ class OnlineLPM(nn.Module):
         net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope).layer)
 
     # ---- one chunk ----------------------------------------------------------------------------
-    def _chunk_pass(self, net, cache, x, sigma, context, audio, frame0):
+    def _paged(self, cache, rope, dev) -> PagedAttention:
+        """The chunk's view of ``cache``: block table [refs | history | chunk] and slot mapping,
+        built once per chunk (host bookkeeping, copied to the device) and shared by its passes."""
+        table, kv_len, slots = cache.begin_chunk()
+        return PagedAttention(cache.pool, table.to(dev, non_blocking=True), kv_len.to(dev, non_blocking=True),
+                              slots.to(dev, non_blocking=True), rope)
+
+    def _chunk_pass(self, net, attn, x, sigma, context, audio):
         """One denoising pass of ``net`` over the chunk latents x [1, z, C, h', w'] at noise
         level ``sigma``; K/V of the chunk are (re)written into the chunk's pages."""
         s, m = self.cfg.stream, self.cfg.model
         C = s.chunk_frames
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
-        table, kv_len, slots = cache.begin_chunk()          # host bookkeeping -> device copies
-        dev = x.device
-        rope = tuple(r.to(dev) for r in token_positions(torch.arange(frame0, frame0 + C), h, w,
-                                                          m.rope_dims, m.rope_theta))
-        attn = PagedAttention(cache.pool, table.to(dev, non_blocking=True), kv_len.to(dev, non_blocking=True),
-                              slots.to(dev, non_blocking=True), rope)
         t = torch.full((1, C), 1000.0 * sigma, device=x.device)
         out = net.video_pass(net.embed_patches(x), t, attn.layer, context, audio)
         return net.unpatchify(out, C, h, w)
@@ -156,7 +157,11 @@ class OnlineLPM(nn.Module):
 
         def noise():                      # drawn on the host generator: identical on every device
             return torch.randn(shape, generator=g).to(dev, dt)
-        # 1. audio features: log-mel once, tokens per network (encoders are frame-local)
+        # 1. audio features: log-mel once, tokens per network (encoders are frame-local);
+        #    the chunk's RoPE tables, once for both networks
+        h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
+        rope = tuple(r.to(dev) for r in token_positions(torch.arange(state.pos, state.pos + C), h, w,
+                                                          m.rope_dims, m.rope_theta))
         mels = (log_mel(spk_audio.to(dev), m.n_mels), log_mel(lis_audio.to(dev), m.n_mels))
         bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
         mark = state.timer or (lambda stage: None)
@@ -164,8 +169,9 @@ class OnlineLPM(nn.Module):
         # 2. backbone: denoise from pure noise; every pass writes the chunk's K/V into its
         #    pages, so the last pass (noise level history_t) leaves the noisy history behind
         x = noise()
+        attn = self._paged(state.bb_cache, rope, dev)
         for i, sigma in enumerate(sig):
-            v = self._chunk_pass(self.backbone, state.bb_cache, x, sigma, state.bb_context, bb_audio, state.pos)
+            v = self._chunk_pass(self.backbone, attn, x, sigma, state.bb_context, bb_audio)
             x0 = x - sigma * v
             if i + 1 < len(sig):
                 x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise()
@@ -178,7 +184,7 @@ class OnlineLPM(nn.Module):
         sr = s.refiner_sigma
         xr = (1 - sr) * x0 + sr * noise()
         rf_audio = tuple(self.refiner.encode_audio(x) for x in mels)
-        vr = self._chunk_pass(self.refiner, state.rf_cache, xr, sr, state.rf_context, rf_audio, state.pos)
+        vr = self._chunk_pass(self.refiner, self._paged(state.rf_cache, rope, dev), xr, sr, state.rf_context, rf_audio)
         latents = xr - sr * vr
         state.frame += C
         state.pos += C
