@@ -177,10 +177,12 @@ def _cache_write_variants(ctx: BuildContext) -> list:
     act, kv = _TRITON_DT[tgt.act_dtype], _TRITON_DT[tgt.kv_dtype]
     H, D, ps = m.num_heads, m.head_dim, s.page_size
     ptr = dict(k_ptr=act, v_ptr=act, cos_ptr="fp32", sin_ptr="fp32", slot_ptr="i64", kp_ptr=kv, vp_ptr=kv,
-               ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act)
+               ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act, shift_ptr="fp32")
+    fp8 = tgt.kv_dtype == "fp8"                                     # K smoothing rides on fp8 pages
     ce = dict(PAGE_SIZE=ps, BLOCK_T=triton.next_power_of_2(ps), HALF_D=D // 2, ROPE=True,
-              FP8=tgt.kv_dtype == "fp8", FIX_ROUND=False)
-    ints = dict(**{f"stride_{x}d": 1 for x in ("k", "v", "q", "qo", "kp", "vp")}, stride_cd=1, stride_sd=1,
+              FP8=fp8, FIX_ROUND=False, SHIFT=fp8)
+    ints = dict(**{f"stride_{x}d": 1 for x in ("k", "v", "q", "qo", "kp", "vp", "sh")}, stride_shh=D,
+                stride_cd=1, stride_sd=1,
                 **{f"stride_{x}h": D for x in ("k", "v", "q", "qo", "kp", "vp")},
                 stride_kps=H * D, stride_vps=H * D, stride_qos=H * D, stride_ksh=1, stride_vsh=1,
                 stride_cn=D // 2, stride_sn=D // 2)

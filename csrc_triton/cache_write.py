@@ -2,6 +2,8 @@
 
     k_rot[n, h, 2i]   = k[n, h, 2i] cos[n, i] - k[n, h, 2i+1] sin[n, i]     (Wan's interleaved pairs,
     k_rot[n, h, 2i+1] = k[n, h, 2i] sin[n, i] + k[n, h, 2i+1] cos[n, i]      RoFormer, Su et al. 2021)
+    k_rot -= k_shift[h]                       (optional K smoothing, SageAttention: one vector per
+                                               head for every key a query sees -> softmax unchanged)
     page = slot_mapping[n] // PAGE_SIZE,  off = slot_mapping[n] % PAGE_SIZE
     fp8:  scale[page, h] = max(amax_{tokens of the page, d} |x| / 448, 1e-12)
           pages[page, off, h] = e4m3(x / scale[page, h])          (x = k_rot for K, v for V)
@@ -28,43 +30,45 @@ FP8_MAX = tl.constexpr(448.0)
 
 @triton.jit
 def _cache_write_kernel(
-    k_ptr, v_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, vp_ptr, ks_ptr, vs_ptr, q_ptr, qo_ptr,
+    k_ptr, v_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, vp_ptr, ks_ptr, vs_ptr, q_ptr, qo_ptr, shift_ptr,
     stride_kn, stride_kh, stride_kd, stride_vn, stride_vh, stride_vd,
     stride_qn, stride_qh, stride_qd, stride_qop, stride_qos, stride_qoh, stride_qod,
     stride_cn, stride_cd, stride_sn, stride_sd,
     stride_kpp, stride_kps, stride_kph, stride_kpd,
     stride_vpp, stride_vps, stride_vph, stride_vpd,
-    stride_ksp, stride_ksh, stride_vsp, stride_vsh,
+    stride_ksp, stride_ksh, stride_vsp, stride_vsh, stride_shh, stride_shd,
     PAGE_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HALF_D: tl.constexpr,
-    ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr,
+    ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr, SHIFT: tl.constexpr,
 ):
     pid_g = tl.program_id(0)
     h = tl.program_id(1)
     if tl.program_id(2) == 0:
-        _write_group(k_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, ks_ptr, pid_g, h,
+        _write_group(k_ptr, cos_ptr, sin_ptr, slot_ptr, kp_ptr, ks_ptr, shift_ptr, pid_g, h,
                      stride_kn, stride_kh, stride_kd, stride_cn, stride_cd, stride_sn, stride_sd,
                      stride_kpp, stride_kps, stride_kph, stride_kpd, stride_ksp, stride_ksh,
-                     PAGE_SIZE, BLOCK_T, HALF_D, ROPE, FP8, FIX_ROUND, False)
+                     stride_shh, stride_shd,
+                     PAGE_SIZE, BLOCK_T, HALF_D, ROPE, FP8, FIX_ROUND, False, SHIFT)
     elif tl.program_id(2) == 1:
-        _write_group(v_ptr, cos_ptr, sin_ptr, slot_ptr, vp_ptr, vs_ptr, pid_g, h,
+        _write_group(v_ptr, cos_ptr, sin_ptr, slot_ptr, vp_ptr, vs_ptr, shift_ptr, pid_g, h,
                      stride_vn, stride_vh, stride_vd, stride_cn, stride_cd, stride_sn, stride_sd,
-                     stride_vpp, stride_vps, stride_vph, stride_vpd, stride_vsp, stride_vsh,
-                     PAGE_SIZE, BLOCK_T, HALF_D, False, FP8, FIX_ROUND, False)
+                     stride_vpp, stride_vps, stride_vph, stride_vpd, stride_vsp, stride_vsh, 0, 0,
+                     PAGE_SIZE, BLOCK_T, HALF_D, False, FP8, FIX_ROUND, False, False)
     else:
         # rotated q, written row for row ([N, H, D] seen as [N / PAGE_SIZE, PAGE_SIZE, H, D])
-        _write_group(q_ptr, cos_ptr, sin_ptr, slot_ptr, qo_ptr, ks_ptr, pid_g, h,
+        _write_group(q_ptr, cos_ptr, sin_ptr, slot_ptr, qo_ptr, ks_ptr, shift_ptr, pid_g, h,
                      stride_qn, stride_qh, stride_qd, stride_cn, stride_cd, stride_sn, stride_sd,
-                     stride_qop, stride_qos, stride_qoh, stride_qod, 0, 0,
-                     PAGE_SIZE, BLOCK_T, HALF_D, True, False, FIX_ROUND, True)
+                     stride_qop, stride_qos, stride_qoh, stride_qod, 0, 0, 0, 0,
+                     PAGE_SIZE, BLOCK_T, HALF_D, True, False, FIX_ROUND, True, False)
 
 
 @triton.jit
 def _write_group(
-    x_ptr, cos_ptr, sin_ptr, slot_ptr, pages_ptr, scale_ptr, pid_g, h,
+    x_ptr, cos_ptr, sin_ptr, slot_ptr, pages_ptr, scale_ptr, shift_ptr, pid_g, h,
     stride_xn, stride_xh, stride_xd, stride_cn, stride_cd, stride_sn, stride_sd,
-    stride_pp, stride_ps, stride_ph, stride_pd, stride_scp, stride_sch,
+    stride_pp, stride_ps, stride_ph, stride_pd, stride_scp, stride_sch, stride_shh, stride_shd,
     PAGE_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HALF_D: tl.constexpr,
     ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr, DIRECT: tl.constexpr,
+    SHIFT: tl.constexpr,
 ):
     offs_t = tl.arange(0, BLOCK_T)
     mask_t = offs_t < PAGE_SIZE
@@ -80,6 +84,10 @@ def _write_group(
         c = c.to(tl.float32)
         s = s.to(tl.float32)
         xr, xi = xr * c - xi * s, xr * s + xi * c
+    if SHIFT:
+        sh = shift_ptr + h * stride_shh
+        xr = xr - tl.load(sh + (2 * pair) * stride_shd).to(tl.float32)[None, :]
+        xi = xi - tl.load(sh + (2 * pair + 1) * stride_shd).to(tl.float32)[None, :]
 
     if DIRECT:
         slot = tok.to(tl.int64)

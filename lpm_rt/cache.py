@@ -37,6 +37,7 @@ TORCH_KV_DTYPES = {KVDtype.FP32: torch.float32, KVDtype.BF16: torch.bfloat16,
 class _Shared:
     pages: list
     refcount: int
+    k_shift: torch.Tensor | None = None     # [layers, H, D] K smoothing of fp8 pools (filled by the prefill)
 
 
 class PagePool:
@@ -52,6 +53,7 @@ class PagePool:
         self.k_scale = torch.ones(layers, num_pages, heads, device=device) if fp8 else None
         self.v_scale = torch.ones(layers, num_pages, heads, device=device) if fp8 else None
         self.page_size, self.num_pages, self.layers = page_size, num_pages, layers
+        self.heads, self.head_dim = heads, head_dim
         self._free = collections.deque(range(num_pages))
         self._shared: dict = {}
 
@@ -85,8 +87,17 @@ class PagePool:
             s.refcount += 1
             return s.pages, False
         pages = self.alloc(n)
-        self._shared[key] = _Shared(pages, 1)
+        shift = None
+        if self.k_scale is not None:       # fp8 pages: keys are smoothed by one vector per (layer, head)
+            shift = torch.zeros(self.layers, self.heads, self.head_dim, device=self.k.device)
+        self._shared[key] = _Shared(pages, 1, shift)
         return pages, True
+
+    def k_shift(self, key) -> torch.Tensor | None:
+        """[layers, H, D] K-smoothing vectors of the references pinned under ``key`` (fp8 pools;
+        None otherwise): every key a session attends to -- its references' and its own -- is
+        stored minus this vector (see :mod:`lpm_rt.ops.cache_write`)."""
+        return self._shared[key].k_shift if key in self._shared else None
 
     def release_shared(self, key) -> None:
         s = self._shared[key]
@@ -126,6 +137,10 @@ class StreamCache:
         pages, fresh = self.pool.acquire_shared(key, num_frames * self.ppf)
         self.ref_key, self.ref_pages = key, pages
         return self._slots(pages, num_frames * self.stream.tokens_per_frame), fresh
+
+    @property
+    def k_shift(self) -> torch.Tensor | None:
+        return None if self.ref_key is None else self.pool.k_shift(self.ref_key)
 
     def detach_refs(self):
         if self.ref_key is not None:
@@ -177,6 +192,7 @@ class StreamCache:
         from .model.rope import rope_apply, rope_cos_sin
         from .ops.cache_write import cache_write_ref
 
+        shift_all = self.k_shift                                          # smoothed keys: undo, rotate, redo
         ids = torch.tensor([p for f in self.history for p in f], device=self.pool.k.device)
         cos, sin = rope_cos_sin(torch.tensor([[-shift, 0, 0]]), rope_dims, theta)
         ps = self.pool.page_size
@@ -186,12 +202,16 @@ class StreamCache:
             k = kp.index_select(0, ids).float()                          # (n, page_size, H, D)
             if ks is not None:
                 k = k * ks.index_select(0, ids)[:, None, :, None]
-            k = rope_apply(k.flatten(0, 1), cos.to(k.device), sin.to(k.device))   # (n * page_size, H, D)
+            k = k.flatten(0, 1)                                          # (n * page_size, H, D)
+            shift = None if shift_all is None else shift_all[layer]
+            if shift is not None:
+                k = k + shift
+            k = rope_apply(k, cos.to(k.device), sin.to(k.device))
             # V is unchanged; cache_write re-quantizes K (and rewrites V with its own bytes)
             v = vp.index_select(0, ids).float()
             if vs is not None:
                 v = v * vs.index_select(0, ids)[:, None, :, None]
-            cache_write_ref(k, v.flatten(0, 1), kp, vp, slots, ks, vs)
+            cache_write_ref(k, v.flatten(0, 1), kp, vp, slots, ks, vs, k_shift=shift)
 
     def reset_history(self):
         while self.history:

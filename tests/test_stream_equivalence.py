@@ -116,3 +116,24 @@ def test_rope_rebasing_is_exact_and_bounded(kv):
     # with references the positions stay bounded too, and nothing blows up
     c, pos_c = _stream_outputs(rebased, 12, refs=2)
     assert max(pos_c) <= s.time_limit - s.chunk_frames and torch.isfinite(c).all()
+
+
+def test_fp8_k_smoothing_is_wired(monkeypatch):
+    """fp8 pools smooth K with the mean of each layer's rotated reference keys, shared by every
+    session on the same references; fp32 pools do not. Smoothing must not cost accuracy."""
+    model = _model(1, kv=KVDtype.FP8)
+    g = torch.Generator().manual_seed(2)
+    m, s = model.cfg.model, model.cfg.stream
+    ref = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, generator=g)
+    a, b = (model.open_stream(ref, torch.tensor([0, 2]), "smile", seed=i) for i in range(2))
+    shift = a.bb_cache.k_shift
+    assert shift is not None and shift.shape == (m.num_layers, m.num_heads, m.head_dim)
+    assert shift.abs().amax() > 0 and b.bb_cache.k_shift is shift and a.rf_cache.k_shift is not None
+    a.close(), b.close()
+    assert _model(1).open_stream(ref, torch.tensor([0, 2]), "smile", seed=0).bb_cache.k_shift is None
+    v8, vd = _stream_and_dense(_model(1, kv=KVDtype.FP8), n_chunks=3)
+    monkeypatch.setattr("lpm_rt.cache.PagePool.k_shift", lambda self, key: None)
+    v8_plain, _ = _stream_and_dense(_model(1, kv=KVDtype.FP8), n_chunks=3)
+    sq = lambda x: float(20 * torch.log10(vd.norm() / (x - vd).norm()))   # noqa: E731
+    assert sq(v8) > 25 and sq(v8) >= sq(v8_plain) - 1.0, f"smoothed {sq(v8):.1f} dB vs plain {sq(v8_plain):.1f} dB"
+    print(f"fp8 pages: smoothed {sq(v8):.1f} dB, plain {sq(v8_plain):.1f} dB")

@@ -81,33 +81,44 @@ class PagedAttention:
     """One chunk through the paged cache of ``pool`` (batch 1: one session).
 
     block_table [1, max_pages] int32, kv_len [1] int32 (tokens of refs + history + this chunk),
-    slot_mapping [N] int64 of this chunk's tokens, rope: (cos, sin) [N, D/2]."""
+    slot_mapping [N] int64 of this chunk's tokens, rope: (cos, sin) [N, D/2];
+    k_shift: [layers, H, D] K smoothing of the session's references (fp8 pools) or None.
+    One launch writes K/V and rotates q (``cache_write(q=...)``), one attends."""
 
-    def __init__(self, pool, block_table, kv_len, slot_mapping, rope):
+    def __init__(self, pool, block_table, kv_len, slot_mapping, rope, k_shift=None):
         self.pool, self.table, self.kv_len, self.slots = pool, block_table, kv_len, slot_mapping
         self.cos, self.sin = rope
+        self.k_shift = k_shift
 
     def layer(self, i):
+        shift = None if self.k_shift is None else self.k_shift[i]
+
         def attend(q, k, v):
             kp, vp, ks, vs = self.pool.layer(i)
-            ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, self.cos, self.sin)
-            q = rope_apply(q, self.cos, self.sin)
-            return ops.paged_attention(q, kp, vp, self.table, self.kv_len, ks, vs)
+            q = ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, self.cos, self.sin, q=q[0], k_shift=shift)
+            return ops.paged_attention(q[None], kp, vp, self.table, self.kv_len, ks, vs)
         return attend
 
 
 class RefPrefill:
     """Reference pass of a session: writes each layer's reference K/V into the pinned pages
-    (``slot_mapping``) and attends among the references exactly as :class:`DenseAttention` does."""
+    (``slot_mapping``) and attends among the references exactly as :class:`DenseAttention` does.
+    ``k_shift`` ([layers, H, D], filled here; fp8 pools): per layer and head, the mean of the
+    rotated reference keys -- the K-smoothing vector the session's later writes reuse."""
 
-    def __init__(self, pool, slot_mapping, rope):
+    def __init__(self, pool, slot_mapping, rope, k_shift=None):
         self.pool, self.slots = pool, slot_mapping
         self.cos, self.sin = rope
+        self.k_shift = k_shift
 
     def layer(self, i):
         def attend(q, k, v):
             kp, vp, ks, vs = self.pool.layer(i)
-            ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, self.cos, self.sin)
             q, k = rope_apply(q, self.cos, self.sin), rope_apply(k, self.cos, self.sin)
+            shift = None
+            if self.k_shift is not None:
+                shift = self.k_shift[i]
+                shift.copy_(k[0].float().mean(0))
+            ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, k_shift=shift)
             return _sdpa(q, k, v)
         return attend

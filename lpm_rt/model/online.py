@@ -94,7 +94,7 @@ class OnlineLPM(nn.Module):
                     slots, fresh = cache.attach_refs(key, R)
                     if fresh:
                         try:
-                            self._prefill_refs(net, cache.pool, slots, ref_latents, ref_kinds)
+                            self._prefill_refs(net, cache.pool, slots, ref_latents, ref_kinds, cache.k_shift)
                         except Exception:
                             cache.detach_refs()
                             raise
@@ -114,13 +114,13 @@ class OnlineLPM(nn.Module):
             raise ValueError(f"text embeddings must be finite [L, {self.cfg.model.text_dim}], got {tuple(ctx.shape)}")
         return ctx[None]
 
-    def _prefill_refs(self, net, pool, slots, ref_latents, ref_kinds):
+    def _prefill_refs(self, net, pool, slots, ref_latents, ref_kinds, k_shift=None):
         s, m = self.cfg.stream, self.cfg.model
         R = ref_latents.shape[2]
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
         rope = tuple(r.to(ref_latents.device) for r in
                      token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta))
-        net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope).layer)
+        net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope, k_shift).layer)
 
     # ---- one chunk ----------------------------------------------------------------------------
     def _paged(self, cache, rope, dev) -> PagedAttention:
@@ -128,7 +128,7 @@ class OnlineLPM(nn.Module):
         built once per chunk (host bookkeeping, copied to the device) and shared by its passes."""
         table, kv_len, slots = cache.begin_chunk()
         return PagedAttention(cache.pool, table.to(dev, non_blocking=True), kv_len.to(dev, non_blocking=True),
-                              slots.to(dev, non_blocking=True), rope)
+                              slots.to(dev, non_blocking=True), rope, cache.k_shift)
 
     def _chunk_pass(self, net, attn, x, sigma, context, audio):
         """One denoising pass of ``net`` over the chunk latents x [1, z, C, h', w'] at noise

@@ -1,10 +1,17 @@
 """Write a chunk's K/V into cache pages: RoPE on K, per-page per-head scale, quantize, scatter.
 
     k_rot = rope(k, cos, sin)                       (interleaved pairs, Wan's complex layout)
+    k_rot = k_rot - k_shift[h]                      (optional K smoothing, see below)
     slot  = slot_mapping[n] = page * page_size + offset
     fp8 pages: scale[p, h] = amax over the tokens written to page p of |x[:, h]| / 448,
                pages[p][off, h] = (x / scale[p, h]).to(float8_e4m3fn)
     other page dtypes: a plain cast; scales are left untouched (pass None).
+
+K smoothing (SageAttention, Zhang et al. 2024): keys after RMSNorm share a large per-channel
+offset. Subtracting one vector per head from *every* key a query attends to changes each score
+row by a constant (q . k_shift), so softmax and the attention output are unchanged, while the
+per-page fp8 scales -- and the fp8 Q.K^T of the FP8-Q path -- resolve what varies between keys.
+The caller keeps the shift fixed for all pages one query sees (the session's reference entry).
 
 A call writes whole pages' worth of tokens (the cache writes a latent frame, and page_size
 divides a frame's tokens), so a page's scale always covers every token it holds.
@@ -41,12 +48,15 @@ def _write(x, pages, scale, slot_mapping):
 
 
 def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None,
-                    cos=None, sin=None, *, q=None):
+                    cos=None, sin=None, *, q=None, k_shift=None):
     """k, v: [N, H, D]; pages [P, page_size, H, D]; slot_mapping: [N] int64;
     k_scale/v_scale: [P, H] fp32 for fp8 pages (written); cos/sin: [N, D/2] (RoPE on k) or None.
-    q: optional [N, H, D] queries of the same tokens: returns rope(q) (a new tensor), else None."""
+    q: optional [N, H, D] queries of the same tokens: returns rope(q) (a new tensor), else None.
+    k_shift: optional [H, D] fp32 subtracted from the rotated keys (K smoothing)."""
     if cos is not None:
         k = rope_apply(k, cos, sin)
+    if k_shift is not None:
+        k = k.float() - k_shift.float()
     _write(k, k_pages, k_scale, slot_mapping)
     _write(v, v_pages, v_scale, slot_mapping)
     if q is not None:
@@ -54,7 +64,7 @@ def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=
     return None
 
 
-def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=None):
+def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=None, k_shift=None):
     import triton
 
     from csrc_triton import cache_write as kern
@@ -84,8 +94,10 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
         raise ValueError(f"cos/sin must both be [N={N}, D/2={half}] or None")
     if q is not None and (tuple(q.shape) != (N, H, D) or cos is None):
         raise ValueError(f"q must be [N={N}, H={H}, D={D}] and needs cos/sin")
+    if k_shift is not None and tuple(k_shift.shape) != (H, D):
+        raise ValueError(f"k_shift must be [H={H}, D={D}]")
     check_device(k, v=v, k_pages=k_pages, v_pages=v_pages, slot_mapping=slot_mapping,
-                 k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin, q=q)
+                 k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin, q=q, k_shift=k_shift)
     q_out = torch.empty(q.shape if q is not None else (0, H, D), dtype=q.dtype if q is not None else k.dtype,
                         device=k.device)
     if N == 0:
@@ -95,13 +107,14 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     c, s = (cos, sin) if cos is not None else (dummy, dummy)
     qi = q if q is not None else k
     qo = q_out.view(N // page_size, page_size, H, D) if q is not None else k_pages
+    sh = k_shift if k_shift is not None else dummy
     kern._cache_write_kernel[(N // page_size, H, 3 if q is not None else 2)](
-        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo,
+        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo, sh,
         *k.stride(), *v.stride(), *qi.stride(), *qo.stride(),
         *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
-        *ks.stride(), *vs.stride(),
+        *ks.stride(), *vs.stride(), *sh.stride(),
         PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
-        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(),
+        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
         num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
     return q_out
 
@@ -110,24 +123,27 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
 def _cache_write_op(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
                     slot_mapping: torch.Tensor, k_scale: Optional[torch.Tensor],
                     v_scale: Optional[torch.Tensor], cos: Optional[torch.Tensor],
-                    sin: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
+                    sin: Optional[torch.Tensor], q: Optional[torch.Tensor],
+                    k_shift: Optional[torch.Tensor]) -> torch.Tensor:
     """Returns rope(q), or an empty [0, H, D] tensor when q is None (custom ops return tensors)."""
-    return _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q)
+    return _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift)
 
 
 @_cache_write_op.register_fake
-def _(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q):
+def _(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift):
     return k.new_empty(q.shape if q is not None else (0, *k.shape[1:]), dtype=q.dtype if q is not None else k.dtype)
 
 
 def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None, cos=None, sin=None,
-                *, q=None):
+                *, q=None, k_shift=None):
     """Launcher: the selected backend's kernel; same contract as the ref (returns rope(q) when q
     is given, else None), except that the triton kernel writes whole pages (N a multiple of
     page_size, each page_size-group of slots one page)."""
     from . import get_backend
 
     if get_backend() != "triton":
-        return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q)
-    q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q)
+        return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q,
+                               k_shift=k_shift)
+    q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,
+                                         k_shift)
     return q_rot if q is not None else None

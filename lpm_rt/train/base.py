@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..config import preset
 from ..model.online import OnlineLPM
-from .data import Batch, batch_indices, clip_frames, collate, make_source
+from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, broadcast_module
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
@@ -113,7 +113,11 @@ def train_base(args, dist: Dist) -> int:
     s = cfg.stream
     # default clip: every RoPE time index the stream uses (it re-bases below s.time_limit)
     frames = args.frames or max(2 * s.chunk_frames + s.history_frames, s.time_limit)
-    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source)
+    world = dict(voice=args.voice, focus=args.focus)
+    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source, **world)
+    vae_frames, vae_batch = args.vae_frames or frames, args.vae_batch or args.batch
+    vae_source = source if vae_frames == frames else \
+        make_source(cfg, clip_frames(cfg, vae_frames), args.data, args.source, **world)
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg).init_weights(args.seed).to(dist.device)
     broadcast_module(model, dist)
@@ -126,15 +130,19 @@ def train_base(args, dist: Dist) -> int:
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         return collate([source.clip(i) for i in idx], cfg).to(dist.device)
 
+    # the teacher's clips, encoded once per pool slot (the VAE is frozen by then)
+    pool = EncodedPool(source, cfg, lambda b: encode_batch(model.vae, b), args.pool, dist.device)
+
     def vae_step(step):
         g = step_generator(args.seed, "vae", step, dist.rank)
-        out = vae_loss(model.vae, batch_at("vae", step), g)
+        idx = batch_indices(args.seed, "vae", step, dist.rank, dist.world, vae_batch)
+        out = vae_loss(model.vae, collate([vae_source.clip(i) for i in idx], cfg).to(dist.device), g)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 
     def teacher_step(step):
         g = step_generator(args.seed, "teacher", step, dist.rank)
-        x0, cond = encode_batch(model.vae, batch_at("teacher", step))
+        x0, cond = pool.batch(batch_indices(args.seed, "teacher", step, dist.rank, dist.world, args.batch))
         cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
         out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift)
         out["loss"].backward()

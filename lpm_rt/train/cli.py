@@ -22,6 +22,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                                                 "(default: generate clips on the fly)")
     p.add_argument("--source", default=None, metavar="MODULE:FACTORY",
                    help="custom clip source: FACTORY(cfg, frames) returning an object with clip(i)")
+    p.add_argument("--voice", choices=("synth", "espeak", "mix"), default="synth",
+                   help="world speech: numpy synthesizer, espeak-ng, or half and half (espeak-ng must be installed)")
+    p.add_argument("--focus", type=float, default=0.0,
+                   help="fraction of world clips showing the shipped demo character (the rest: a new one per clip)")
+    p.add_argument("--pool", type=int, default=0,
+                   help="reuse encoded clips: index i -> slot i %% POOL, each generated and VAE-encoded once "
+                        "(0: every clip fresh)")
     p.add_argument("--batch", type=int, default=2, help="clips per process and step")
     p.add_argument("--frames", type=int, default=0,
                    help="latent frames per clip (0: 2 chunks + the history window, at least the stream's RoPE time limit)")
@@ -45,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-steps", type=int, default=None, help="VAE steps before the teacher (default: --steps)")
     b.add_argument("--lr", type=float, default=3e-4)
     b.add_argument("--vae-lr", type=float, default=2e-3)
+    b.add_argument("--vae-frames", type=int, default=0, help="latent frames per VAE clip (0: as --frames)")
+    b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
     b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
     b.add_argument("--p-drop-text", type=float, default=0.1)
     b.add_argument("--p-drop-audio", type=float, default=0.1)
@@ -99,6 +108,12 @@ def main(argv=None) -> int:
     for k in ("batch", "ckpt_every"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1")
+    if args.pool < 0 or not 0.0 <= args.focus <= 1.0:
+        ap.error("--pool must be >= 0 and --focus in [0, 1]")
+    if args.voice != "synth" and args.data is None and args.source is None:
+        from ..world.audio import espeak_available
+        if not espeak_available():
+            ap.error(f"--voice {args.voice} needs espeak-ng on PATH (apt install espeak-ng)")
     from . import dist as D
     d = D.init()
     if args.fsdp:

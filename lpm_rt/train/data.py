@@ -35,7 +35,7 @@ from ..model.audio import AUDIO_RATE, MEL_HOP, MEL_WIN, Resampler, log_mel
 from ..model.text import tag_ids
 
 __all__ = ["Clip", "Batch", "collate", "WorldSource", "DatasetSource", "make_source", "clip_frames",
-           "batch_indices", "pick_references"]
+           "batch_indices", "pick_references", "EncodedPool"]
 
 
 @dataclass
@@ -162,10 +162,28 @@ class WorldSource:
     start (the audio before the crop is the clip's real audio context); references of the same
     character in the conversation's scene, drawn as the world's dataset writer draws them."""
 
-    def __init__(self, cfg: LPMConfig, frames: int, modes=("conversation", "speaking", "listening")):
-        from ..world import Conversation, render_reference, render_video   # the world may still change:
-        from ..world.dataset import REFERENCES                             # import it where it is used
-        self.cfg, self.frames, self.modes = cfg, frames, tuple(modes)
+    VOICES = ("synth", "espeak", "mix")
+
+    def __init__(self, cfg: LPMConfig, frames: int, modes=("conversation", "speaking", "listening"),
+                 voice: str = "synth", focus: float = 0.0, focus_seed: int | None = None):
+        """``voice``: the world's numpy synthesizer, espeak-ng, or ``mix`` (each clip one or the
+        other, half and half; needs espeak-ng installed for anything but ``synth``). ``focus``:
+        the fraction of clips whose character is ``focus_seed``'s (the shipped demo character by
+        default) -- the rest are a new random character per clip."""
+        from ..world import Character, Conversation, render_reference, render_video   # the world may still
+        from ..world.audio import espeak_available                                   # change: import it
+        from ..world.dataset import REFERENCES                                       # where it is used
+        if voice not in self.VOICES:
+            raise ValueError(f"voice must be one of {', '.join(self.VOICES)}")
+        if voice != "synth" and not espeak_available():
+            raise ValueError(f"voice {voice!r} needs espeak-ng on PATH (apt install espeak-ng)")
+        if not 0.0 <= focus <= 1.0:
+            raise ValueError("focus must be in [0, 1]")
+        if focus_seed is None:
+            from ..assets import DEFAULT_CHARACTER_SEED
+            focus_seed = DEFAULT_CHARACTER_SEED
+        self.cfg, self.frames, self.modes, self.voice, self.focus = cfg, frames, tuple(modes), voice, focus
+        self._focus_char = Character.random(focus_seed)
         self._gen, self._ref, self._video = Conversation.generate, render_reference, render_video
         self._refs = REFERENCES
 
@@ -173,7 +191,11 @@ class WorldSource:
         s = self.cfg.stream
         rng = np.random.default_rng([int(index), 0x7A1])
         seconds = (self.frames + 12) / s.fps + float(rng.uniform(0.5, 2.0))
-        conv = self._gen(int(index) % (2 ** 31), seconds, mode=self.modes[int(rng.integers(len(self.modes)))])
+        mode = self.modes[int(rng.integers(len(self.modes)))]
+        u_voice, u_focus = rng.uniform(size=2)
+        voice = self.voice if self.voice != "mix" else ("espeak" if u_voice < 0.5 else "synth")
+        character = self._focus_char if u_focus < self.focus else None
+        conv = self._gen(int(index) % (2 ** 31), seconds, mode=mode, voice_backend=voice, character=character)
         start = int(rng.integers(0, conv.num_frames - self.frames + 1))
         labels = {k: np.asarray(v)[start:start + self.frames] for k, v in conv.labels.items()}
         size = (s.height, s.width)
@@ -227,11 +249,52 @@ class DatasetSource:
         return Clip(video, spk[a0 - lead:a1], lis[a0 - lead:a1], sr, imgs, kinds, entry.get("prompt", ""), lead)
 
 
-def make_source(cfg: LPMConfig, frames: int, data: str | None = None, factory: str | None = None):
+def make_source(cfg: LPMConfig, frames: int, data: str | None = None, factory: str | None = None, **world):
     """``factory`` "module:callable" (called as ``callable(cfg, frames)``, any object with
-    ``clip(i) -> Clip``) > ``data`` (a dataset directory) > the world generator on the fly."""
+    ``clip(i) -> Clip``) > ``data`` (a dataset directory) > the world generator on the fly
+    (``world``: :class:`WorldSource` options)."""
     if factory:
         import importlib
         mod, _, name = factory.partition(":")
         return getattr(importlib.import_module(mod), name)(cfg, frames)
-    return WorldSource(cfg, frames) if data is None else DatasetSource(cfg, data, frames)
+    return WorldSource(cfg, frames, **world) if data is None else DatasetSource(cfg, data, frames)
+
+
+class EncodedPool:
+    """Clips encoded once by a frozen VAE and reused: clip index ``i`` maps to slot ``i % size``,
+    which holds the source's clip ``i % size`` (a pure function of ``i``, so resumed runs draw
+    the same data), generated, collated and encoded the first time it is drawn and kept (latents, log-mels,
+    reference latents, tags) on ``device``. On CPU the world's generator, collation and the VAE
+    encoder cost twice the DiT's own step at the demo preset; with a pool they are paid once
+    per slot. ``size`` 0 keeps nothing (every draw is fresh).
+
+    ``encode(batch) -> (z, Cond)`` is the trainer's encoder (:func:`~lpm_rt.train.base.encode_batch`
+    with its VAE); the pool holds slots of batch 1 and stacks them, so a batch equals the one
+    ``encode(collate(clips))`` gives whenever the clips' prompts have the same tag count."""
+
+    def __init__(self, source, cfg: LPMConfig, encode, size: int, device="cpu"):
+        self.source, self.cfg, self.encode, self.size, self.device = source, cfg, encode, int(size), device
+        self._slots: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _slot(self, index: int):
+        key = index % self.size
+        if key not in self._slots:
+            self._slots[key] = self.encode(collate([self.source.clip(key)], self.cfg).to(self.device))
+        return self._slots[key]
+
+    def batch(self, indices: list):
+        from .flow import Cond
+        if self.size <= 0:
+            return self.encode(collate([self.source.clip(i) for i in indices], self.cfg).to(self.device))
+        items = [self._slot(int(i)) for i in indices]
+        z = torch.cat([it[0] for it in items])
+        conds = [it[1] for it in items]
+        L = max(c.tag_ids.shape[1] for c in conds)                 # pad tags by cycling, as collate does
+        tags = torch.cat([c.tag_ids[:, torch.arange(L) % c.tag_ids.shape[1]] for c in conds])
+        mels = tuple(torch.cat([c.mels[j] for c in conds]) for j in range(len(conds[0].mels)))
+        R = min(0 if c.refs is None else c.refs.shape[2] for c in conds)
+        refs = torch.cat([c.refs[:, :, :R] for c in conds]) if R else None
+        return z, Cond(tags, mels, refs, conds[0].ref_kinds[:R] if R else None)

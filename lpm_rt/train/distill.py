@@ -33,7 +33,7 @@ from ..checkpoint import load_dir
 from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
 from .base import encode_batch, teacher_loss
-from .data import batch_indices, clip_frames, collate, make_source
+from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, allreduce_grads, broadcast_module
 from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
                    teacher_ode, velocity)
@@ -95,8 +95,9 @@ def train_distill(args, dist: Dist) -> int:
     frames = args.frames or max(2 * s.chunk_frames + s.history_frames, s.time_limit)
     frames = -(-frames // s.chunk_frames) * s.chunk_frames                  # whole chunks
     long_frames = frames * max(args.long_factor, 1)
-    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source)
-    long_source = make_source(cfg, clip_frames(cfg, long_frames), args.data, args.source)
+    world = dict(voice=args.voice, focus=args.focus)
+    source = make_source(cfg, clip_frames(cfg, frames), args.data, args.source, **world)
+    long_source = make_source(cfg, clip_frames(cfg, long_frames), args.data, args.source, **world)
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg)
     model.backbone.load_state_dict(teacher.state_dict())
@@ -118,8 +119,12 @@ def train_distill(args, dist: Dist) -> int:
     key = {round(float(x), 6): x for x in grid}
     rti = s.ref_time_index
 
+    pool = EncodedPool(source, cfg, lambda b: encode_batch(vae, b), args.pool, dev)   # stages 1-3
+
     def conditions(stage, step, src=source):
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
+        if src is source:
+            return pool.batch(idx)
         return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
 
     def update_fake(x_gen, cond, g, step):

@@ -132,3 +132,58 @@ def test_fused_q_rope(triton_backend, dtype, page_size):
     assert_calibrated(got, want, exact, floor=1e-6, name="rope(q)")
     check_untouched(kp, written_mask(P, page_size, slots))
     assert cache_write(k, v, kp, vp, slots, cos=cos, sin=sin) is None
+
+
+def _offset_keys(k, H, D, seed=1, size=4.0):
+    """Keys with a large shared per-channel offset, as keys after RMSNorm have in trained models."""
+    g = torch.Generator().manual_seed(seed)
+    return k + size * torch.randn(H, D, generator=g).to(k.dtype)
+
+
+@pytest.mark.parametrize("pages_dtype", [torch.float32, torch.float8_e4m3fn])
+def test_k_smoothing_matches_reference(triton_backend, pages_dtype):
+    """k_shift is subtracted from the rotated keys only (V and q untouched), in the kernel as in the ref."""
+    N, H, D, page_size, P = 16, 2, 16, 8, 4
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P)
+    k = _offset_keys(k, H, D)
+    shift = torch.randn(H, D, generator=torch.Generator().manual_seed(5))
+    q = torch.randn(N, H, D)
+    kp, vp, ks, vs = new_pages(P, page_size, H, D, pages_dtype)
+    q_rot = cache_write(k, v, kp, vp, slots, ks, vs, cos, sin, q=q, k_shift=shift)
+    exact = rope_apply(k.double(), cos.double(), sin.double()) - shift.double()
+    got = kp.double() if ks is None else kp.double() * ks.double()[:, None, :, None]
+    if pages_dtype == torch.float32:
+        assert_calibrated(got.view(-1, H, D)[slots], rope_apply(k, cos, sin) - shift, exact, floor=1e-6,
+                          name="smoothed k")
+        assert torch.equal(vp.view(-1, H, D)[slots], v)
+    else:
+        assert_sqnr(got.view(-1, H, D)[slots], exact, min_db=30.0, min_cos=0.999, name="smoothed k fp8")
+    torch.testing.assert_close(q_rot, rope_apply(q, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+def test_k_smoothing_keeps_attention_and_sharpens_fp8(triton_backend):
+    """Subtracting one vector per head from every key leaves attention unchanged (fp32 pages:
+    same output to fp32 rounding) and, with keys sharing a large offset, raises the fp8
+    pages' attention SQNR -- the reason the runtime smooths K."""
+    from lpm_rt.ops import paged_attention_ref
+    N, H, D, page_size, P = 64, 2, 32, 16, 4
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P, seed=3)
+    k = _offset_keys(k, H, D, size=6.0)
+    q = torch.randn(1, 8, H, D, generator=torch.Generator().manual_seed(4))
+    k_rot = rope_apply(k, cos, sin)
+    shift = k_rot.mean(0)                                                      # what the runtime uses
+    table = (slots.view(-1, page_size)[:, 0] // page_size).to(torch.int32)[None]
+    kv_len = torch.tensor([N], dtype=torch.int32)
+    exact = torch.softmax(torch.einsum("qhd,khd->hqk", q[0].double(), k_rot.double()) / D ** 0.5, -1)
+    exact = torch.einsum("hqk,khd->qhd", exact, v.double())[None]
+    outs = {}
+    for dtype in (torch.float32, torch.float8_e4m3fn):
+        for smooth in (False, True):
+            kp, vp, ks, vs = new_pages(P, page_size, H, D, dtype)
+            cache_write(k, v, kp, vp, slots, ks, vs, cos, sin, k_shift=shift if smooth else None)
+            outs[dtype, smooth] = paged_attention_ref(q, kp, vp, table, kv_len, ks, vs).double()
+    torch.testing.assert_close(outs[torch.float32, True], outs[torch.float32, False], rtol=1e-4, atol=1e-5)
+    sq = lambda x: 10 * torch.log10(exact.pow(2).sum() / (x - exact).pow(2).sum()).item()   # noqa: E731
+    plain, smoothed = sq(outs[torch.float8_e4m3fn, False]), sq(outs[torch.float8_e4m3fn, True])
+    print(f"K smoothing: fp8 attention SQNR {plain:.1f} -> {smoothed:.1f} dB")
+    assert smoothed >= plain + 3.0, f"K smoothing: fp8 attention SQNR {plain:.1f} -> {smoothed:.1f} dB"

@@ -1,6 +1,7 @@
 """The data adapter: clips -> tensors laid out as the model and the runtime expect."""
 
 import numpy as np
+import pytest
 import torch
 
 from lpm_rt.config import preset
@@ -84,3 +85,66 @@ def test_dataset_source_reads_the_world_writer(tmp_path):
     whole = read_video(src.ds.clip_dir(1) / "video.mp4")
     starts = [i for i in range(len(whole) - 7) if np.array_equal(whole[i:i + 8], c.video)]
     assert starts, "crop not found in the decoded video"
+
+
+class _Counting(BlobSource):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = []
+
+    def clip(self, index):
+        self.calls.append(index)
+        return super().clip(index)
+
+
+def test_encoded_pool_reuses_slots_and_matches_fresh_batches():
+    """A pooled batch is the batch encode(collate(clips)) gives for clips i % size, and each slot
+    is generated and encoded once, whatever index first draws it (resumed runs see the same data)."""
+    from lpm_rt.model.online import OnlineLPM
+    from lpm_rt.train.base import encode_batch
+    from lpm_rt.train.data import EncodedPool
+
+    cfg = preset("tiny")
+    vae = OnlineLPM(cfg).init_weights(0).vae.eval()
+    src = _Counting(cfg, 2 * cfg.model.vae_temporal)
+    encode = lambda b: encode_batch(vae, b)                                # noqa: E731
+    pool = EncodedPool(src, cfg, encode, size=3)
+    z, cond = pool.batch([7, 5])                                          # slots 1 and 2
+    z_ref, cond_ref = encode(collate([src.clip(1), src.clip(2)], cfg))
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cond.refs, cond_ref.refs, rtol=1e-5, atol=1e-6)
+    for got, want in zip(cond.mels, cond_ref.mels):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(cond.tag_ids[:, :1], cond_ref.tag_ids[:, :1]) and torch.equal(cond.ref_kinds, cond_ref.ref_kinds)
+    src.calls.clear()
+    pool.batch([4, 8, 10])                                                # slots 1, 2, 1: cached
+    assert src.calls == [] and len(pool) == 2
+    pool.batch([0])
+    assert src.calls == [0] and len(pool) == 3
+    fresh = EncodedPool(src, cfg, encode, size=0)                         # size 0: nothing kept
+    src.calls.clear()
+    fresh.batch([4, 4])
+    assert src.calls == [4, 4] and len(fresh) == 0
+
+
+def test_world_source_voice_and_focus(monkeypatch):
+    from lpm_rt.train.data import WorldSource
+
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="voice"):
+        WorldSource(cfg, 4, voice="robot")
+    with pytest.raises(ValueError, match="focus"):
+        WorldSource(cfg, 4, focus=1.5)
+    src = WorldSource(cfg, 4, focus=1.0)
+    seen = []
+    real = src._gen
+
+    def spy(*a, **k):
+        seen.append((k["character"], k["voice_backend"]))
+        return real(*a, **k)
+    monkeypatch.setattr(src, "_gen", spy)
+    src.clip(0), src.clip(1)
+    assert all(c is src._focus_char and v == "synth" for c, v in seen)
+    src.focus, seen[:] = 0.0, []
+    src.clip(0)
+    assert seen[0][0] is None

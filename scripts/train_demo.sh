@@ -1,0 +1,16 @@
+#!/bin/sh
+# Trains the shipped demo model (lpm_rt/assets/demo) from scratch on the synthetic world, on CPU.
+# Every stage checkpoints and resumes: if interrupted, run this script again with the same OUT.
+#   sh scripts/train_demo.sh [OUT]        (default OUT: out/demo_model)
+# Needs espeak-ng on PATH (half of the speech is espeak-ng, half the world's synthesizer).
+set -e
+cd "$(dirname "$0")/.."
+OUT=${1:-out/demo_model}
+PY=${PY:-.venv/bin/python}
+$PY -m lpm_rt.train base --preset demo --out "$OUT/base" --threads 2 --voice mix --focus 0.3 \
+    --vae-steps 700 --vae-frames 2 --vae-batch 4 \
+    --steps 2500 --batch 4 --pool 1000 --lr 4e-4 --warmup 50 --ckpt-every 100 -v
+$PY -m lpm_rt.train distill --teacher "$OUT/base" --out "$OUT/online" --threads 2 --voice mix --focus 0.3 \
+    --steps 100 --init-steps 300 --dmd-steps 100 --refiner-steps 200 --long-steps 40 \
+    --batch 2 --pool 400 --warmup 20 --ckpt-every 50 -v
+$PY -m lpm_rt.train export --src "$OUT/online" --out lpm_rt/assets/demo --dtype fp16
