@@ -86,10 +86,24 @@ def _model_system(src: str, refs, sc: dict):
     return run
 
 
-def _systems(models, refs, scenarios):
+def _base_system(src: str, refs, steps: int):
+    """Base LPM (the bidirectional teacher of a ``train base`` directory), sampled offline in
+    clip-length windows (:class:`lpm_rt.train.sample.TeacherSampler`)."""
+    from ..train.sample import TeacherSampler
+
+    sampler = TeacherSampler(src, steps=steps)
+
+    def run(name: str, conv: Conversation) -> np.ndarray:
+        return sampler.render(conv.self_audio, conv.partner_audio, SR, conv.num_frames, conv.prompt, refs)
+    return run
+
+
+def _systems(models, refs, scenarios, bases=(), base_steps: int = 16):
     front = refs[0][0]
     systems = {"ground-truth": lambda name, conv: conv.render(128),
                "static-reference": lambda name, conv: np.repeat(front[None], conv.num_frames, axis=0)}
+    for src in bases:
+        systems[f"base:{src}"] = _base_system(src, refs, base_steps)
     for src in models:
         systems[f"model:{src}"] = _model_system(src, refs, scenarios)
     return systems
@@ -202,6 +216,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lpm-rt bench quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], metavar="SRC",
                     help="model under test: a preset name (demo, tiny) or a directory; repeatable")
+    ap.add_argument("--base", action="append", default=[], metavar="DIR",
+                    help="Base LPM under test: a `train base` directory, sampled offline clip by clip; repeatable")
+    ap.add_argument("--base-steps", type=int, default=16, help="ODE steps of the base system (default 16)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="length of the long run in minutes (default 1; 0.25 with --quick)")
     ap.add_argument("--out", type=Path, default=Path("bench_quality"), help="output directory")
@@ -214,12 +231,14 @@ def main(argv=None) -> int:
     minutes = args.minutes if args.minutes is not None else (0.25 if args.quick else 1.0)
     if minutes <= 0:
         ap.error("--minutes must be > 0")
-    res = run_bench(args.model, minutes, args.out, args.seed, args.quick, args.seconds)
+    if args.base_steps < 1:
+        ap.error("--base-steps must be >= 1")
+    res = run_bench(args.model, minutes, args.out, args.seed, args.quick, args.seconds, args.base, args.base_steps)
     log.info("\n%s", _markdown(res))
     return 0
 
 
-def run_bench(models, minutes, out, seed=0, quick=False, seconds=None) -> dict:
+def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(), base_steps=16) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -231,7 +250,7 @@ def run_bench(models, minutes, out, seed=0, quick=False, seconds=None) -> dict:
     analyzer = Analyzer.train(n_train, seed=7)
     hf, hl = training_set(300 if quick else 1000, seed=8)
     acc = {"heldout_random": analyzer.evaluate(hf, hl), "train_frames": n_train}
-    systems = _systems(models, refs, sc)
+    systems = _systems(models, refs, sc, bases, base_steps)
     res = {"systems": {}, "details": {}}
     trace = {}
     for name, make in systems.items():

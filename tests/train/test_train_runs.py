@@ -111,3 +111,20 @@ def test_export_fp16_halves_and_loads(teacher, tmp_path):
     meta = json.loads((tmp_path / "ship" / "config.json").read_text())
     assert meta["role"] == "base" and meta["weights_dtype"] == "fp16"
     assert lpm_rt.load(str(tmp_path / "ship")).trained
+
+
+def test_teacher_sampler_windows(teacher):
+    """Base LPM sampled offline: window-by-window ODE solves cover any length, frames are uint8 of
+    the preset's size, the result is a function of the seed, and the audio conditions it."""
+    from lpm_rt.train.sample import TeacherSampler
+
+    sampler = TeacherSampler(str(teacher), steps=2, window=2)
+    sr, n = 16000, 21                                                   # 21 frames: 3 windows of 8
+    t = np.arange(n * sr // 24 + sr) / sr
+    spk = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    refs = [(np.full((64, 64, 3), 90, np.uint8), "global")]
+    a = sampler.render(spk, np.zeros_like(spk), sr, n, "smile", refs)
+    assert a.shape == (n, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, sampler.render(spk, np.zeros_like(spk), sr, n, "smile", refs))
+    b = sampler.render(np.zeros_like(spk), np.zeros_like(spk), sr, n, "smile", refs)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0
