@@ -39,14 +39,17 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def save(model: OnlineLPM, out_dir, extra: dict | None = None, dtype=None) -> Path:
-    """Write ``model`` to ``out_dir`` (weights cast to ``dtype`` if given)."""
+def save(model: OnlineLPM, out_dir, extra: dict | None = None, dtype=None, state_dicts: dict | None = None) -> Path:
+    """Write ``model`` to ``out_dir`` (weights cast to ``dtype`` if given). ``state_dicts``
+    (part -> whole tensors) replaces the parts' own ``state_dict()`` (the trainer's gathered
+    FSDP weights)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for part in PARTS:
+        own = (state_dicts or {}).get(part) or getattr(model, part).state_dict()
         sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-              for k, v in getattr(model, part).state_dict().items()}
+              for k, v in own.items()}
         name = f"{part}.safetensors"
         save_file(sd, str(out / name), metadata={"format": "pt"})
         files[name] = sha256_file(out / name)

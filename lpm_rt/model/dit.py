@@ -101,10 +101,21 @@ class Block(nn.Module):
         nn.init.zeros_(self.audio_attn.o.weight)
         nn.init.zeros_(self.audio_attn.o.bias)
 
-    def forward(self, x, e, attend, context=None, audio=None):
+    def forward(self, x, e, attend, context=None, audio=None, ref=None):
         """x: [B, N, C], N = F * T tokens of F frames; e: [B, F, 6, C] per-frame modulation
         (or [B, 1, 6, C] for all tokens); attend(q, k, v) -> [B, N, H, D];
-        context: [B, L, C] text tokens; audio: [B, F, Ka, audio_dim] frame-local audio windows."""
+        context: [B, L, C] text tokens; audio: [B, F, Ka, audio_dim] frame-local audio windows.
+
+        ``ref`` = (ref_tokens, e_ref, attend_ref): the reference tokens go through this block
+        first, in the same call (their K/V feed ``attend``), and the call returns (x, ref_tokens).
+        One call per block per forward is what FSDP needs: the block's weights are gathered once
+        for both, and its backward sees every use of them."""
+        if ref is not None:
+            r = self._run(ref[0], ref[1], ref[2])
+            return self._run(x, e, attend, context, audio), r
+        return self._run(x, e, attend, context, audio)
+
+    def _run(self, x, e, attend, context=None, audio=None):
         B, N, C = x.shape
         Fr = e.shape[1]
         T = N // Fr
@@ -222,6 +233,19 @@ class LPMDiT(nn.Module):
             x = blk(x, e0, attend_for_layer(i), context, a)
         return self.head(x, e)
 
+    def joint_pass(self, ref_tokens, x_tokens, t, ref_attend_for_layer, attend_for_layer, context=None,
+                   audio=None):
+        """:meth:`ref_pass` then :meth:`video_pass` with each block called once for both (see
+        ``Block.forward``'s ``ref``): the same numbers, block by block. The training forms use it."""
+        B = ref_tokens.shape[0]
+        _, e0r = self.embed_time(torch.zeros(B, 1, device=ref_tokens.device))
+        e, e0 = self.embed_time(t)
+        x, r = x_tokens, ref_tokens
+        for i, blk in enumerate(self.blocks):
+            a = None if audio is None else audio[i % 2]
+            x, r = blk(x, e0, attend_for_layer(i), context, a, ref=(r, e0r, ref_attend_for_layer(i)))
+        return self.head(x, e)
+
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: [B, (context + F) * 16, n_mels] (leading context frames first) -> windows
         [B, F, (context + 1) * A, audio_dim] for the frame-local audio attention."""
@@ -248,10 +272,13 @@ class LPMDiT(nn.Module):
             ref_rope = token_positions(ref_time_index - torch.arange(R), h, w, cfg.rope_dims, cfg.rope_theta)
         mask = block_causal_mask(Fr, tpf, chunk_frames, window)
         attn = DenseAttention(ref_rope, vid_rope, None if mask is None else mask.to(x.device))
-        if refs is not None:
-            self.ref_pass(self.embed_refs(refs, ref_kinds.to(x.device)), attn.ref)
         audio = None if audio_mel is None else tuple(self.encode_audio(m) for m in audio_mel)
-        out = self.video_pass(self.embed_patches(x), t, attn.video, self.embed_text(context), audio)
+        tokens, ctx = self.embed_patches(x), self.embed_text(context)
+        if refs is not None:
+            out = self.joint_pass(self.embed_refs(refs, ref_kinds.to(x.device)), tokens, t, attn.ref, attn.video,
+                                  ctx, audio)
+        else:
+            out = self.video_pass(tokens, t, attn.video, ctx, audio)
         return self.unpatchify(out, Fr, h, w)
 
     def init_weights(self, seed: int = 0) -> "LPMDiT":

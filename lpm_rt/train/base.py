@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..config import preset
 from ..model.online import OnlineLPM
 from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_source
-from .dist import Dist, broadcast_module
+from .dist import Dist, broadcast_module, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
 
@@ -121,6 +121,7 @@ def train_base(args, dist: Dist) -> int:
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg).init_weights(args.seed).to(dist.device)
     broadcast_module(model, dist)
+    maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters
     run = RunDir(args.out, dist)
     optims = {"vae": torch.optim.AdamW(model.vae.parameters(), lr=args.vae_lr, weight_decay=0.0),
               "teacher": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.01)}

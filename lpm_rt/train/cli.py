@@ -36,7 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=20, help="linear LR warm-up steps (per stage)")
     p.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps (and at stage ends)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--fsdp", action="store_true", help="shard networks with FSDP (CUDA + torchrun only)")
+    p.add_argument("--fsdp", action="store_true", help="shard the DiTs' blocks with FSDP2 over the torchrun processes "
+                                                         "(gloo on CPU, NCCL on GPU) for presets that do not fit one device")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # tests: simulate a kill
     p.add_argument("--rank-digest", action="store_true",
                    help="write DIR/digest-rank<r>.txt (sha256 of the weights) on every rank at the end")

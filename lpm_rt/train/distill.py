@@ -34,7 +34,7 @@ from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
 from .base import encode_batch, teacher_loss
 from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
-from .dist import Dist, allreduce_grads, broadcast_module
+from .dist import Dist, allreduce_grads, broadcast_module, maybe_fsdp
 from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
                    teacher_ode, velocity)
 from .loop import RunDir, StageSpec, lr_at, run_stages, step_generator
@@ -108,6 +108,8 @@ def train_distill(args, dist: Dist) -> int:
     fake = copy.deepcopy(teacher).requires_grad_(True)
     broadcast_module(model, dist)
     broadcast_module(fake, dist)
+    for net in (model.backbone, model.refiner, fake, teacher):   # before the optimizers see them
+        maybe_fsdp(net, dist, args.fsdp)
     vae = model.vae.eval().requires_grad_(False)
     run = RunDir(args.out, dist)
     optims = {"student": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.0),

@@ -163,13 +163,15 @@ def causal_forward(net, x_hist, x_q, sigma_q, cond: Cond, stream: StreamConfig, 
     if cond.refs is not None:
         ref_rope = _rope(stream.ref_time_index - torch.arange(cond.refs.shape[2]), h, w, m, dev)
     attn = DenseAttention(ref_rope, rope, mask.to(x_hist.device))
-    if cond.refs is not None:
-        net.ref_pass(net.embed_refs(cond.refs, cond.ref_kinds), attn.ref)
     audio = tuple(net.encode_audio(mel) for mel in cond.mels)                   # (B, F, Ka, Da) each
     audio = tuple(torch.cat([a, a[:, q_start:]], 1) for a in audio)
     tokens = torch.cat([net.embed_patches(x_hist), net.embed_patches(x_q)], 1)  # (B, (F + Fq) T, C)
     t = torch.cat([torch.full((B, Fr), stream.history_t, device=dev), 1000.0 * sigma_q], 1)
-    out = net.video_pass(tokens, t, attn.video, net.embed_text(cond.context(net)), audio)
+    ctx = net.embed_text(cond.context(net))
+    if cond.refs is not None:
+        out = net.joint_pass(net.embed_refs(cond.refs, cond.ref_kinds), tokens, t, attn.ref, attn.video, ctx, audio)
+    else:
+        out = net.video_pass(tokens, t, attn.video, ctx, audio)
     return net.unpatchify(out[:, Fr * h * w:], Fq, h, w)
 
 

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import checkpoint
-from .dist import Dist, allreduce_grads, allreduce_mean
+from .dist import (Dist, _is_sharded, allreduce_grads, allreduce_mean, full_state_dict, load_full_state_dict,
+                   shard_like)
 
 __all__ = ["RunDir", "optim_to_tensors", "optim_from_tensors", "step_generator", "lr_at", "run_stage",
            "StageSpec", "run_stages"]
@@ -53,28 +54,41 @@ def lr_at(step: int, base: float, warmup: int) -> float:
 # ---- optimizer state without pickle -------------------------------------------------------------
 
 def optim_to_tensors(opt: torch.optim.Optimizer) -> tuple:
-    """-> (tensors for safetensors, JSON-able meta)."""
+    """-> (tensors for safetensors, JSON-able meta). State of FSDP-sharded parameters is gathered
+    whole (a collective then: every rank calls it)."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
+    for idx, st in sorted(sd["state"].items()):
+        for k, v in sorted(st.items()):
             if isinstance(v, torch.Tensor):
-                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+                tensors[f"{idx}.{k}"] = (v.full_tensor() if _is_sharded(v) else v).detach().contiguous().cpu()
             else:
                 scalars[f"{idx}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """Inverse of :func:`optim_to_tensors`; whole tensors of sharded parameters are cut to this
+    rank's shard."""
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict = {}
-    for key, v in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+    for key, v in sorted(tensors.items()) + list(meta.get("scalars", {}).items()):
         idx, k = key.split(".", 1)
+        p = params[int(idx)]
+        if isinstance(v, torch.Tensor) and _is_sharded(p) and v.shape == p.shape:
+            v = _as_dtensor(shard_like(v, p), p)
         state.setdefault(int(idx), {})[k] = v
     groups = meta["param_groups"]
     for g in groups:
         if isinstance(g.get("betas"), list):
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _as_dtensor(local: torch.Tensor, like):
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(local, like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
 
 
 # ---- the run directory --------------------------------------------------------------------------
@@ -113,18 +127,20 @@ class RunDir:
         return None if d is None else json.loads((d / "state.json").read_text())
 
     def save(self, model, aux: dict, optims: dict, state: dict, meta: dict, keep: int = 2) -> None:
-        """Rank 0 writes; every rank waits for it (so nobody reads a half-written checkpoint)."""
+        """Every rank gathers sharded (FSDP) state, rank 0 writes, every rank waits for it (so
+        nobody reads a half-written checkpoint)."""
+        parts = {part: full_state_dict(getattr(model, part)) for part in checkpoint.PARTS}
+        aux_sd = {k: full_state_dict(net) for k, net in aux.items()}
+        opt_sd = {k: optim_to_tensors(opt) for k, opt in optims.items()}
         if self.dist.main:
             name = f"{state['stage']}-{state['step']:07d}"
             d = self.ckpt / name
             tmp = self.ckpt / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
-            checkpoint.save(model, tmp, extra=meta)
-            for k, net in aux.items():
-                save_file({n: t.detach().contiguous() for n, t in net.state_dict().items()},
-                          str(tmp / f"aux_{k}.safetensors"))
-            for k, opt in optims.items():
-                tensors, ometa = optim_to_tensors(opt)
+            checkpoint.save(model, tmp, extra=meta, state_dicts=parts)
+            for k, sd in aux_sd.items():
+                save_file({n: t.contiguous() for n, t in sd.items()}, str(tmp / f"aux_{k}.safetensors"))
+            for k, (tensors, ometa) in opt_sd.items():
                 save_file(tensors, str(tmp / f"optim_{k}.safetensors"))
                 (tmp / f"optim_{k}.json").write_text(json.dumps(ometa))
             (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
@@ -153,9 +169,9 @@ class RunDir:
         d = self.latest()
         loaded, _ = checkpoint.load_dir(d)
         for part in checkpoint.PARTS:
-            getattr(model, part).load_state_dict(getattr(loaded, part).state_dict())
+            load_full_state_dict(getattr(model, part), getattr(loaded, part).state_dict())
         for k, net in aux.items():
-            net.load_state_dict(load_file(str(d / f"aux_{k}.safetensors")))
+            load_full_state_dict(net, load_file(str(d / f"aux_{k}.safetensors")))
         for k, opt in optims.items():
             optim_from_tensors(opt, load_file(str(d / f"optim_{k}.safetensors")),
                                json.loads((d / f"optim_{k}.json").read_text()))
@@ -265,7 +281,7 @@ def write_digest(run: RunDir, nets) -> Path:
     parallel ranks hold identical weights)."""
     h = hashlib.sha256()
     for net in nets:
-        for k, v in sorted(net.state_dict().items()):
+        for k, v in sorted(full_state_dict(net).items()):
             h.update(k.encode())
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     p = run.out / f"digest-rank{run.dist.rank}.txt"
