@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 import lpm_rt
-from lpm_rt.artifact import FORMAT, FORMAT_VERSION, config_hash, dequantize_state_dict
+from lpm_rt.artifact import FORMAT, FORMAT_VERSION, QSCALE_SUFFIX, config_hash, dequantize_state_dict
 from lpm_rt.checkpoint import PARTS, load_dir, sha256_file
 from lpm_rt.config import PRESETS, preset
 from lpm_rt.errors import ArtifactError
@@ -216,7 +216,11 @@ def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_chec
     if onnx if onnx is not None else tgt.onnx:
         from .onnx_export import export_all
         log("5/6 exporting ONNX graphs (opset 17, static shapes) and checking parity with onnxruntime")
-        onnx_report = export_all(_dequantized(cfg, stored), out / "onnx", log=log)
+        int8 = {part: {k: (v, stored[part][k + QSCALE_SUFFIX]) for k, v in stored[part].items()
+                       if v.dtype == torch.int8 and k + QSCALE_SUFFIX in stored[part]}
+                for part in ("backbone", "refiner")}
+        onnx_report = export_all(_dequantized(cfg, stored), out / "onnx", log=log,
+                                 int8_weights={k: v for k, v in int8.items() if v})
         for name in onnx_report["graphs"]:
             files[f"onnx/{name}.onnx"] = sha256_file(out / "onnx" / f"{name}.onnx")
     else:
