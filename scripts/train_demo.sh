@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-out/demo_model}
 PY=${PY:-.venv/bin/python}
 $PY -m lpm_rt.train base --preset demo --out "$OUT/base" --threads 2 --voice mix --focus 0.3 \
-    --vae-steps 700 --vae-frames 2 --vae-batch 4 \
-    --steps 2500 --batch 4 --pool 1000 --lr 4e-4 --warmup 50 --ckpt-every 100 -v
+    --vae-steps 1500 --vae-frames 2 --vae-batch 4 --vae-edge 2 --lr-final 0.1 \
+    --steps 2000 --batch 4 --pool 1000 --lr 4e-4 --warmup 50 --ckpt-every 100 -v
 $PY -m lpm_rt.train distill --teacher "$OUT/base" --out "$OUT/online" --threads 2 --voice mix --focus 0.3 \
     --steps 100 --init-steps 300 --dmd-steps 100 --refiner-steps 200 --long-steps 40 \
-    --batch 2 --pool 400 --warmup 20 --ckpt-every 50 -v
+    --batch 2 --pool 400 --warmup 20 --lr-final 0.2 --ckpt-every 50 -v
 $PY -m lpm_rt.train export --src "$OUT/online" --out lpm_rt/assets/demo --dtype fp16

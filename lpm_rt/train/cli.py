@@ -35,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=20, help="linear LR warm-up steps (per stage)")
     p.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps (and at stage ends)")
+    p.add_argument("--lr-final", type=float, default=1.0,
+                   help="cosine-decay each stage's learning rate to this fraction at its end (1: constant)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--fsdp", action="store_true", help="shard the DiTs' blocks with FSDP2 over the torchrun processes "
                                                          "(gloo on CPU, NCCL on GPU) for presets that do not fit one device")
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lr", type=float, default=3e-4)
     b.add_argument("--vae-lr", type=float, default=2e-3)
     b.add_argument("--vae-frames", type=int, default=0, help="latent frames per VAE clip (0: as --frames)")
+    b.add_argument("--vae-edge", type=float, default=0.0,
+                   help="extra reconstruction weight on image edges (eyes, mouth, contours): "
+                        "w = 1 + EDGE * |grad| / mean |grad|")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
     b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
     b.add_argument("--p-drop-text", type=float, default=0.1)
@@ -109,8 +114,8 @@ def main(argv=None) -> int:
     for k in ("batch", "ckpt_every"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be >= 1")
-    if args.pool < 0 or not 0.0 <= args.focus <= 1.0:
-        ap.error("--pool must be >= 0 and --focus in [0, 1]")
+    if args.pool < 0 or not 0.0 <= args.focus <= 1.0 or not 0.0 < args.lr_final <= 1.0:
+        ap.error("--pool must be >= 0, --focus in [0, 1], --lr-final in (0, 1]")
     if args.voice != "synth" and args.data is None and args.source is None:
         from ..world.audio import espeak_available
         if not espeak_available():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import shutil
@@ -46,9 +47,14 @@ def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed((seed * 1_000_003 + salt) * 100_003 + step * 131 + rank)
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    """Linear warm-up, then constant (the reference schedule; short runs need no decay)."""
-    return base * min(1.0, (step + 1) / max(warmup, 1))
+def lr_at(step: int, base: float, warmup: int, total: int = 0, final: float = 1.0) -> float:
+    """Linear warm-up, then constant -- or, with ``final`` < 1, a cosine from ``base`` down to
+    ``final * base`` at step ``total`` (the end of the stage)."""
+    lr = base * min(1.0, (step + 1) / max(warmup, 1))
+    if final < 1.0 and total > warmup and step >= warmup:
+        p = min((step - warmup) / max(total - warmup - 1, 1), 1.0)
+        lr *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr
 
 
 # ---- optimizer state without pickle -------------------------------------------------------------
@@ -182,7 +188,7 @@ class RunDir:
 
 def run_stage(run: RunDir, stage: str, steps: int, start: int, step_fn, optims: dict, params: dict,
               save_fn, *, lr: float, warmup: int, ckpt_every: int, log_every: int = 1,
-              stop_after: int | None = None) -> int:
+              stop_after: int | None = None, lr_final: float = 1.0) -> int:
     """Run ``stage`` from ``start`` to ``steps``. ``step_fn(step) -> {name: float}`` computes losses
     and calls ``backward``; here gradients are averaged over ranks, optimizers step, metrics are
     logged and checkpoints saved. ``params[name]`` are the parameters of ``optims[name]``.
@@ -194,7 +200,7 @@ def run_stage(run: RunDir, stage: str, steps: int, start: int, step_fn, optims: 
     taken = 0
     for step in range(start, steps):
         t0 = time.perf_counter()
-        cur_lr = lr_at(step, lr, warmup)
+        cur_lr = lr_at(step, lr, warmup, steps, lr_final)
         for opt in optims.values():
             for g in opt.param_groups:
                 g["lr"] = cur_lr
@@ -268,7 +274,7 @@ def run_stages(run: RunDir, args, stages: list, model, aux: dict, optims: dict, 
             continue
         taken = run_stage(run, sp.name, sp.steps, start, sp.step_fn, {k: optims[k] for k in sp.optims},
                           params, save, lr=sp.lr, warmup=args.warmup, ckpt_every=args.ckpt_every,
-                          stop_after=budget)
+                          stop_after=budget, lr_final=getattr(args, "lr_final", 1.0))
         if budget is not None:
             budget -= taken
     if getattr(args, "rank_digest", False):
