@@ -41,13 +41,16 @@ _MAX_LAG = 6              # frames searched either side for the A/V offset (250 
 _MOUTH_THRESHOLD = 0.3    # measured opening above which a frame counts as "mouthing"
 
 
-def build_scenarios(seed: int, minutes: float, quick: bool, seconds: float | None = None) -> dict:
-    """Held-out scenarios: name -> Conversation, plus the references (list of (img, kind))."""
+def build_scenarios(seed: int, minutes: float, quick: bool, seconds: float | None = None,
+                    voice: str = "synth") -> dict:
+    """Held-out scenarios: name -> Conversation, plus the references (list of (img, kind)).
+    ``voice``: the world's synthesizer or espeak-ng (real TTS speech, for "responds to speech
+    it never saw")."""
     secs = seconds or (8.0 if quick else 30.0)
     tag_secs = max(secs / 4, 2.0) if quick else 6.0
     ch = Character.random(1_000_003 + seed)          # the analyzer trains on other seeds
     scene = Scene.random(2_000_003 + seed)
-    common = dict(character=ch, scene=scene, base_yaw=0.0)
+    common = dict(character=ch, scene=scene, base_yaw=0.0, voice_backend=voice)
     sc = {"speaking": Conversation.generate(seed * 10 + 1, secs, "speaking", "calm", **common),
           "listening": Conversation.generate(seed * 10 + 2, secs, "listening", "calm",
                                              backchannels=False, **common),
@@ -224,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench_quality"), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     ap.add_argument("--quick", action="store_true", help="short scenarios and a small analyzer")
+    ap.add_argument("--voice", choices=("synth", "espeak"), default="synth",
+                    help="speech of the scenarios: the world's synthesizer or espeak-ng (must be installed)")
     ap.add_argument("--seconds", type=float, default=None,
                     help="length of the speaking/listening/conversation scenarios (default 30; 8 quick)")
     args = ap.parse_args(argv)
@@ -233,18 +238,24 @@ def main(argv=None) -> int:
         ap.error("--minutes must be > 0")
     if args.base_steps < 1:
         ap.error("--base-steps must be >= 1")
-    res = run_bench(args.model, minutes, args.out, args.seed, args.quick, args.seconds, args.base, args.base_steps)
+    if args.voice == "espeak":
+        from .audio import espeak_available
+        if not espeak_available():
+            ap.error("--voice espeak needs espeak-ng on PATH (apt install espeak-ng)")
+    res = run_bench(args.model, minutes, args.out, args.seed, args.quick, args.seconds, args.base, args.base_steps,
+                    args.voice)
     log.info("\n%s", _markdown(res))
     return 0
 
 
-def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(), base_steps=16) -> dict:
+def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(), base_steps=16,
+              voice="synth") -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = build_scenarios(seed, minutes, quick, seconds)
+    data = build_scenarios(seed, minutes, quick, seconds, voice)
     sc, refs = data["scenarios"], data["references"]
     n_train = 1200 if quick else 3000
     analyzer = Analyzer.train(n_train, seed=7)
@@ -272,7 +283,7 @@ def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(),
     res["scenario_seconds"] = {k: v.seconds for k, v in sc.items()}
     res["device"] = platform.processor() or platform.machine()
     res["versions"] = _versions()
-    res["seed"], res["minutes"], res["quick"] = seed, minutes, quick
+    res["seed"], res["minutes"], res["quick"], res["voice"] = seed, minutes, quick, voice
     res["wall_s"] = time.perf_counter() - t0
     (out / "bench_quality.json").write_text(json.dumps(res, indent=1))
     (out / "bench_quality.md").write_text(_markdown(res))
