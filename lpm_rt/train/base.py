@@ -135,7 +135,15 @@ def train_base(args, dist: Dist) -> int:
     vae_source = source if vae_frames == frames else \
         make_source(cfg, clip_frames(cfg, vae_frames), args.data, args.source, **world)
     torch.manual_seed(args.seed)
-    model = OnlineLPM(cfg).init_weights(args.seed).to(dist.device)
+    model = OnlineLPM(cfg).init_weights(args.seed)
+    if args.init:                                   # warm start (weights only; optimizers start fresh)
+        from ..checkpoint import load_dir
+        src, _ = load_dir(args.init)
+        if src.cfg.model != cfg.model:
+            raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
+        model.vae.load_state_dict(src.vae.state_dict())
+        model.backbone.load_state_dict(src.backbone.state_dict())
+    model = model.to(dist.device)
     broadcast_module(model, dist)
     maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters
     run = RunDir(args.out, dist)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-steps", type=int, default=None, help="VAE steps before the teacher (default: --steps)")
     b.add_argument("--lr", type=float, default=3e-4)
     b.add_argument("--vae-lr", type=float, default=2e-3)
+    b.add_argument("--init", default=None, metavar="DIR",
+                   help="start from the VAE and backbone of a model directory (continue a teacher with a "
+                        "new schedule; use --vae-steps 0 to keep its VAE)")
     b.add_argument("--vae-frames", type=int, default=0, help="latent frames per VAE clip (0: as --frames)")
     b.add_argument("--vae-edge", type=float, default=0.0,
                    help="extra reconstruction weight on image edges (eyes, mouth, contours): "

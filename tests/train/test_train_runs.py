@@ -128,3 +128,19 @@ def test_teacher_sampler_windows(teacher):
     assert np.array_equal(a, sampler.render(spk, np.zeros_like(spk), sr, n, "smile", refs))
     b = sampler.render(np.zeros_like(spk), np.zeros_like(spk), sr, n, "smile", refs)
     assert np.abs(a.astype(int) - b.astype(int)).max() > 0
+
+
+def test_base_init_warm_starts_from_a_model_dir(teacher, tmp_path):
+    """--init copies the VAE and backbone of a model directory (no steps: the published model
+    equals it, the VAE up to the latent-scale fold, which is ~1 for an already folded VAE)."""
+    out = tmp_path / "cont"
+    assert main(["base", "--preset", "tiny", "--steps", "0", "--vae-steps", "0", "--init", str(teacher),
+                 "--out", str(out)] + COMMON) == 0
+    for part, tol in (("backbone", 0.0), ("vae", 1e-2)):
+        a, b = load_file(str(teacher / f"{part}.safetensors")), load_file(str(out / f"{part}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol * float(a[k].abs().max()), msg=k)
+    with pytest.raises(ValueError, match="preset"):
+        main(["base", "--preset", "demo", "--steps", "0", "--vae-steps", "0", "--init", str(teacher),
+              "--out", str(tmp_path / "bad")] + COMMON)
