@@ -29,7 +29,7 @@ from .dist import Dist, broadcast_module, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
 
-__all__ = ["train_base", "vae_loss", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
+__all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
 
 log = logging.getLogger("lpm_rt.train")
 
@@ -46,22 +46,55 @@ def edge_weight(video: torch.Tensor, edge: float) -> torch.Tensor | float:
     return 1.0 + edge * g / g.mean().clamp_min(1e-6)
 
 
+def motion_weight(video: torch.Tensor, motion: float) -> torch.Tensor | float:
+    """1 + motion * |x - its clip's temporal mean| / the mean of that, per position
+    ([B, 1, T, ...]); 1.0 when motion == 0. What moves within a clip (the mouth while speaking, the
+    eyes in a blink, a nod) is a sliver of a talking-head frame: weighting it is what makes a
+    small model spend its capacity on it rather than on the static background."""
+    if motion <= 0:
+        return 1.0
+    d = (video - video.mean(2, keepdim=True)).abs().sum(1, keepdim=True)
+    return 1.0 + motion * d / d.mean().clamp_min(1e-6)
+
+
+def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Batch:
+    """One random ``size`` x ``size`` crop of every frame and reference of ``batch`` (the VAE is
+    fully convolutional, so it trains on crops). The offset is a multiple of ``align`` (the VAE's
+    stride: crops see the latent grid as whole frames do), drawn within the central half of the
+    slack around the frame's centre, where a talking head's face is."""
+    H, W = batch.video.shape[-2:]
+    if size % align or size > min(H, W):
+        raise ValueError(f"crop {size} must be a multiple of {align} and at most {min(H, W)}")
+    off = []
+    for n in (H, W):
+        c, r = (n - size) // 2, (n - size) // 4
+        lo, hi = (c - r) // align, (c + r) // align
+        off.append(int(torch.randint(lo, hi + 1, (1,), generator=gen)) * align)
+    (y, x) = off
+    return Batch(batch.video[..., y:y + size, x:x + size].contiguous(), batch.mels,
+                 batch.ref_images[..., y:y + size, x:x + size].contiguous(), batch.ref_kinds, batch.tag_ids)
+
+
 def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1,
-             edge: float = 0.0) -> dict:
-    """Reconstruction (L1 + MSE, optionally edge-weighted: :func:`edge_weight`) of the clip and
-    of its first reference as a still clip, + the latent-scale penalty (per channel: mean^2 +
+             edge: float = 0.0, motion: float = 0.0) -> dict:
+    """Reconstruction (L1 + MSE, optionally edge- and motion-weighted: :func:`edge_weight`,
+    :func:`motion_weight`, the latter on the clip only) of the clip and of its first reference
+    as a still clip, + the latent-scale penalty (per channel: mean^2 +
     (var - 1)^2). ``latent_noise`` is relative to the latents' current std, so the decoder's
     robustness margin does not depend on their scale."""
     video = batch.video                                                   # (B, 3, T, H, W)
+    w_motion = motion_weight(video, motion)
     B, R = batch.ref_images.shape[:2]
     if R:
         T = vae.cfg.vae_temporal
         still = batch.ref_images[:, :1].transpose(1, 2).expand(-1, -1, T, -1, -1)   # first ref, still
         video = torch.cat([video, still], 2)
+        if torch.is_tensor(w_motion):
+            w_motion = F.pad(w_motion, (0, 0, 0, 0, 0, T), value=1.0)
     z = vae.encode(video)                                                 # (B, z, F, h, w)
     rec = vae.decode(z + latent_noise * z.detach().std() * randn(z.shape, gen, z.device))
     err = rec - video
-    w = edge_weight(video, edge)
+    w = edge_weight(video, edge) * w_motion
     l_rec = (w * (err.abs() + err.pow(2))).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
     mean = z.mean(dim=(0, 2, 3, 4))
     var = z.var(dim=(0, 2, 3, 4))
@@ -113,15 +146,20 @@ def drop_conditions(cond: Cond, gen: torch.Generator, p_text: float, p_audio: fl
     return Cond(tags, tuple(mels), cond.refs if keep_refs else None, cond.ref_kinds if keep_refs else None)
 
 
-def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0) -> dict:
-    """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip."""
+def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0,
+                 motion: float = 0.0) -> dict:
+    """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip;
+    ``motion`` > 0 weights latent positions by :func:`motion_weight` of x0 (what moves: the
+    mouth the audio drives)."""
     B, Fr = x0.shape[0], x0.shape[2]
     sigma = sample_sigma(B, gen, shift).to(x0.device)
     noise = randn(x0.shape, gen, x0.device)
     v = velocity(net, add_noise(x0, noise, sigma), (1000.0 * sigma)[:, None].expand(B, Fr), cond,
                  ref_time_index=ref_time_index)
-    loss = F.mse_loss(v, noise - x0)
-    return {"loss": loss}
+    w = motion_weight(x0, motion)
+    if not torch.is_tensor(w):
+        return {"loss": F.mse_loss(v, noise - x0)}
+    return {"loss": (w * (v - (noise - x0)).pow(2)).mean() / w.mean()}
 
 
 def train_base(args, dist: Dist) -> int:
@@ -158,11 +196,24 @@ def train_base(args, dist: Dist) -> int:
     # the teacher's clips, encoded once per pool slot (the VAE is frozen by then)
     pool = EncodedPool(source, cfg, lambda b: encode_batch(model.vae, b), args.pool, dist.device)
 
+    vae_clips: dict = {}
+
+    def vae_clip(i):                                # rendered clips, kept per pool slot
+        if args.vae_pool <= 0:
+            return vae_source.clip(i)
+        key = i % args.vae_pool
+        if key not in vae_clips:
+            vae_clips[key] = vae_source.clip(key)
+        return vae_clips[key]
+
     def vae_step(step):
         g = step_generator(args.seed, "vae", step, dist.rank)
         idx = batch_indices(args.seed, "vae", step, dist.rank, dist.world, vae_batch)
-        out = vae_loss(model.vae, collate([vae_source.clip(i) for i in idx], cfg).to(dist.device), g,
-                       edge=args.vae_edge)
+        batch = collate([vae_clip(i) for i in idx], cfg).to(dist.device)
+        if args.vae_crop and step % 4 != 3:         # crops, with a whole frame every 4th step
+            batch = crop_batch(batch, args.vae_crop, cfg.model.vae_spatial, g)
+        out = vae_loss(model.vae, batch, g,
+                       edge=args.vae_edge, motion=args.vae_motion)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 
@@ -170,7 +221,7 @@ def train_base(args, dist: Dist) -> int:
         g = step_generator(args.seed, "teacher", step, dist.rank)
         x0, cond = pool.batch(batch_indices(args.seed, "teacher", step, dist.rank, dist.world, args.batch))
         cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
-        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift)
+        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-edge", type=float, default=0.0,
                    help="extra reconstruction weight on image edges (eyes, mouth, contours): "
                         "w = 1 + EDGE * |grad| / mean |grad|")
+    b.add_argument("--vae-motion", type=float, default=0.0,
+                   help="weight what moves within a clip (1 + W * |x - temporal mean| / its mean) in the VAE loss")
+    b.add_argument("--motion", type=float, default=0.0,
+                   help="the same weight on latent positions in the teacher's flow loss")
+    b.add_argument("--vae-crop", type=int, default=0,
+                   help="train the VAE on random CROPxCROP crops around the frame centre (a whole frame "
+                        "every 4th step); 0: whole frames")
+    b.add_argument("--vae-pool", type=int, default=0,
+                   help="render N clips for the VAE once and reuse them (0: a fresh clip every draw)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
     b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
     b.add_argument("--p-drop-text", type=float, default=0.1)
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
     if args.voice != "synth" and args.data is None and args.source is None:
         from ..world.audio import espeak_available
         if not espeak_available():
-            ap.error(f"--voice {args.voice} needs espeak-ng on PATH (apt install espeak-ng)")
+            ap.error(f"--voice {args.voice} needs espeak-ng (apt install espeak-ng, or pip install espeakng-loader)")
     from . import dist as D
     d = D.init()
     if args.fsdp:

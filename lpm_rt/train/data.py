@@ -176,7 +176,7 @@ class WorldSource:
         if voice not in self.VOICES:
             raise ValueError(f"voice must be one of {', '.join(self.VOICES)}")
         if voice != "synth" and not espeak_available():
-            raise ValueError(f"voice {voice!r} needs espeak-ng on PATH (apt install espeak-ng)")
+            raise ValueError(f"voice {voice!r} needs espeak-ng (apt install espeak-ng, or pip install espeakng-loader)")
         if not 0.0 <= focus <= 1.0:
             raise ValueError("focus must be in [0, 1]")
         if focus_seed is None:

@@ -1,4 +1,5 @@
-"""Speech-like audio for the world: a pure-numpy formant synthesizer, and espeak-ng when present.
+"""Speech-like audio for the world: a pure-numpy formant synthesizer, and espeak-ng when present
+(the ``espeak-ng`` program on PATH, else the library the ``espeakng-loader`` wheel bundles).
 
 The synthesizer builds each phrase from syllables (optional consonant onset + vowel). Voiced
 sound is a glottal pulse train written as its harmonic series (amplitude ~ 1/k, i.e. the
@@ -13,6 +14,8 @@ the mouth is open) and the vowel class per sample, from which the per-frame labe
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import shutil
 import subprocess
@@ -188,7 +191,76 @@ def synth_backchannel(rng: np.random.Generator, voice: Voice) -> Phrase:
 
 
 def espeak_available() -> bool:
-    return shutil.which("espeak-ng") is not None
+    return shutil.which("espeak-ng") is not None or _espeak_lib() is not None
+
+
+class _EspeakLib:
+    """libespeak-ng through ctypes (the C API of ``speak_lib.h``), synchronous, retrieving the
+    samples through the synth callback: the same synthesis the ``espeak-ng`` program runs. The
+    library keeps state between utterances, so a repeated text may start a few samples earlier
+    or later (the program, a fresh process per phrase, is bit-exact)."""
+
+    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+    _SYNCHRONOUS, _RATE, _PITCH, _POS_CHARACTER = 2, 1, 3, 1
+
+    def __init__(self, lib_path: str, data_path: str):
+        self.lib = ctypes.CDLL(lib_path)
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.rate = self.lib.espeak_Initialize(self._SYNCHRONOUS, 0, data_path.encode(), 0)
+        if self.rate <= 0:
+            raise OSError(f"espeak_Initialize failed ({self.rate}) with data at {data_path}")
+        self._chunks: list = []
+        self._cb = self._CALLBACK(self._collect)          # kept alive as long as the library
+        self.lib.espeak_SetSynthCallback(self._cb)
+        if self.lib.espeak_SetVoiceByName(b"en") != 0:
+            raise OSError("espeak-ng: no 'en' voice")
+
+    def _collect(self, wav, n, events):
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0
+
+    def synth(self, text: str, rate: int, pitch: int) -> tuple:
+        """-> (int16 samples, sample rate)."""
+        self.lib.espeak_SetParameter(self._RATE, int(rate), 0)
+        self.lib.espeak_SetParameter(self._PITCH, int(pitch), 0)
+        self._chunks = []
+        b = text.encode() + b"\0"
+        err = self.lib.espeak_Synth(b, len(b), 0, self._POS_CHARACTER, 0, 0, None, None)
+        self.lib.espeak_Synchronize()
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed ({err})")
+        return (np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)), self.rate
+
+
+@functools.lru_cache(maxsize=1)
+def _espeak_lib() -> _EspeakLib | None:
+    try:
+        import espeakng_loader
+        return _EspeakLib(espeakng_loader.get_library_path(), espeakng_loader.get_data_path())
+    except (ImportError, OSError, RuntimeError):
+        return None
+
+
+def _espeak(text: str, rate: int, pitch: int) -> tuple:
+    """espeak-ng speech of ``text`` -> (float32 in [-1, 1], sample rate): the program when it is
+    on PATH, else the bundled library."""
+    if shutil.which("espeak-ng") is not None:
+        out = subprocess.run(["espeak-ng", "--stdout", "-s", str(rate), "-p", str(pitch), text],
+                             capture_output=True, check=True, timeout=30).stdout
+        with wave.open(io.BytesIO(out)) as wf:
+            sr = wf.getframerate()
+            x = np.frombuffer(wf.readframes(wf.getnframes()), np.int16)
+    else:
+        lib = _espeak_lib()
+        if lib is None:
+            raise RuntimeError("espeak-ng is not available: install it (apt install espeak-ng) "
+                               "or the espeakng-loader wheel")
+        x, sr = lib.synth(text, rate, pitch)
+    return x.astype(np.float32) / 32768.0, sr
 
 
 _SYLLABLES = ["ba", "lo", "mi", "ta", "ne", "so", "ku", "ra", "de", "fi", "po", "wa", "ha", "ve"]
@@ -206,11 +278,7 @@ def espeak_phrase(rng: np.random.Generator, voice: Voice, n_syll: int) -> Phrase
         words.append("".join(_SYLLABLES[rng.integers(len(_SYLLABLES))] for _ in range(k)))
         left -= k
     pitch = int(np.clip((voice.f0 - 80) / 2.0, 0, 99))
-    out = subprocess.run(["espeak-ng", "--stdout", "-s", str(int(voice.rate * 40)), "-p", str(pitch),
-                          " ".join(words)], capture_output=True, check=True, timeout=30).stdout
-    with wave.open(io.BytesIO(out)) as wf:
-        sr = wf.getframerate()
-        x = np.frombuffer(wf.readframes(wf.getnframes()), np.int16).astype(np.float32) / 32768.0
+    x, sr = _espeak(" ".join(words), int(voice.rate * 40), pitch)
     n = int(len(x) * SR / sr)
     y = np.interp(np.arange(n) * sr / SR, np.arange(len(x)), x).astype(np.float32)
     y *= voice.gain / (np.sqrt(np.mean(y * y)) + 1e-6) / 3.0

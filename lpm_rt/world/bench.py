@@ -101,10 +101,44 @@ def _base_system(src: str, refs, steps: int):
     return run
 
 
-def _systems(models, refs, scenarios, bases=(), base_steps: int = 16):
+def _vae_system(src: str):
+    """The ground truth through a model's VAE (encode, then the streaming decode): the ceiling
+    that model's latent space leaves for every metric. Encoded a few seconds at a time."""
+    import torch
+
+    from ..checkpoint import load_dir
+    from ..loader import SHIPPED_DEMO
+
+    model, _ = load_dir(SHIPPED_DEMO if src == "demo" else src)
+    vae = model.vae.float().eval()
+    T = vae.cfg.vae_temporal
+    s = model.cfg.stream
+
+    @torch.no_grad()
+    def run(name: str, conv: Conversation) -> np.ndarray:
+        from ..model.vae import DecoderCache
+        gt = conv.render(128)
+        n = -(-len(gt) // T) * T
+        x = _fit_length(gt, n)
+        cache, out = DecoderCache(), []
+        step = 24 * T
+        for i in range(0, n, step):
+            v = torch.from_numpy(x[i:i + step]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
+            if v.shape[-2:] != (s.height, s.width):
+                v = torch.nn.functional.interpolate(v[0].transpose(0, 1), size=(s.height, s.width), mode="bilinear",
+                                                    antialias=True, align_corners=False).transpose(0, 1)[None]
+            r = vae.decode(vae.encode(v.contiguous()), cache)[0]
+            out.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
+        return np.concatenate(out)[:len(gt)]
+    return run
+
+
+def _systems(models, refs, scenarios, bases=(), base_steps: int = 16, vaes=()):
     front = refs[0][0]
     systems = {"ground-truth": lambda name, conv: conv.render(128),
                "static-reference": lambda name, conv: np.repeat(front[None], conv.num_frames, axis=0)}
+    for src in vaes:
+        systems[f"vae:{src}"] = _vae_system(src)
     for src in bases:
         systems[f"base:{src}"] = _base_system(src, refs, base_steps)
     for src in models:
@@ -221,6 +255,8 @@ def main(argv=None) -> int:
                     help="model under test: a preset name (demo, tiny) or a directory; repeatable")
     ap.add_argument("--base", action="append", default=[], metavar="DIR",
                     help="Base LPM under test: a `train base` directory, sampled offline clip by clip; repeatable")
+    ap.add_argument("--vae", action="append", default=[], metavar="SRC",
+                    help="the ground truth through this model's VAE (its latent space's ceiling); repeatable")
     ap.add_argument("--base-steps", type=int, default=16, help="ODE steps of the base system (default 16)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="length of the long run in minutes (default 1; 0.25 with --quick)")
@@ -241,15 +277,15 @@ def main(argv=None) -> int:
     if args.voice == "espeak":
         from .audio import espeak_available
         if not espeak_available():
-            ap.error("--voice espeak needs espeak-ng on PATH (apt install espeak-ng)")
+            ap.error("--voice espeak needs espeak-ng (apt install espeak-ng, or pip install espeakng-loader)")
     res = run_bench(args.model, minutes, args.out, args.seed, args.quick, args.seconds, args.base, args.base_steps,
-                    args.voice)
+                    args.voice, args.vae)
     log.info("\n%s", _markdown(res))
     return 0
 
 
 def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(), base_steps=16,
-              voice="synth") -> dict:
+              voice="synth", vaes=()) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -261,7 +297,7 @@ def run_bench(models, minutes, out, seed=0, quick=False, seconds=None, bases=(),
     analyzer = Analyzer.train(n_train, seed=7)
     hf, hl = training_set(300 if quick else 1000, seed=8)
     acc = {"heldout_random": analyzer.evaluate(hf, hl), "train_frames": n_train}
-    systems = _systems(models, refs, sc, bases, base_steps)
+    systems = _systems(models, refs, sc, bases, base_steps, vaes)
     res = {"systems": {}, "details": {}}
     trace = {}
     for name, make in systems.items():

@@ -1,5 +1,6 @@
 """Base LPM training: the VAE and the teacher learn a fixed batch; condition dropout does what it says."""
 
+import pytest
 import torch
 
 from lpm_rt.config import preset
@@ -90,3 +91,49 @@ def test_edge_weight_puts_the_loss_on_features():
     ratio = lambda e: float((w * e).mean() / w.mean()) / float(e.mean())      # noqa: E731
     assert ratio(miss) > 3 * ratio(flat)
     assert edge_weight(video, 0.0) == 1.0
+
+
+def test_motion_weight_follows_what_moves():
+    from lpm_rt.train.base import motion_weight
+    video = torch.zeros(2, 3, 8, 16, 16)
+    video[0, :, ::2, 4:6, 4:6] = 1.0                     # clip 0: a blinking 2x2 patch
+    video[1] += 0.5                                      # clip 1: static
+    w = motion_weight(video, 4.0)
+    assert w.shape == (2, 1, 8, 16, 16)
+    assert float(w[0, 0, 0, 4, 4]) > 10.0 and float(w[0, 0, 0, 0, 0]) == 1.0
+    assert torch.equal(w[1], torch.ones_like(w[1]))      # nothing moves: plain loss
+    assert motion_weight(video, 0.0) == 1.0
+
+
+def test_motion_weighted_losses_run_and_decrease():
+    cfg = preset("tiny")
+    model = OnlineLPM(cfg).init_weights(0)
+    batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
+    lv = _fit(model.vae.parameters(), lambda g: vae_loss(model.vae, batch, g, edge=1.0, motion=4.0)["loss"], 15, 3e-3)
+    assert lv[-1] < 0.8 * lv[0], f"vae loss {lv[0]:.4f} -> {lv[-1]:.4f}"
+    x0, cond = encode_batch(model.vae, batch)
+    s = cfg.stream
+    lt = _fit(model.backbone.parameters(),
+              lambda g: teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, motion=4.0)["loss"], 15, 1e-3)
+    assert lt[-1] < 0.8 * lt[0], f"teacher loss {lt[0]:.4f} -> {lt[-1]:.4f}"
+
+
+def test_crop_batch_is_aligned_and_central():
+    from lpm_rt.train.base import crop_batch
+    cfg = preset("tiny")
+    batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
+    H = batch.video.shape[-1]
+    seen = set()
+    for seed in range(20):
+        c = crop_batch(batch, H // 2, 8, torch.Generator().manual_seed(seed))
+        assert c.video.shape[-2:] == (H // 2, H // 2) and c.ref_images.shape[-2:] == (H // 2, H // 2)
+        # locate the crop: it is an exact sub-array of the frame at an 8-aligned offset
+        hits = [(y, x) for y in range(0, H // 2 + 1, 8) for x in range(0, H // 2 + 1, 8)
+                if torch.equal(batch.video[..., y:y + H // 2, x:x + H // 2], c.video)]
+        assert hits and all(H // 8 <= y <= 3 * H // 8 for y, _ in hits), hits
+        seen.add(hits[0])
+        assert torch.equal(batch.ref_images[..., hits[0][0]:hits[0][0] + H // 2, hits[0][1]:hits[0][1] + H // 2],
+                           c.ref_images)
+    assert len(seen) > 1                                 # the offset is drawn, not fixed
+    with pytest.raises(ValueError):
+        crop_batch(batch, H // 2 + 4, 8, torch.Generator())

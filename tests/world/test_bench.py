@@ -6,7 +6,7 @@ from lpm_rt.world.bench import METRICS, main
 
 
 def test_bench_quick_discriminates(tmp_path):
-    assert main(["--quick", "--seconds", "6", "--minutes", "0.1", "--out", str(tmp_path)]) == 0
+    assert main(["--quick", "--seconds", "6", "--minutes", "0.1", "--out", str(tmp_path), "--vae", "demo"]) == 0
     res = json.loads((tmp_path / "bench_quality.json").read_text())
     gt, static = res["systems"]["ground-truth"], res["systems"]["static-reference"]
     assert set(METRICS) <= set(gt)
@@ -16,5 +16,7 @@ def test_bench_quick_discriminates(tmp_path):
     assert gt["listen_motion_ratio"] > static["listen_motion_ratio"]
     assert gt["text_control_acc"] > static["text_control_acc"]
     assert res["analyzer"]["heldout_scenarios"]["mouth_open"]["corr"] > 0.8
+    vae = res["systems"]["vae:demo"]                     # the ground truth through the demo's VAE
+    assert 0.0 <= vae["flicker"] < 0.05 and vae["identity_drift"] < 0.5
     for f in ("bench_quality.md", "metrics.png", "mouth_vs_audio.png"):
         assert (tmp_path / f).stat().st_size > 100

@@ -1,4 +1,5 @@
-"""Real speech from espeak-ng (a Debian package; skipped where it is not installed)."""
+"""Real speech from espeak-ng (the program, or the library of the espeakng-loader wheel; skipped
+where neither is installed)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from lpm_rt.world import Conversation
 from lpm_rt.world.audio import espeak_available
 
-pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not available")
 
 
 def test_espeak_speech_drives_the_mouth():
