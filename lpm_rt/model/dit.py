@@ -74,10 +74,19 @@ class Attention(nn.Module):
         v = self.v(kv).unflatten(-1, (self.heads, self.head_dim))
         return q, k, v
 
+    def kv(self, kv):
+        """The keys and values of a foreign stream: kv [B, Lk, kv_dim] -> (k, v) [B, H, Lk, D]
+        each, laid out for :meth:`cross`. Fixed for a session's text: computed once, reused."""
+        k = self.norm_k(self.k(kv)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+        v = self.v(kv).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+        return k, v
+
     def cross(self, x, kv):
-        """Plain (unmasked, un-rotated) cross-attention. x: [B, Lq, C]; kv: [B, Lk, kv_dim]."""
-        q, k, v = self.qkv(x, kv)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        """Plain (unmasked, un-rotated) cross-attention. x: [B, Lq, C]; kv: [B, Lk, kv_dim], or
+        its precomputed :meth:`kv` pair."""
+        k, v = kv if isinstance(kv, tuple) else self.kv(kv)
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -104,7 +113,8 @@ class Block(nn.Module):
     def forward(self, x, e, attend, context=None, audio=None, ref=None):
         """x: [B, N, C], N = F * T tokens of F frames; e: [B, F, 6, C] per-frame modulation
         (or [B, 1, 6, C] for all tokens); attend(q, k, v) -> [B, N, H, D];
-        context: [B, L, C] text tokens; audio: [B, F, Ka, audio_dim] frame-local audio windows.
+        context: [B, L, C] text tokens (or this block's precomputed ``cross_attn.kv`` pair);
+        audio: [B, F, Ka, audio_dim] frame-local audio windows.
 
         ``ref`` = (ref_tokens, e_ref, attend_ref): the reference tokens go through this block
         first, in the same call (their K/V feed ``attend``), and the call returns (x, ref_tokens).
@@ -223,14 +233,21 @@ class LPMDiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             r = blk(r, e0, attend_for_layer(i))
 
+    def text_kv(self, context: torch.Tensor) -> list:
+        """Embedded text [B, L, C] -> every block's text cross-attention (k, v): a session's
+        prompt is fixed, so its keys and values are computed once per session, not per pass."""
+        return [blk.cross_attn.kv(context) for blk in self.blocks]
+
     def video_pass(self, x_tokens, t, attend_for_layer, context=None, audio=None):
-        """x_tokens: [B, F*T, C]; t: [B, F]; context: [B, L, C] embedded text or None;
-        audio: (speaker, listener) windows [B, F, Ka, Da] each, or None. Returns [B, F*T, patch_dim]."""
+        """x_tokens: [B, F*T, C]; t: [B, F]; context: [B, L, C] embedded text, the list
+        :meth:`text_kv` made of it, or None; audio: (speaker, listener) windows [B, F, Ka, Da]
+        each, or None. Returns [B, F*T, patch_dim]."""
         e, e0 = self.embed_time(t)
         x = x_tokens
         for i, blk in enumerate(self.blocks):
             a = None if audio is None else audio[i % 2]          # even: speaker, odd: listener
-            x = blk(x, e0, attend_for_layer(i), context, a)
+            c = context[i] if isinstance(context, list) else context
+            x = blk(x, e0, attend_for_layer(i), c, a)
         return self.head(x, e)
 
     def joint_pass(self, ref_tokens, x_tokens, t, ref_attend_for_layer, attend_for_layer, context=None,

@@ -2,7 +2,7 @@
 and the streaming VAE decoder -- the model the runtime streams.
 
 Per session, :class:`StreamState` holds both networks' cache views, the decoder's temporal
-cache, embedded text and the audio context. :meth:`OnlineLPM.step` turns one chunk of audio
+cache, the prompt's text keys/values per block (fixed for the session) and the audio context. :meth:`OnlineLPM.step` turns one chunk of audio
 (log-mel, with its left context) into ``frames_per_chunk`` video frames.
 """
 
@@ -30,8 +30,8 @@ class StreamState:
     bb_cache: StreamCache
     rf_cache: StreamCache
     dec_cache: DecoderCache
-    bb_context: torch.Tensor           # [1, L, C] embedded text, backbone
-    rf_context: torch.Tensor           # [1, L, C] embedded text, refiner
+    bb_context: list                   # per block: text cross-attention (k, v), backbone
+    rf_context: list                   # per block: text cross-attention (k, v), refiner
     generator: torch.Generator
     frame: int = 0                     # latent frames streamed so far
     pos: int = 0                       # RoPE time index of the next chunk's first frame
@@ -98,8 +98,8 @@ class OnlineLPM(nn.Module):
                         except Exception:
                             cache.detach_refs()
                             raise
-            state.bb_context = self.backbone.embed_text(self._text(self.backbone, prompt))
-            state.rf_context = self.refiner.embed_text(self._text(self.refiner, prompt))
+            state.bb_context = self.backbone.text_kv(self.backbone.embed_text(self._text(self.backbone, prompt)))
+            state.rf_context = self.refiner.text_kv(self.refiner.embed_text(self._text(self.refiner, prompt)))
         except Exception:
             state.close()
             raise
