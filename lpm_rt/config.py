@@ -62,6 +62,7 @@ class ModelConfig:
     vae_channels: tuple = (32, 64, 128)   # decoder widths, high-res -> low-res
     vae_temporal: int = 4            # video frames per latent frame
     vae_spatial: int = 8             # pixels per latent cell
+    vae_res: int = 0                 # residual blocks per VAE resolution stage (below full resolution)
 
     # derived
     head_dim: int = field(init=False)
@@ -81,6 +82,8 @@ class ModelConfig:
             raise ValueError(f"{self.name}: audio_context must be >= 0")
         if self.in_dim != self.vae_z_dim or self.out_dim != self.vae_z_dim:
             raise ValueError(f"{self.name}: in/out dim must equal the VAE latent channels")
+        if self.vae_res < 0:
+            raise ValueError(f"{self.name}: vae_res must be >= 0")
         if 2 ** (len(self.vae_channels)) != self.vae_spatial:
             raise ValueError(f"{self.name}: {len(self.vae_channels)} VAE stages cannot give x{self.vae_spatial}")
         c = head_dim // 2

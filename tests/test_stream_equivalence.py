@@ -71,10 +71,15 @@ def test_fp8_pages_close_to_fp32():
     assert sqnr > 25, f"fp8 pages SQNR {sqnr:.1f} dB"
 
 
-def test_vae_streaming_decode_equals_whole():
-    m = preset("tiny").model
+@pytest.mark.parametrize("res", [0, 1])
+def test_vae_streaming_decode_equals_whole(res):
+    import dataclasses
+    m = dataclasses.replace(preset("tiny").model, vae_res=res)
     from lpm_rt.model.vae import VAE
     vae = VAE(m).init_weights(0).eval()
+    if res:                                            # residual stages exist (encoder and decoder)
+        assert sum(p.numel() for p in vae.parameters()) > sum(
+            p.numel() for p in VAE(preset("tiny").model).parameters())
     z = torch.randn(1, m.vae_z_dim, 5, 8, 8)
     with torch.no_grad():
         whole = vae.decode(z)

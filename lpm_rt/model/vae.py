@@ -22,6 +22,17 @@ def _res(c):
     return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
 
 
+class _Residual(nn.Module):
+    """x + conv(silu(conv(x))): the optional ``vae_res`` blocks of each resolution stage."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 class DecoderCache:
     """Temporal state of one stream's decoder: the previous latent frame's features."""
 
@@ -40,6 +51,7 @@ class VAE(nn.Module):
         for i, c in enumerate(ch):
             nxt = ch[min(i + 1, len(ch) - 1)]
             enc += [nn.Conv2d(c, nxt, 4, stride=2, padding=1), nn.SiLU()]
+            enc += [_Residual(nxt) for _ in range(cfg.vae_res)]
         self.encoder = nn.Sequential(*enc)
         self.enc_out = nn.Conv2d(ch[-1] * T, z, 1)        # 4 frames' features -> one latent frame
         # decoder
@@ -51,6 +63,8 @@ class VAE(nn.Module):
         for i in range(len(ch) - 1, -1, -1):
             c, nxt = ch[i], ch[max(i - 1, 0)]
             ups += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, nxt, 3, padding=1), nn.SiLU()]
+            if i:                                    # not at full resolution, where it costs most
+                ups += [_Residual(nxt) for _ in range(cfg.vae_res)]
         self.dec_up = nn.Sequential(*ups)
         self.dec_out = nn.Conv2d(ch[0], 3, 3, padding=1)
 
