@@ -2,7 +2,8 @@
 # Trains the shipped demo model (lpm_rt/assets/demo) from scratch on the synthetic world, on CPU.
 # Every stage checkpoints and resumes: if interrupted, run this script again with the same OUT.
 #   sh scripts/train_demo.sh [OUT]        (default OUT: out/demo_model)
-# Needs espeak-ng on PATH (half of the speech is espeak-ng, half the world's synthesizer).
+# Needs espeak-ng: the program on PATH or the espeakng-loader wheel (pip install -e ".[train]");
+# half of the speech is espeak-ng, half the world's synthesizer.
 set -e
 cd "$(dirname "$0")/.."
 OUT=${1:-out/demo_model}
