@@ -2,7 +2,7 @@
 # Trains the shipped demo model (lpm_rt/assets/demo) from scratch on the synthetic world, on CPU.
 # Every stage checkpoints and resumes: if interrupted, run this script again with the same OUT.
 #   sh scripts/train_demo.sh [OUT]        (default OUT: out/demo_model)
-# Needs espeak-ng: the program on PATH or the espeakng-loader wheel (pip install -e ".[train]");
+# Needs espeak-ng: the program on PATH or the espeakng-loader wheel (pip install -e ".[speech]");
 # half of the speech is espeak-ng, half the world's synthesizer.
 set -e
 cd "$(dirname "$0")/.."
