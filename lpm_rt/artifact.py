@@ -196,17 +196,26 @@ def describe(path) -> dict:
 # ---------------------------------------------------------------- loading
 
 
-def _load_weights(d: Path, meta: dict, model, dtype) -> None:
+def _load_weights(d: Path, meta: dict, model, dtype, fp8_gemms: bool = False) -> int:
+    """Load every part; with ``fp8_gemms`` the e4m3 block linears run as FP8 GEMMs from their
+    stored codes (:func:`lpm_rt.model.fp8.load_fp8_blocks_`). Returns the blocks switched."""
     from safetensors.torch import load_file
 
+    from .model.fp8 import load_fp8_blocks_
+
+    switched = 0
     for part in PARTS:
         rel = f"weights/{part}.safetensors"
         if rel not in meta["files"]:
             raise ArtifactError(f"{d}: {rel} is not listed in manifest.json")
-        sd = dequantize_state_dict(load_file(str(d / rel)), dtype)
+        stored = load_file(str(d / rel))
+        sd = dequantize_state_dict(stored, dtype)
         missing, unexpected = getattr(model, part).load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ArtifactError(f"{d / rel}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        if fp8_gemms and part in ("backbone", "refiner"):
+            switched += load_fp8_blocks_(getattr(model, part), stored, QSCALE_SUFFIX)
+    return switched
 
 
 def load_artifact(path, runtime: RuntimeConfig | None = None):
@@ -214,7 +223,8 @@ def load_artifact(path, runtime: RuntimeConfig | None = None):
 
     cpu target: the reference path from the stored (fp32/bf16) weights. GPU targets (only on a
     matching GPU): cubins loaded with cuda-python and exposed as ``avatar.kernels``; the model's
-    weights are dequantized onto the GPU in the target's activation dtype."""
+    weights are dequantized onto the GPU in the target's activation dtype, except that with the
+    ``triton`` ops backend e4m3-stored block linears run as FP8 GEMMs from their stored codes."""
     from .loader import _place
     from .model.online import OnlineLPM
     from .session import Avatar
@@ -232,7 +242,7 @@ def load_artifact(path, runtime: RuntimeConfig | None = None):
     cfg = cfg.replace(runtime=runtime)
     kernels = load_kernels(d, meta) if tgt.get("sm") is not None else {}
     model = OnlineLPM(cfg)
-    _load_weights(d, meta, model, torch.float32)
+    _load_weights(d, meta, model, torch.float32, fp8_gemms=runtime.ops_backend == "triton")
     avatar = Avatar(_place(model), trained=bool(meta.get("trained", False)),
                     source=f"artifact {d} ({tgt['name']}, {tgt['arch']})")
     avatar.kernels = kernels

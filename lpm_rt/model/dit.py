@@ -81,13 +81,17 @@ class Attention(nn.Module):
         v = self.v(kv).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         return k, v
 
-    def cross(self, x, kv):
-        """Plain (unmasked, un-rotated) cross-attention. x: [B, Lq, C]; kv: [B, Lk, kv_dim], or
-        its precomputed :meth:`kv` pair."""
+    def cross_heads(self, x, kv):
+        """Plain (unmasked, un-rotated) cross-attention before the output projection.
+        x: [B, Lq, C]; kv: [B, Lk, kv_dim], or its precomputed :meth:`kv` pair. -> [B, Lq, C]."""
         k, v = kv if isinstance(kv, tuple) else self.kv(kv)
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
-        return self.o(out.transpose(1, 2).flatten(2))
+        return out.transpose(1, 2).flatten(2)
+
+    def cross(self, x, kv):
+        """:meth:`cross_heads` then the output projection."""
+        return self.o(self.cross_heads(x, kv))
 
 
 class Block(nn.Module):
@@ -109,6 +113,7 @@ class Block(nn.Module):
         self.audio_attn = Attention(d, cfg.num_heads, cfg.eps, kv_dim=cfg.audio_dim)
         nn.init.zeros_(self.audio_attn.o.weight)
         nn.init.zeros_(self.audio_attn.o.bias)
+        self.fp8 = False           # linears are FP8Linear: the fused form (lpm_rt.model.fp8)
 
     def forward(self, x, e, attend, context=None, audio=None, ref=None):
         """x: [B, N, C], N = F * T tokens of F frames; e: [B, F, 6, C] per-frame modulation
@@ -126,6 +131,8 @@ class Block(nn.Module):
         return self._run(x, e, attend, context, audio)
 
     def _run(self, x, e, attend, context=None, audio=None):
+        if self.fp8:
+            return self._run_fp8(x, e, attend, context, audio)
         B, N, C = x.shape
         Fr = e.shape[1]
         T = N // Fr
@@ -150,6 +157,33 @@ class Block(nn.Module):
             x = x + self.audio_attn.cross(h, a).view(B, N, C)
         x = x + gated(self.ffn(modulate(x, shift2, scale2)), gate2)
         return x
+
+    def _run_fp8(self, x, e, attend, context=None, audio=None):
+        """The same block with FP8 linears (:mod:`lpm_rt.model.fp8`): the adaLN norms emit e4m3
+        activations with per-token scales for q/k/v and ffn.0, and every residual add (gated or
+        not) is the epilogue of the GEMM that produces it. Rows are laid out [B*F, T] so the
+        per-frame gates broadcast over a frame's tokens without a copy."""
+        B, N, C = x.shape
+        Fr = e.shape[1]
+        T = N // Fr
+        mod = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)   # (B, F, 1, 6, C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.reshape(B * Fr, 1, C) for m in mod.unbind(3))
+        sa = self.self_attn
+        h = ops.norm_modulate(x.view(B * Fr, T, C), shift1, scale1, self.eps, out_fp8=True)
+        q = sa.norm_q(sa.q(h).view(B, N, C)).unflatten(-1, (sa.heads, sa.head_dim))
+        k = sa.norm_k(sa.k(h).view(B, N, C)).unflatten(-1, (sa.heads, sa.head_dim))
+        v = sa.v(h).view(B, N, sa.heads, sa.head_dim)
+        att = attend(q, k, v).reshape(B * Fr, T, C)
+        x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
+        if context is not None:
+            x = self.cross_attn.o(self.cross_attn.cross_heads(self.norm3(x), context), residual=x)
+        if audio is not None:
+            h = self.norm_audio(x).view(B * Fr, T, C)
+            x = self.audio_attn.o(self.audio_attn.cross_heads(h, audio.flatten(0, 1)),
+                                  residual=x.view(B * Fr, T, C)).view(B, N, C)
+        h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
+        y = self.ffn[0](h, act="gelu_tanh")
+        return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
 
 
 class Head(nn.Module):

@@ -51,6 +51,14 @@ class OnlineLPM(nn.Module):
         self.vae = VAE(cfg.model)
         self.pools = None
 
+    def quantize_fp8_(self, block: int | None = None) -> "OnlineLPM":
+        """In place: both networks' block linears -> FP8 GEMMs with fused epilogues
+        (:func:`lpm_rt.model.fp8.quantize_blocks_`; per-channel weight scales, or 1 x ``block``)."""
+        from .fp8 import quantize_blocks_
+        quantize_blocks_(self.backbone, block)
+        quantize_blocks_(self.refiner, block)
+        return self
+
     def init_weights(self, seed: int = 0) -> "OnlineLPM":
         self.backbone.init_weights(seed)
         self.refiner.init_weights(seed + 1)

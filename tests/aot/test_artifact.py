@@ -143,3 +143,43 @@ def test_compile_from_a_model_directory(tmp_path):
     meta = build(str(tmp_path / "ckpt"), "cpu", tmp_path / "a", step_check=False, log=lambda m: None)
     assert meta["model"]["source"] == str((tmp_path / "ckpt").resolve())
     assert verify(tmp_path / "a")["config_hash"] == meta["config_hash"]
+
+
+def test_h100_fp8_weights_load_as_fp8_gemms(artifact):
+    """With the triton backend an h100 artifact's e4m3 block linears run as FP8 GEMMs from their
+    stored codes: the loaded codes are exactly the stored ones, every block switches to the
+    fused form, and the step matches the same model quantized in memory (both through the
+    fp32 emulation of the GEMMs here: no GPU)."""
+    from safetensors.torch import load_file
+
+    from lpm_rt.artifact import QSCALE_SUFFIX, _load_weights, read_manifest, verify_files
+    from lpm_rt.config import LPMConfig
+    from lpm_rt.model.fp8 import FP8Linear
+    from lpm_rt.model.online import OnlineLPM
+
+    d = artifact("h100")
+    meta = read_manifest(d)                 # integrity only: the machine check refuses a GPU target here
+    verify_files(d, meta)
+    cfg = LPMConfig.from_dict(meta["config"])
+    model = OnlineLPM(cfg)
+    switched = _load_weights(d, meta, model, torch.float32, fp8_gemms=True)
+    assert switched == cfg.model.num_layers + cfg.model.refiner_layers
+    stored = load_file(str(d / "weights/backbone.safetensors"))
+    q = model.backbone.blocks[1].ffn[2]
+    assert isinstance(q, FP8Linear) and model.backbone.blocks[1].fp8
+    assert torch.equal(q.w8.view(torch.uint8), stored["blocks.1.ffn.2.weight"].view(torch.uint8))
+    assert torch.equal(q.w_scale, stored[f"blocks.1.ffn.2.weight{QSCALE_SUFFIX}"].float())
+    # the dense model loaded from the same artifact, quantized in memory, streams the same
+    dense = OnlineLPM(cfg)
+    _load_weights(d, meta, dense, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    m, s = cfg.model, cfg.stream
+    ref = torch.randn(1, m.vae_z_dim, 1, s.latent_h, s.latent_w, generator=g)
+    n = 250 + (m.audio_context + s.chunk_frames) * m.vae_temporal * 1000
+    a = torch.randn(1, n, generator=g) * 0.1
+    outs = []
+    for net in (model.eval(), dense.quantize_fp8_().eval()):
+        st = net.open_stream(ref, torch.tensor([0]), "talk", seed=3)
+        outs.append(net.step(st, a, a))
+        st.close()
+    assert torch.allclose(outs[0], outs[1], atol=1e-5), float((outs[0] - outs[1]).abs().max())

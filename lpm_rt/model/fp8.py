@@ -1,0 +1,118 @@
+"""FP8 execution of the DiT blocks: their linears as e4m3 GEMMs with fused epilogues.
+
+:func:`quantize_blocks_` swaps every block linear the AOT pipeline quantizes
+(``lpm_rt.artifact.QUANTIZED_RE``: attention q/k/v/o of the self-, text- and audio-attention,
+the FFN) for an :class:`FP8Linear` and switches the blocks to their fused form
+(``Block._run_fp8``):
+
+    norm_modulate(out_fp8)  -> q, k, v          (activations quantized in the norm's epilogue)
+    attention               -> o + gated residual   (x + gate * o(attn), one GEMM epilogue)
+    norm_modulate(out_fp8)  -> ffn.0 + GELU(tanh)   -> ffn.2 + gated residual
+
+Everything else (RMSNorm of q/k, RoPE, the cache write, attention itself, the cross-attention
+norms) is unchanged. With the ``ref`` ops backend the GEMMs are emulated in fp32 from the same
+e4m3 values (``fp8_linear_ref``), with ``triton`` they run as FP8 tensor-core GEMMs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+
+__all__ = ["FP8Linear", "quantize_blocks_", "load_fp8_blocks_", "FP8_LINEARS"]
+
+# block-relative names of the quantized linears (the artifact's QUANTIZED_RE, per block)
+FP8_LINEARS = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn", "audio_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
+
+
+class FP8Linear(nn.Module):
+    """y = x @ (w8 * w_scale)^T + bias through ``ops.fp8_linear``. ``x``: a float tensor
+    [..., K] (quantized here, per token) or the (e4m3 [..., K], scales [...]) pair a producer
+    such as ``norm_modulate(out_fp8=True)`` made. ``act``/``residual``/``gate``: the fused
+    epilogue (GELU(tanh); ``residual + gate * y``)."""
+
+    def __init__(self, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+        super().__init__()
+        if w8.dtype != torch.float8_e4m3fn or w8.dim() != 2:
+            raise TypeError(f"w8 must be a 2-D float8_e4m3fn tensor, got {w8.dtype} {tuple(w8.shape)}")
+        # codes and scales are kept as integer bit patterns: ``module.to(dtype)`` casts every
+        # floating-point tensor (e4m3 included) and must leave these alone; the output dtype
+        # follows the module's dtype through ``_probe``
+        self.register_buffer("w8_bits", w8.contiguous().view(torch.uint8))
+        self.register_buffer("w_scale_bits", w_scale.float().contiguous().view(torch.int32))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(out_dtype))
+        self.register_buffer("_probe", torch.zeros((), dtype=out_dtype), persistent=False)
+        self.out_features, self.in_features = w8.shape
+
+    @property
+    def w8(self) -> torch.Tensor:
+        return self.w8_bits.view(torch.float8_e4m3fn)
+
+    @property
+    def w_scale(self) -> torch.Tensor:
+        return self.w_scale_bits.view(torch.float32)
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self._probe.dtype
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, block: int | None = None) -> "FP8Linear":
+        w8, ws = ops.quantize_fp8_weight(lin.weight.detach().float(), block)
+        return cls(w8, ws, lin.bias, lin.weight.dtype)
+
+    def forward(self, x, *, act: str = "none", residual=None, gate=None):
+        x8, xs = x if isinstance(x, tuple) else ops.quantize_fp8_rows(x)
+        return ops.fp8_linear(x8, xs, self.w8, self.w_scale, self.bias, act=act, residual=residual, gate=gate,
+                              out_dtype=self.out_dtype)
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.w_scale.dim() == 1 else f"1x{self.in_features // self.w_scale.shape[1]} block"
+        return f"in={self.in_features}, out={self.out_features}, e4m3 {kind}, bias={self.bias is not None}"
+
+
+def quantize_blocks_(net: nn.Module, block: int | None = None) -> nn.Module:
+    """In place: every block linear of ``net`` (an LPMDiT) -> :class:`FP8Linear` (per-channel
+    weight scales, or 1 x ``block`` blocks where K allows), blocks switched to the fused form."""
+    for blk in net.blocks:
+        for name in FP8_LINEARS:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = blk.get_submodule(parent_name)
+            lin = getattr(parent, leaf)
+            if isinstance(lin, FP8Linear):
+                continue
+            b = block if block and lin.in_features % block == 0 else None
+            q = FP8Linear.from_linear(lin, b)
+            if isinstance(parent, nn.Sequential):
+                parent[int(leaf)] = q
+            else:
+                setattr(parent, leaf, q)
+        blk.fp8 = True
+    return net
+
+
+def load_fp8_blocks_(net: nn.Module, stored: dict, scale_suffix: str) -> int:
+    """In place: the block linears whose weights ``stored`` (an artifact's weight file: e4m3
+    ``<name>.weight`` with ``<name>.weight<scale_suffix>``) holds in e4m3 become
+    :class:`FP8Linear` with exactly those codes and scales (biases from ``net``, already
+    loaded); a block switches to the fused form when all its linears are e4m3. Returns the
+    number of blocks switched."""
+    switched = 0
+    for i, blk in enumerate(net.blocks):
+        names = [f"blocks.{i}.{n}" for n in FP8_LINEARS]
+        if not all(stored.get(f"{n}.weight", torch.empty(0)).dtype == torch.float8_e4m3fn for n in names):
+            continue
+        for name, key in zip(FP8_LINEARS, names):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = blk.get_submodule(parent_name)
+            lin = getattr(parent, leaf)
+            q = FP8Linear(stored[f"{key}.weight"], stored[f"{key}.weight{scale_suffix}"], lin.bias, lin.weight.dtype)
+            if isinstance(parent, nn.Sequential):
+                parent[int(leaf)] = q
+            else:
+                setattr(parent, leaf, q)
+        blk.fp8 = True
+        switched += 1
+    return switched
