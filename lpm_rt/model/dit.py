@@ -160,7 +160,7 @@ class Block(nn.Module):
 
     def _run_fp8(self, x, e, attend, context=None, audio=None):
         """The same block with FP8 linears (:mod:`lpm_rt.model.fp8`): the adaLN norms emit e4m3
-        activations with per-token scales for q/k/v and ffn.0, and every residual add (gated or
+        activations with per-token scales for the fused q|k|v GEMM and ffn.0, and every residual add (gated or
         not) is the epilogue of the GEMM that produces it. Rows are laid out [B*F, T] so the
         per-frame gates broadcast over a frame's tokens without a copy."""
         B, N, C = x.shape
@@ -170,9 +170,10 @@ class Block(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (m.reshape(B * Fr, 1, C) for m in mod.unbind(3))
         sa = self.self_attn
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift1, scale1, self.eps, out_fp8=True)
-        q = sa.norm_q(sa.q(h).view(B, N, C)).unflatten(-1, (sa.heads, sa.head_dim))
-        k = sa.norm_k(sa.k(h).view(B, N, C)).unflatten(-1, (sa.heads, sa.head_dim))
-        v = sa.v(h).view(B, N, sa.heads, sa.head_dim)
+        qkv = sa.qkv_fp8(h).view(B, N, 3, C)                                   # one GEMM for q|k|v
+        q = sa.norm_q(qkv[:, :, 0]).unflatten(-1, (sa.heads, sa.head_dim))
+        k = sa.norm_k(qkv[:, :, 1]).unflatten(-1, (sa.heads, sa.head_dim))
+        v = qkv[:, :, 2].unflatten(-1, (sa.heads, sa.head_dim)).contiguous()
         att = attend(q, k, v).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
         if context is not None:

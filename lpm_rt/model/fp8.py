@@ -5,7 +5,7 @@
 the FFN) for an :class:`FP8Linear` and switches the blocks to their fused form
 (``Block._run_fp8``):
 
-    norm_modulate(out_fp8)  -> q, k, v          (activations quantized in the norm's epilogue)
+    norm_modulate(out_fp8)  -> q|k|v            (one GEMM; activations quantized in the norm's epilogue)
     attention               -> o + gated residual   (x + gate * o(attn), one GEMM epilogue)
     norm_modulate(out_fp8)  -> ffn.0 + GELU(tanh)   -> ffn.2 + gated residual
 
@@ -73,10 +73,22 @@ class FP8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, e4m3 {kind}, bias={self.bias is not None}"
 
 
+def _fuse_qkv_(attn: nn.Module) -> None:
+    """Self-attention q, k, v (FP8Linear, one input) -> one GEMM ``attn.qkv_fp8`` with their
+    rows stacked (codes, per-row scales and biases concatenate exactly); q/k/v are dropped."""
+    parts = (attn.q, attn.k, attn.v)
+    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+    attn.qkv_fp8 = FP8Linear(torch.cat([p.w8 for p in parts]), torch.cat([p.w_scale for p in parts]), bias,
+                             parts[0].out_dtype)
+    attn.q = attn.k = attn.v = None
+
+
 def quantize_blocks_(net: nn.Module, block: int | None = None) -> nn.Module:
     """In place: every block linear of ``net`` (an LPMDiT) -> :class:`FP8Linear` (per-channel
     weight scales, or 1 x ``block`` blocks where K allows), blocks switched to the fused form."""
     for blk in net.blocks:
+        if blk.fp8:
+            continue
         for name in FP8_LINEARS:
             parent_name, _, leaf = name.rpartition(".")
             parent = blk.get_submodule(parent_name)
@@ -89,6 +101,7 @@ def quantize_blocks_(net: nn.Module, block: int | None = None) -> nn.Module:
                 parent[int(leaf)] = q
             else:
                 setattr(parent, leaf, q)
+        _fuse_qkv_(blk.self_attn)
         blk.fp8 = True
     return net
 
@@ -101,6 +114,8 @@ def load_fp8_blocks_(net: nn.Module, stored: dict, scale_suffix: str) -> int:
     number of blocks switched."""
     switched = 0
     for i, blk in enumerate(net.blocks):
+        if blk.fp8:
+            continue
         names = [f"blocks.{i}.{n}" for n in FP8_LINEARS]
         if not all(stored.get(f"{n}.weight", torch.empty(0)).dtype == torch.float8_e4m3fn for n in names):
             continue
@@ -113,6 +128,7 @@ def load_fp8_blocks_(net: nn.Module, stored: dict, scale_suffix: str) -> int:
                 parent[int(leaf)] = q
             else:
                 setattr(parent, leaf, q)
+        _fuse_qkv_(blk.self_attn)
         blk.fp8 = True
         switched += 1
     return switched

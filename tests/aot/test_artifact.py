@@ -165,6 +165,7 @@ def test_h100_fp8_weights_load_as_fp8_gemms(artifact):
     switched = _load_weights(d, meta, model, torch.float32, fp8_gemms=True)
     assert switched == cfg.model.num_layers + cfg.model.refiner_layers
     stored = load_file(str(d / "weights/backbone.safetensors"))
+    assert model.backbone.blocks[1].self_attn.q is None and model.backbone.blocks[1].self_attn.qkv_fp8 is not None
     q = model.backbone.blocks[1].ffn[2]
     assert isinstance(q, FP8Linear) and model.backbone.blocks[1].fp8
     assert torch.equal(q.w8.view(torch.uint8), stored["blocks.1.ffn.2.weight"].view(torch.uint8))
