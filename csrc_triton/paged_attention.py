@@ -14,7 +14,9 @@ FP8_Q (sm_89+/sm_90a, fp8 pages only): Q is quantized per (BLOCK_M rows, head) b
 with its own scale (SageAttention's per-block Q scale, sm_scale folded in first), Q.K^T runs
 as an fp8 dot; P is rescaled by v_scale[token] / max(v_scale in block) and by 448 so it fills
 e4m3's range, P.V runs as an fp8 dot, and every block's product is accumulated in fp32 registers
-(FA3's fix for the fp8 MMA's limited accumulator precision). No K smoothing yet.
+(FA3's fix for the fp8 MMA's limited accumulator precision). K smoothing (SageAttention) needs
+nothing here: ``cache_write`` stores K minus a per-head mean, which shifts every score of a
+query by the same q.mean and leaves the softmax unchanged.
 
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
