@@ -229,7 +229,11 @@ def train_base(args, dist: Dist) -> int:
         def setup(start):
             model.requires_grad_(False)
             getattr(model, part).requires_grad_(True)
-            if part == "backbone" and start == 0:      # once, before the teacher's first step
+            if part == "vae" and args.vae_freeze_encoder:   # the latent space stays as it is
+                model.vae.encoder.requires_grad_(False)
+                model.vae.enc_out.requires_grad_(False)
+            if part == "backbone" and start == 0 and not args.vae_freeze_encoder:   # once, before the
+                # teacher's first step (a frozen encoder is unit-scale already: --init)
                 std = normalize_latents(model.vae, [batch_at("latent_stats", i) for i in range(4)], dist)
                 log.info("latent std folded into the VAE: %s", [round(float(x), 3) for x in std])
         return setup

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "every 4th step); 0: whole frames")
     b.add_argument("--vae-pool", type=int, default=0,
                    help="render N clips for the VAE once and reuse them (0: a fresh clip every draw)")
+    b.add_argument("--vae-freeze-encoder", action="store_true",
+                   help="train only the VAE's decoder: the latent space stays, so DiTs trained on it stay "
+                        "valid (with --init: sharpen a model's decoder without retraining its backbone)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
     b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
     b.add_argument("--p-drop-text", type=float, default=0.1)
@@ -115,6 +118,8 @@ def export(src, out, dtype: str = "fp16") -> dict:
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if getattr(args, "vae_freeze_encoder", False) and not args.init:
+        ap.error("--vae-freeze-encoder needs --init DIR (a trained encoder to keep)")
     if args.cmd == "export":
         sizes = export(args.src, args.out, args.dtype)
         logging.getLogger("lpm_rt.train").warning("wrote %s: %.1f MB", args.out, sum(sizes.values()) / 1e6)

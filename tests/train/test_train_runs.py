@@ -144,3 +144,19 @@ def test_base_init_warm_starts_from_a_model_dir(teacher, tmp_path):
     with pytest.raises(ValueError, match="preset"):
         main(["base", "--preset", "demo", "--steps", "0", "--vae-steps", "0", "--init", str(teacher),
               "--out", str(tmp_path / "bad")] + COMMON)
+
+
+def test_vae_freeze_encoder_trains_only_the_decoder(teacher, tmp_path):
+    """--vae-freeze-encoder: the encoder (the latent space the backbone was trained in) comes
+    out bit-identical, the decoder moves, the backbone is the --init one."""
+    out = tmp_path / "dec"
+    assert main(["base", "--preset", "tiny", "--steps", "1", "--vae-steps", "3", "--vae-freeze-encoder",
+                 "--init", str(teacher), "--out", str(out), "--lr", "0"] + COMMON) == 0
+    a, b = load_file(str(teacher / "vae.safetensors")), load_file(str(out / "vae.safetensors"))
+    enc = [k for k in a if k.startswith("enc")]
+    dec = [k for k in a if k.startswith("dec")]
+    assert enc and dec
+    assert all(torch.equal(a[k], b[k]) for k in enc)
+    assert any(not torch.equal(a[k], b[k]) for k in dec)
+    with pytest.raises(SystemExit):                         # nothing to keep without --init
+        main(["base", "--preset", "tiny", "--steps", "0", "--vae-freeze-encoder", "--out", str(tmp_path / "x")] + COMMON)
