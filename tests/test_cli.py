@@ -66,3 +66,13 @@ def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "presets" in out
+
+
+def test_bench_stream_fp8_runtime_flags(tmp_path, capsys):
+    """bench stream with an explicit runtime and FP8 block linears: the JSON says what ran."""
+    import json
+    assert main(["bench", "stream", "--model", "tiny", "--seconds", "2", "--backend", "ref", "--fp8",
+                 "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "stream_tiny_cpu_ref_fp8.json").read_text())
+    assert r["fp8_linears"] is True and r["runtime"]["ops_backend"] == "ref" and r["frames"] >= 24
+    assert r["real_time_factor"] > 0 and set(r["stage_ms_per_chunk"]) >= {"backbone", "refiner", "vae_decode"}

@@ -14,6 +14,7 @@ import json
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,17 @@ def _rss():
         return int(f.read().split()[1]) * 4096
 
 
-def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0) -> dict:
+def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0, runtime=None, fp8=False) -> dict:
+    """``runtime``: an ``lpm_rt.RuntimeConfig`` (device, dtype, kv_dtype, ops backend) or None for
+    the model's own; ``fp8``: block linears as e4m3 GEMMs (``OnlineLPM.quantize_fp8_``, 1x128
+    weight blocks where K allows)."""
     import lpm_rt
     from lpm_rt.assets import builtin_conversation
 
-    avatar = lpm_rt.load(model)
+    avatar = lpm_rt.load(model, runtime=runtime)
+    if fp8:
+        avatar.model.quantize_fp8_(block=128)
+    cuda = avatar.cfg.runtime.device.startswith("cuda")
     spec, fpc = avatar.spec, avatar.cfg.stream.frames_per_chunk
     (speech, rate), (listener, _) = builtin_conversation(seconds, seed=seed)
     piece = rate * 40 // 1000
@@ -56,7 +63,9 @@ def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0) -> dict:
     t_opened = time.perf_counter()
     last = [time.perf_counter()]
 
-    def mark(stage):
+    def mark(stage):                      # stage ends: on a GPU, wait for the stage's kernels
+        if cuda:
+            torch.cuda.synchronize()
         now = time.perf_counter()
         stages.setdefault(stage, []).append(now - last[0])
         last[0] = now
@@ -88,7 +97,9 @@ def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0) -> dict:
     early, late = per_sec[w:w + 10], per_sec[-10:]
     total = float(sum(per_frame_t))
     return {
-        "model": model, "trained": avatar.trained, "resolution": f"{spec.width}x{spec.height}", "fps": spec.fps,
+        "model": model, "trained": avatar.trained, "runtime": {**asdict(avatar.cfg.runtime),
+                                                               "kv_dtype": avatar.cfg.runtime.kv_dtype.value},
+        "fp8_linears": bool(fp8), "resolution": f"{spec.width}x{spec.height}", "fps": spec.fps,
         "video_seconds": n / spec.fps, "frames": n,
         "time_to_first_frame_s": ttff, "session_open_s": t_opened - t_open,
         "real_time_factor": total / (n / spec.fps),
@@ -107,15 +118,27 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="demo")
     p.add_argument("--seconds", type=float, default=120.0, help="length of the live-style stream")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the model's runtime)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="activation / weight dtype")
+    p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8"), default=None, help="history page dtype")
+    p.add_argument("--backend", choices=("ref", "triton"), default=None, help="ops backend")
+    p.add_argument("--fp8", action="store_true", help="block linears as e4m3 GEMMs with fused epilogues")
     p.add_argument("--out", default="bench/results", help="directory for the JSON result")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    r = run_stream_bench(a.model, a.seconds)
+    runtime = None
+    if a.device or a.dtype or a.kv_dtype or a.backend:
+        from lpm_rt.config import RuntimeConfig
+        kw = {k: v for k, v in (("device", a.device), ("dtype", a.dtype), ("kv_dtype", a.kv_dtype),
+                                ("ops_backend", a.backend)) if v}
+        runtime = RuntimeConfig(**kw)
+    r = run_stream_bench(a.model, a.seconds, runtime=runtime, fp8=a.fp8)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    path = out / f"stream_{a.model}_{dev}.json"
+    dev = r["runtime"]["device"].split(":")[0]
+    tag = "".join(f"_{x}" for x in (r["runtime"]["ops_backend"] if a.backend else "", "fp8" if a.fp8 else "") if x)
+    path = out / f"stream_{Path(a.model).name}_{dev}{tag}.json"
     path.write_text(json.dumps(r, indent=2))
     print(json.dumps({k: r[k] for k in ("model", "trained", "resolution", "real_time_factor", "time_to_first_frame_s",
                                          "chunk_latency_ms", "stage_ms_per_chunk", "cost_per_video_second_s", "rss_mib",
