@@ -75,4 +75,5 @@ def test_bench_stream_fp8_runtime_flags(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "stream_tiny_cpu_ref_fp8.json").read_text())
     assert r["fp8_linears"] is True and r["runtime"]["ops_backend"] == "ref" and r["frames"] >= 24
+    assert r["cost_per_video_second_s"] is None                # 2 s: no early/late windows
     assert r["real_time_factor"] > 0 and set(r["stage_ms_per_chunk"]) >= {"backbone", "refiner", "vae_decode"}

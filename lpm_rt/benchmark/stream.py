@@ -106,7 +106,8 @@ def run_stream_bench(model="demo", seconds=120.0, warmup_s=2.0, seed=0, runtime=
         "chunk_latency_ms": {"p50": float(np.percentile(chunk_ms, 50)), "p99": float(np.percentile(chunk_ms, 99))},
         "stage_ms_per_chunk": {k: float(np.median(v) * 1e3) for k, v in stages.items()},
         "cost_per_video_second_s": {"early_median": float(np.median(early)), "late_median": float(np.median(late)),
-                                    "late_over_early": float(np.median(late) / np.median(early))},
+                                    "late_over_early": float(np.median(late) / np.median(early))}
+        if len(early) and len(late) else None,                       # None: too short a stream
         "rss_mib": {"first": rss[0] / 2**20, "last": rss[-1] / 2**20,
                     "growth": (rss[-1] - rss[0]) / rss[0]} if len(rss) > 1 else None,
         **environment(),
