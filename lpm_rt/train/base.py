@@ -162,6 +162,20 @@ def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int,
     return {"loss": (w * (v - (noise - x0)).pow(2)).mean() / w.mean()}
 
 
+AUDIO_PARTS = ("audio_encoder.", ".audio_attn.", ".norm_audio.")
+
+
+def audio_groups(net, mult: float) -> list:
+    """Optimizer groups: the audio path (encoder, audio cross-attention, its norm) with
+    ``lr_mult`` = ``mult`` (the loop scales its schedule by it), everything else at 1. The audio
+    path starts near zero (its output projections are scaled down at init, so a Wan checkpoint
+    behaves as Wan) and learns slowly at the backbone's rate."""
+    audio, rest = [], []
+    for name, p in net.named_parameters():
+        (audio if any(part in f".{name}" for part in AUDIO_PARTS) else rest).append(p)
+    return [{"params": rest, "lr_mult": 1.0}, {"params": audio, "lr_mult": float(mult)}]
+
+
 def train_base(args, dist: Dist) -> int:
     cfg = preset(args.preset)
     s = cfg.stream
@@ -186,7 +200,8 @@ def train_base(args, dist: Dist) -> int:
     maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters
     run = RunDir(args.out, dist)
     optims = {"vae": torch.optim.AdamW(model.vae.parameters(), lr=args.vae_lr, weight_decay=0.0),
-              "teacher": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.01)}
+              "teacher": torch.optim.AdamW(audio_groups(model.backbone, args.audio_lr_mult), lr=args.lr,
+                                           weight_decay=0.01)}
     params = {"vae": list(model.vae.parameters()), "teacher": list(model.backbone.parameters())}
 
     def batch_at(stage, step):

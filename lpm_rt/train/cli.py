@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-freeze-encoder", action="store_true",
                    help="train only the VAE's decoder: the latent space stays, so DiTs trained on it stay "
                         "valid (with --init: sharpen a model's decoder without retraining its backbone)")
+    b.add_argument("--audio-lr-mult", type=float, default=1.0,
+                   help="learning-rate multiplier of the teacher's audio path (encoder, audio cross-attention)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
     b.add_argument("--shift", type=float, default=1.0, help="flow-matching noise-level shift")
     b.add_argument("--p-drop-text", type=float, default=0.1)

@@ -202,8 +202,8 @@ def run_stage(run: RunDir, stage: str, steps: int, start: int, step_fn, optims: 
         t0 = time.perf_counter()
         cur_lr = lr_at(step, lr, warmup, steps, lr_final)
         for opt in optims.values():
-            for g in opt.param_groups:
-                g["lr"] = cur_lr
+            for g in opt.param_groups:                   # a group may scale the schedule (lr_mult)
+                g["lr"] = cur_lr * g.get("lr_mult", 1.0)
             opt.zero_grad(set_to_none=True)
         rec = step_fn(step)
         for name, opt in optims.items():

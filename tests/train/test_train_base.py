@@ -137,3 +137,16 @@ def test_crop_batch_is_aligned_and_central():
     assert len(seen) > 1                                 # the offset is drawn, not fixed
     with pytest.raises(ValueError):
         crop_batch(batch, H // 2 + 4, 8, torch.Generator())
+
+
+def test_audio_groups_split_the_audio_path():
+    from lpm_rt.train.base import audio_groups
+    net = OnlineLPM(preset("tiny")).backbone
+    rest, audio = audio_groups(net, 10.0)
+    names = {id(p): n for n, p in net.named_parameters()}
+    got = sorted(names[id(p)] for p in audio["params"])
+    assert audio["lr_mult"] == 10.0 and rest["lr_mult"] == 1.0
+    assert got and all("audio" in n for n in got)
+    assert any(n.startswith("audio_encoder.") for n in got) and any(".audio_attn.o." in n for n in got)
+    assert len(audio["params"]) + len(rest["params"]) == len(list(net.parameters()))
+    assert not any("audio" in names[id(p)] for p in rest["params"])
