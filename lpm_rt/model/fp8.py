@@ -83,26 +83,29 @@ def _fuse_qkv_(attn: nn.Module) -> None:
     attn.q = attn.k = attn.v = None
 
 
+def _convert_block_(blk: nn.Module, make) -> None:
+    """Every linear of FP8_LINEARS in ``blk`` -> ``make(name, linear)``, q|k|v fused, the block
+    switched to the fused form."""
+    for name in FP8_LINEARS:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = blk.get_submodule(parent_name)
+        q = make(name, getattr(parent, leaf))
+        if isinstance(parent, nn.Sequential):
+            parent[int(leaf)] = q
+        else:
+            setattr(parent, leaf, q)
+    _fuse_qkv_(blk.self_attn)
+    blk.fp8 = True
+
+
 def quantize_blocks_(net: nn.Module, block: int | None = None) -> nn.Module:
     """In place: every block linear of ``net`` (an LPMDiT) -> :class:`FP8Linear` (per-channel
     weight scales, or 1 x ``block`` blocks where K allows), blocks switched to the fused form."""
+    def make(name, lin):
+        return FP8Linear.from_linear(lin, block if block and lin.in_features % block == 0 else None)
     for blk in net.blocks:
-        if blk.fp8:
-            continue
-        for name in FP8_LINEARS:
-            parent_name, _, leaf = name.rpartition(".")
-            parent = blk.get_submodule(parent_name)
-            lin = getattr(parent, leaf)
-            if isinstance(lin, FP8Linear):
-                continue
-            b = block if block and lin.in_features % block == 0 else None
-            q = FP8Linear.from_linear(lin, b)
-            if isinstance(parent, nn.Sequential):
-                parent[int(leaf)] = q
-            else:
-                setattr(parent, leaf, q)
-        _fuse_qkv_(blk.self_attn)
-        blk.fp8 = True
+        if not blk.fp8:
+            _convert_block_(blk, make)
     return net
 
 
@@ -114,21 +117,10 @@ def load_fp8_blocks_(net: nn.Module, stored: dict, scale_suffix: str) -> int:
     number of blocks switched."""
     switched = 0
     for i, blk in enumerate(net.blocks):
-        if blk.fp8:
+        key = f"blocks.{i}.{{}}.weight".format
+        if blk.fp8 or not all(stored.get(key(n), torch.empty(0)).dtype == torch.float8_e4m3fn for n in FP8_LINEARS):
             continue
-        names = [f"blocks.{i}.{n}" for n in FP8_LINEARS]
-        if not all(stored.get(f"{n}.weight", torch.empty(0)).dtype == torch.float8_e4m3fn for n in names):
-            continue
-        for name, key in zip(FP8_LINEARS, names):
-            parent_name, _, leaf = name.rpartition(".")
-            parent = blk.get_submodule(parent_name)
-            lin = getattr(parent, leaf)
-            q = FP8Linear(stored[f"{key}.weight"], stored[f"{key}.weight{scale_suffix}"], lin.bias, lin.weight.dtype)
-            if isinstance(parent, nn.Sequential):
-                parent[int(leaf)] = q
-            else:
-                setattr(parent, leaf, q)
-        _fuse_qkv_(blk.self_attn)
-        blk.fp8 = True
+        _convert_block_(blk, lambda name, lin: FP8Linear(stored[key(name)], stored[key(name) + scale_suffix],
+                                                         lin.bias, lin.weight.dtype))
         switched += 1
     return switched
