@@ -99,6 +99,11 @@ def _images(imgs, height: int, width: int) -> torch.Tensor:
     return x
 
 
+def _frames(video: torch.Tensor) -> np.ndarray:
+    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (the inverse of :func:`_images`)."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
 def collate(clips: list, cfg: LPMConfig) -> Batch:
     """Clips -> a :class:`Batch`. Every clip must have the same frame count (a multiple of
     ``vae_temporal``). References: the first R of each clip, R = the fewest any clip has; kinds

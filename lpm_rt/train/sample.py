@@ -16,7 +16,7 @@ import torch
 
 from ..config import RefKind
 from ..model.text import tag_ids
-from .data import _images, _track_mel
+from .data import _frames, _images, _track_mel
 from .flow import Cond, ode_grid, teacher_ode
 
 __all__ = ["TeacherSampler"]
@@ -57,5 +57,5 @@ class TeacherSampler:
             noise = torch.randn(1, m.vae_z_dim, W, s.latent_h, s.latent_w, generator=g)
             _, x0 = teacher_ode(self.net, noise, cond, self.grid, self.guidance, s.ref_time_index)
             video = self.vae.decode(x0)[0]                                 # (3, W*T, H, W) in [-1, 1]
-            out.append(((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
+            out.append(_frames(video))
         return np.concatenate(out)[:num_frames]

@@ -117,18 +117,15 @@ def _vae_system(src: str):
     @torch.no_grad()
     def run(name: str, conv: Conversation) -> np.ndarray:
         from ..model.vae import DecoderCache
+        from ..train.data import _frames, _images
         gt = conv.render(128)
         n = -(-len(gt) // T) * T
         x = _fit_length(gt, n)
         cache, out = DecoderCache(), []
         step = 24 * T
         for i in range(0, n, step):
-            v = torch.from_numpy(x[i:i + step]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
-            if v.shape[-2:] != (s.height, s.width):
-                v = torch.nn.functional.interpolate(v[0].transpose(0, 1), size=(s.height, s.width), mode="bilinear",
-                                                    antialias=True, align_corners=False).transpose(0, 1)[None]
-            r = vae.decode(vae.encode(v.contiguous()), cache)[0]
-            out.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
+            v = _images(list(x[i:i + step]), s.height, s.width).transpose(0, 1)[None].contiguous()   # (1, 3, t, H, W)
+            out.append(_frames(vae.decode(vae.encode(v), cache)[0]))
         return np.concatenate(out)[:len(gt)]
     return run
 
