@@ -29,7 +29,8 @@ from .dist import Dist, broadcast_module, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
 
-__all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
+__all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "mouth_weight", "latent_mouth_weight",
+           "weighted_mse", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
 
 log = logging.getLogger("lpm_rt.train")
 
@@ -57,6 +58,33 @@ def motion_weight(video: torch.Tensor, motion: float) -> torch.Tensor | float:
     return 1.0 + motion * d / d.mean().clamp_min(1e-6)
 
 
+MOUTH_RADIUS = 0.05     # of the frame's shorter side: the synthetic faces' mouth half-width
+
+
+def mouth_weight(mouth: torch.Tensor | None, weight: float, shape: tuple, stride: int = 1,
+                 temporal: int = 1) -> torch.Tensor | float:
+    """1 + weight * a Gaussian bump (sigma ``MOUTH_RADIUS`` of the frame) at the mouth centre,
+    per position of a [B, 1, T // temporal, H // stride, W // stride] grid (pixels: stride 1; VAE
+    latents: stride ``vae_spatial``, ``temporal`` ``vae_temporal``, the latent frame's mean mouth
+    position). ``mouth``: [B, T, 2] (x, y) pixels (:attr:`Batch.mouth`). 1.0 when weight == 0.
+
+    The mouth is ~0.3 % of a 128 x 128 talking-head frame -- about one latent cell -- so in a
+    plain mean its error is noise next to the rest, and a teacher trained on that mean learns to
+    ignore the speaker audio that is the only thing predicting it."""
+    if weight <= 0:
+        return 1.0
+    if mouth is None:
+        raise ValueError("a mouth-weighted loss needs clips with mouth positions (the world generator's clips)")
+    B, T, _ = mouth.shape
+    H, W = shape
+    m = mouth.view(B, T // temporal, temporal, 2).mean(2)                             # (B, F, 2)
+    ys = (torch.arange(H // stride, device=mouth.device) + 0.5) * stride - 0.5       # cell centres, pixels
+    xs = (torch.arange(W // stride, device=mouth.device) + 0.5) * stride - 0.5
+    r2 = (MOUTH_RADIUS * min(H, W)) ** 2
+    d2 = (xs.view(1, 1, 1, -1) - m[..., 0, None, None]).pow(2) + (ys.view(1, 1, -1, 1) - m[..., 1, None, None]).pow(2)
+    return (1.0 + weight * torch.exp(-d2 / (2 * r2)))[:, None]                      # (B, 1, F, h, w)
+
+
 def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Batch:
     """One random ``size`` x ``size`` crop of every frame and reference of ``batch`` (the VAE is
     fully convolutional, so it trains on crops). The offset is a multiple of ``align`` (the VAE's
@@ -71,19 +99,20 @@ def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Bat
         lo, hi = (c - r) // align, (c + r) // align
         off.append(int(torch.randint(lo, hi + 1, (1,), generator=gen)) * align)
     (y, x) = off
+    mouth = None if batch.mouth is None else batch.mouth - batch.mouth.new_tensor([x, y])
     return Batch(batch.video[..., y:y + size, x:x + size].contiguous(), batch.mels,
-                 batch.ref_images[..., y:y + size, x:x + size].contiguous(), batch.ref_kinds, batch.tag_ids)
+                 batch.ref_images[..., y:y + size, x:x + size].contiguous(), batch.ref_kinds, batch.tag_ids, mouth)
 
 
 def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1,
-             edge: float = 0.0, motion: float = 0.0) -> dict:
-    """Reconstruction (L1 + MSE, optionally edge- and motion-weighted: :func:`edge_weight`,
-    :func:`motion_weight`, the latter on the clip only) of the clip and of its first reference
+             edge: float = 0.0, motion: float = 0.0, mouth: float = 0.0) -> dict:
+    """Reconstruction (L1 + MSE, optionally edge-, motion- and mouth-weighted: :func:`edge_weight`,
+    :func:`motion_weight`, :func:`mouth_weight`, the last two on the clip only) of the clip and of its first reference
     as a still clip, + the latent-scale penalty (per channel: mean^2 +
     (var - 1)^2). ``latent_noise`` is relative to the latents' current std, so the decoder's
     robustness margin does not depend on their scale."""
     video = batch.video                                                   # (B, 3, T, H, W)
-    w_motion = motion_weight(video, motion)
+    w_motion = motion_weight(video, motion) * mouth_weight(batch.mouth, mouth, tuple(video.shape[-2:]))
     B, R = batch.ref_images.shape[:2]
     if R:
         T = vae.cfg.vae_temporal
@@ -147,19 +176,29 @@ def drop_conditions(cond: Cond, gen: torch.Generator, p_text: float, p_audio: fl
 
 
 def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0,
-                 motion: float = 0.0) -> dict:
+                 motion: float = 0.0, mouth_w: torch.Tensor | float = 1.0) -> dict:
     """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip;
     ``motion`` > 0 weights latent positions by :func:`motion_weight` of x0 (what moves: the
-    mouth the audio drives)."""
+    mouth the audio drives), ``mouth_w`` by a latent-grid :func:`mouth_weight`."""
     B, Fr = x0.shape[0], x0.shape[2]
     sigma = sample_sigma(B, gen, shift).to(x0.device)
     noise = randn(x0.shape, gen, x0.device)
     v = velocity(net, add_noise(x0, noise, sigma), (1000.0 * sigma)[:, None].expand(B, Fr), cond,
                  ref_time_index=ref_time_index)
-    w = motion_weight(x0, motion)
+    w = motion_weight(x0, motion) * mouth_w
+    return {"loss": weighted_mse(v, noise - x0, w)}
+
+
+def weighted_mse(pred, target, w: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """mean(w * (pred - target)^2) / mean(w): a plain MSE when ``w`` is 1.0."""
     if not torch.is_tensor(w):
-        return {"loss": F.mse_loss(v, noise - x0)}
-    return {"loss": (w * (v - (noise - x0)).pow(2)).mean() / w.mean()}
+        return F.mse_loss(pred, target)
+    return (w * (pred - target).pow(2)).mean() / w.expand_as(pred[:, :1]).mean()
+
+
+def latent_mouth_weight(m, mouth, weight: float, size: tuple):
+    """:func:`mouth_weight` on the latent grid of ``size`` (H, W) video frames."""
+    return mouth_weight(mouth, weight, size, m.vae_spatial, m.vae_temporal)
 
 
 AUDIO_PARTS = ("audio_encoder.", ".audio_attn.", ".norm_audio.")
@@ -228,15 +267,17 @@ def train_base(args, dist: Dist) -> int:
         if args.vae_crop and step % 4 != 3:         # crops, with a whole frame every 4th step
             batch = crop_batch(batch, args.vae_crop, cfg.model.vae_spatial, g)
         out = vae_loss(model.vae, batch, g,
-                       edge=args.vae_edge, motion=args.vae_motion)
+                       edge=args.vae_edge, motion=args.vae_motion, mouth=args.vae_mouth)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 
     def teacher_step(step):
         g = step_generator(args.seed, "teacher", step, dist.rank)
-        x0, cond = pool.batch(batch_indices(args.seed, "teacher", step, dist.rank, dist.world, args.batch))
+        x0, cond, mouth = pool.batch(batch_indices(args.seed, "teacher", step, dist.rank, dist.world, args.batch),
+                                     mouth=True)
         cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
-        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion)
+        mw = latent_mouth_weight(cfg.model, mouth, args.mouth, (s.height, s.width))
+        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion, mw)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight what moves within a clip (1 + W * |x - temporal mean| / its mean) in the VAE loss")
     b.add_argument("--motion", type=float, default=0.0,
                    help="the same weight on latent positions in the teacher's flow loss")
+    b.add_argument("--vae-mouth", type=float, default=0.0,
+                   help="weight the mouth (1 + W * a Gaussian at its centre) in the VAE loss; needs the "
+                        "world's clips, which know where the mouth is")
+    b.add_argument("--mouth", type=float, default=0.0,
+                   help="the same weight on the latent grid in the teacher's flow loss")
     b.add_argument("--vae-crop", type=int, default=0,
                    help="train the VAE on random CROPxCROP crops around the frame centre (a whole frame "
                         "every 4th step); 0: whole frames")
@@ -95,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ode-steps", type=int, default=8, help="Euler steps of the teacher's ODE (stage 1)")
     d.add_argument("--guidance", type=float, default=2.0, help="teacher CFG scale on audio + text")
     d.add_argument("--long-factor", type=int, default=3, help="stage 4 rollout length in clips")
+    d.add_argument("--mouth", type=float, default=0.0,
+                   help="weight the mouth on the latent grid in stage 1 and 3 losses (as `train base --mouth`)")
     _common(d)
     e = sub.add_parser("export", help="copy a trained model directory for shipping (fp16 weights)")
     e.add_argument("--src", required=True, help="model directory (e.g. the distill --out)")

@@ -11,7 +11,9 @@ their own rate, reference images and a prompt. :func:`collate` turns a list of c
                the layout :meth:`LPMDiT.forward` and the runtime's ``step`` use;
 * ``ref_images`` [B, R, 3, H, W] in [-1, 1] and ``ref_kinds`` [R] (encoded like the runtime does,
                :meth:`VAE.encode_image`);
-* ``tag_ids``  [B, L] prompt tag ids (embedded by the network being trained).
+* ``tag_ids``  [B, L] prompt tag ids (embedded by the network being trained);
+* ``mouth``    [B, T, 2] the mouth centre (x, y) in pixels per frame, or None: a training-only
+               annotation (the world knows it; a dataset does not) for mouth-weighted losses.
 
 Sources (all indexable: ``source.clip(i)`` is a pure function of ``i``, so every rank and every
 resumed run draws the same data for the same step):
@@ -51,6 +53,7 @@ class Clip:
     ref_kinds: list = field(default_factory=list)   # RefKind names, one per ref
     prompt: str = ""
     audio_lead: int = 0
+    mouth: np.ndarray | None = None   # [T, 2] mouth centre (x, y) in pixels of ``video``, if known
 
 
 @dataclass
@@ -60,10 +63,12 @@ class Batch:
     ref_images: torch.Tensor          # [B, R, 3, H, W] in [-1, 1] (R may be 0)
     ref_kinds: torch.Tensor           # [R] int64
     tag_ids: torch.Tensor             # [B, L] int64
+    mouth: torch.Tensor | None = None # [B, T, 2] mouth centre (x, y) in pixels of ``video``
 
     def to(self, device) -> "Batch":
         return Batch(self.video.to(device), tuple(m.to(device) for m in self.mels), self.ref_images.to(device),
-                     self.ref_kinds.to(device), self.tag_ids.to(device))
+                     self.ref_kinds.to(device), self.tag_ids.to(device),
+                     None if self.mouth is None else self.mouth.to(device))
 
 
 def clip_frames(cfg: LPMConfig, latent_frames: int) -> int:
@@ -126,7 +131,12 @@ def collate(clips: list, cfg: LPMConfig) -> Batch:
     ids = [tag_ids(c.prompt, m.num_tags) for c in clips]
     L = max(len(i) for i in ids)
     tags = torch.tensor([[i[j % len(i)] for j in range(L)] for i in ids], dtype=torch.long)
-    return Batch(video.transpose(1, 2).contiguous(), mels, refs, kinds, tags)
+    mouth = None
+    if all(c.mouth is not None for c in clips):                # in pixels of the (resized) frames
+        scale = torch.tensor([[s.width / c.video.shape[2], s.height / c.video.shape[1]] for c in clips])
+        mouth = torch.stack([torch.as_tensor(np.asarray(c.mouth), dtype=torch.float32) for c in clips])
+        mouth = mouth * scale[:, None, :]
+    return Batch(video.transpose(1, 2).contiguous(), mels, refs, kinds, tags, mouth)
 
 
 def batch_indices(seed: int, stage: str, step: int, rank: int, world: int, batch: int) -> list:
@@ -176,6 +186,7 @@ class WorldSource:
         the fraction of clips whose character is ``focus_seed``'s (the shipped demo character by
         default) -- the rest are a new random character per clip."""
         from ..world import Character, Conversation, render_reference, render_video   # the world may still
+        from ..world.render import landmarks, states_from_labels
         from ..world.audio import espeak_available                                   # change: import it
         from ..world.dataset import REFERENCES                                       # where it is used
         if voice not in self.VOICES:
@@ -190,6 +201,7 @@ class WorldSource:
         self.cfg, self.frames, self.modes, self.voice, self.focus = cfg, frames, tuple(modes), voice, focus
         self._focus_char = Character.random(focus_seed)
         self._gen, self._ref, self._video = Conversation.generate, render_reference, render_video
+        self._landmarks, self._states = landmarks, states_from_labels
         self._refs = REFERENCES
 
     def clip(self, index: int) -> Clip:
@@ -211,8 +223,10 @@ class WorldSource:
         refs = [(self._ref(conv.character, view, expr, size, conv.scene), kind, expr)
                 for view, expr, kind in self._refs]
         imgs, kinds = pick_references(refs, conv.prompt, s.reference_slots, rng)
+        mouth = np.array([self._landmarks(conv.character, st, *size)["mouth"] for st in self._states(labels)],
+                         np.float32)
         return Clip(video, conv.self_audio[a0 - lead:a1], conv.partner_audio[a0 - lead:a1], sr, imgs, kinds,
-                    conv.prompt, lead)
+                    conv.prompt, lead, mouth)
 
 
 class DatasetSource:
@@ -287,13 +301,16 @@ class EncodedPool:
     def _slot(self, index: int):
         key = index % self.size
         if key not in self._slots:
-            self._slots[key] = self.encode(collate([self.source.clip(key)], self.cfg).to(self.device))
+            b = collate([self.source.clip(key)], self.cfg).to(self.device)
+            self._slots[key] = (*self.encode(b), b.mouth)
         return self._slots[key]
 
-    def batch(self, indices: list):
+    def batch(self, indices: list, mouth: bool = False):
+        """-> (latents, Cond), or with ``mouth`` (latents, Cond, :attr:`Batch.mouth` or None)."""
         from .flow import Cond
         if self.size <= 0:
-            return self.encode(collate([self.source.clip(i) for i in indices], self.cfg).to(self.device))
+            b = collate([self.source.clip(i) for i in indices], self.cfg).to(self.device)
+            return (*self.encode(b), b.mouth) if mouth else self.encode(b)
         items = [self._slot(int(i)) for i in indices]
         z = torch.cat([it[0] for it in items])
         conds = [it[1] for it in items]
@@ -302,4 +319,8 @@ class EncodedPool:
         mels = tuple(torch.cat([c.mels[j] for c in conds]) for j in range(len(conds[0].mels)))
         R = min(0 if c.refs is None else c.refs.shape[2] for c in conds)
         refs = torch.cat([c.refs[:, :, :R] for c in conds]) if R else None
-        return z, Cond(tags, mels, refs, conds[0].ref_kinds[:R] if R else None)
+        cond = Cond(tags, mels, refs, conds[0].ref_kinds[:R] if R else None)
+        if not mouth:
+            return z, cond
+        m = [it[2] for it in items]
+        return z, cond, None if any(x is None for x in m) else torch.cat(m)
