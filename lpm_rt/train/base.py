@@ -28,9 +28,9 @@ from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_
 from .dist import Dist, broadcast_module, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
+from .mouth import MouthProbe, require_mouth, latent_mouth_weight, mouth_weight, sync_loss
 
-__all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "mouth_weight", "latent_mouth_weight",
-           "weighted_mse", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
+__all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "weighted_mse", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
 
 log = logging.getLogger("lpm_rt.train")
 
@@ -58,33 +58,6 @@ def motion_weight(video: torch.Tensor, motion: float) -> torch.Tensor | float:
     return 1.0 + motion * d / d.mean().clamp_min(1e-6)
 
 
-MOUTH_RADIUS = 0.05     # of the frame's shorter side: the synthetic faces' mouth half-width
-
-
-def mouth_weight(mouth: torch.Tensor | None, weight: float, shape: tuple, stride: int = 1,
-                 temporal: int = 1) -> torch.Tensor | float:
-    """1 + weight * a Gaussian bump (sigma ``MOUTH_RADIUS`` of the frame) at the mouth centre,
-    per position of a [B, 1, T // temporal, H // stride, W // stride] grid (pixels: stride 1; VAE
-    latents: stride ``vae_spatial``, ``temporal`` ``vae_temporal``, the latent frame's mean mouth
-    position). ``mouth``: [B, T, 2] (x, y) pixels (:attr:`Batch.mouth`). 1.0 when weight == 0.
-
-    The mouth is ~0.3 % of a 128 x 128 talking-head frame -- about one latent cell -- so in a
-    plain mean its error is noise next to the rest, and a teacher trained on that mean learns to
-    ignore the speaker audio that is the only thing predicting it."""
-    if weight <= 0:
-        return 1.0
-    if mouth is None:
-        raise ValueError("a mouth-weighted loss needs clips with mouth positions (the world generator's clips)")
-    B, T, _ = mouth.shape
-    H, W = shape
-    m = mouth.view(B, T // temporal, temporal, 2).mean(2)                             # (B, F, 2)
-    ys = (torch.arange(H // stride, device=mouth.device) + 0.5) * stride - 0.5       # cell centres, pixels
-    xs = (torch.arange(W // stride, device=mouth.device) + 0.5) * stride - 0.5
-    r2 = (MOUTH_RADIUS * min(H, W)) ** 2
-    d2 = (xs.view(1, 1, 1, -1) - m[..., 0, None, None]).pow(2) + (ys.view(1, 1, -1, 1) - m[..., 1, None, None]).pow(2)
-    return (1.0 + weight * torch.exp(-d2 / (2 * r2)))[:, None]                      # (B, 1, F, h, w)
-
-
 def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Batch:
     """One random ``size`` x ``size`` crop of every frame and reference of ``batch`` (the VAE is
     fully convolutional, so it trains on crops). The offset is a multiple of ``align`` (the VAE's
@@ -99,7 +72,7 @@ def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Bat
         lo, hi = (c - r) // align, (c + r) // align
         off.append(int(torch.randint(lo, hi + 1, (1,), generator=gen)) * align)
     (y, x) = off
-    mouth = None if batch.mouth is None else batch.mouth - batch.mouth.new_tensor([x, y])
+    mouth = None if batch.mouth is None else batch.mouth - batch.mouth.new_tensor([x, y, 0.0])
     return Batch(batch.video[..., y:y + size, x:x + size].contiguous(), batch.mels,
                  batch.ref_images[..., y:y + size, x:x + size].contiguous(), batch.ref_kinds, batch.tag_ids, mouth)
 
@@ -176,17 +149,25 @@ def drop_conditions(cond: Cond, gen: torch.Generator, p_text: float, p_audio: fl
 
 
 def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0,
-                 motion: float = 0.0, mouth_w: torch.Tensor | float = 1.0) -> dict:
+                 motion: float = 0.0, mouth_w: torch.Tensor | float = 1.0, sync: float = 0.0,
+                 probe: MouthProbe | None = None, mouth: torch.Tensor | None = None) -> dict:
     """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip;
     ``motion`` > 0 weights latent positions by :func:`motion_weight` of x0 (what moves: the
-    mouth the audio drives), ``mouth_w`` by a latent-grid :func:`mouth_weight`."""
+    mouth the audio drives), ``mouth_w`` by a latent-grid :func:`mouth_weight`; ``sync`` > 0 adds
+    ``sync`` * :func:`sync_loss` of the predicted x0 (``probe`` and the clips' ``mouth`` needed)."""
     B, Fr = x0.shape[0], x0.shape[2]
     sigma = sample_sigma(B, gen, shift).to(x0.device)
     noise = randn(x0.shape, gen, x0.device)
-    v = velocity(net, add_noise(x0, noise, sigma), (1000.0 * sigma)[:, None].expand(B, Fr), cond,
-                 ref_time_index=ref_time_index)
+    x_s = add_noise(x0, noise, sigma)
+    v = velocity(net, x_s, (1000.0 * sigma)[:, None].expand(B, Fr), cond, ref_time_index=ref_time_index)
     w = motion_weight(x0, motion) * mouth_w
-    return {"loss": weighted_mse(v, noise - x0, w)}
+    out = {"loss": weighted_mse(v, noise - x0, w)}
+    if sync > 0:
+        require_mouth(mouth)
+        l_sync = sync_loss(probe, x_s - sigma.view(-1, 1, 1, 1, 1) * v, x0, mouth)
+        out["flow"], out["sync"] = out["loss"].detach(), l_sync.detach()
+        out["loss"] = out["loss"] + sync * l_sync
+    return out
 
 
 def weighted_mse(pred, target, w: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -196,9 +177,13 @@ def weighted_mse(pred, target, w: torch.Tensor | float = 1.0) -> torch.Tensor:
     return (w * (pred - target).pow(2)).mean() / w.expand_as(pred[:, :1]).mean()
 
 
-def latent_mouth_weight(m, mouth, weight: float, size: tuple):
-    """:func:`mouth_weight` on the latent grid of ``size`` (H, W) video frames."""
-    return mouth_weight(mouth, weight, size, m.vae_spatial, m.vae_temporal)
+def fit_mouth_probe(pool: EncodedPool, cfg, seed: int, clips: int = 64) -> MouthProbe:
+    """A :class:`MouthProbe` fitted on ``clips`` of ``pool``'s encoder latents (held apart from the
+    step indices by a fixed offset, drawn the same on every rank and resume)."""
+    items = [pool.batch([seed * 7919 + 10_000 + i], mouth=True) for i in range(clips)]
+    s = cfg.stream
+    probe = MouthProbe((s.height, s.width), cfg.model.vae_temporal)
+    return probe.fit([it[0] for it in items], [it[2] for it in items])
 
 
 AUDIO_PARTS = ("audio_encoder.", ".audio_attn.", ".norm_audio.")
@@ -250,6 +235,15 @@ def train_base(args, dist: Dist) -> int:
     # the teacher's clips, encoded once per pool slot (the VAE is frozen by then)
     pool = EncodedPool(source, cfg, lambda b: encode_batch(model.vae, b), args.pool, dist.device)
 
+    probe: list = []
+
+    def mouth_probe():                              # fitted once on the pool's encoder latents
+        if args.sync <= 0:
+            return None
+        if not probe:
+            probe.append(fit_mouth_probe(pool, cfg, args.seed))
+        return probe[0]
+
     vae_clips: dict = {}
 
     def vae_clip(i):                                # rendered clips, kept per pool slot
@@ -277,7 +271,8 @@ def train_base(args, dist: Dist) -> int:
                                      mouth=True)
         cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
         mw = latent_mouth_weight(cfg.model, mouth, args.mouth, (s.height, s.width))
-        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion, mw)
+        out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion, mw,
+                           args.sync, mouth_probe(), mouth)
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "world's clips, which know where the mouth is")
     b.add_argument("--mouth", type=float, default=0.0,
                    help="the same weight on the latent grid in the teacher's flow loss")
+    b.add_argument("--sync", type=float, default=0.0,
+                   help="weight of a lip-sync loss: a linear probe's reading of the mouth opening from the "
+                        "predicted vs the true latents (lpm_rt.train.mouth; needs the world's clips)")
     b.add_argument("--vae-crop", type=int, default=0,
                    help="train the VAE on random CROPxCROP crops around the frame centre (a whole frame "
                         "every 4th step); 0: whole frames")
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--long-factor", type=int, default=3, help="stage 4 rollout length in clips")
     d.add_argument("--mouth", type=float, default=0.0,
                    help="weight the mouth on the latent grid in stage 1 and 3 losses (as `train base --mouth`)")
+    d.add_argument("--sync", type=float, default=0.0,
+                   help="the lip-sync loss of `train base --sync` in stage 1 and 3 (against the teacher's "
+                        "or the data's latents)")
     _common(d)
     e = sub.add_parser("export", help="copy a trained model directory for shipping (fp16 weights)")
     e.add_argument("--src", required=True, help="model directory (e.g. the distill --out)")

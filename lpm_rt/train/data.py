@@ -12,8 +12,9 @@ their own rate, reference images and a prompt. :func:`collate` turns a list of c
 * ``ref_images`` [B, R, 3, H, W] in [-1, 1] and ``ref_kinds`` [R] (encoded like the runtime does,
                :meth:`VAE.encode_image`);
 * ``tag_ids``  [B, L] prompt tag ids (embedded by the network being trained);
-* ``mouth``    [B, T, 2] the mouth centre (x, y) in pixels per frame, or None: a training-only
-               annotation (the world knows it; a dataset does not) for mouth-weighted losses.
+* ``mouth``    [B, T, 3] the mouth centre (x, y) in pixels and its opening (0-1) per frame, or
+               None: a training-only annotation (the world knows it; a dataset does not) for the
+               mouth's losses (:mod:`lpm_rt.train.mouth`).
 
 Sources (all indexable: ``source.clip(i)`` is a pure function of ``i``, so every rank and every
 resumed run draws the same data for the same step):
@@ -53,7 +54,7 @@ class Clip:
     ref_kinds: list = field(default_factory=list)   # RefKind names, one per ref
     prompt: str = ""
     audio_lead: int = 0
-    mouth: np.ndarray | None = None   # [T, 2] mouth centre (x, y) in pixels of ``video``, if known
+    mouth: np.ndarray | None = None   # [T, 3] mouth centre (x, y) in pixels of ``video`` and opening, if known
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Batch:
     ref_images: torch.Tensor          # [B, R, 3, H, W] in [-1, 1] (R may be 0)
     ref_kinds: torch.Tensor           # [R] int64
     tag_ids: torch.Tensor             # [B, L] int64
-    mouth: torch.Tensor | None = None # [B, T, 2] mouth centre (x, y) in pixels of ``video``
+    mouth: torch.Tensor | None = None # [B, T, 3] mouth centre (x, y) in pixels of ``video``, opening
 
     def to(self, device) -> "Batch":
         return Batch(self.video.to(device), tuple(m.to(device) for m in self.mels), self.ref_images.to(device),
@@ -133,7 +134,7 @@ def collate(clips: list, cfg: LPMConfig) -> Batch:
     tags = torch.tensor([[i[j % len(i)] for j in range(L)] for i in ids], dtype=torch.long)
     mouth = None
     if all(c.mouth is not None for c in clips):                # in pixels of the (resized) frames
-        scale = torch.tensor([[s.width / c.video.shape[2], s.height / c.video.shape[1]] for c in clips])
+        scale = torch.tensor([[s.width / c.video.shape[2], s.height / c.video.shape[1], 1.0] for c in clips])
         mouth = torch.stack([torch.as_tensor(np.asarray(c.mouth), dtype=torch.float32) for c in clips])
         mouth = mouth * scale[:, None, :]
     return Batch(video.transpose(1, 2).contiguous(), mels, refs, kinds, tags, mouth)
@@ -186,7 +187,7 @@ class WorldSource:
         the fraction of clips whose character is ``focus_seed``'s (the shipped demo character by
         default) -- the rest are a new random character per clip."""
         from ..world import Character, Conversation, render_reference, render_video   # the world may still
-        from ..world.render import landmarks, states_from_labels
+        from ..world.render import landmarks, mouth_opening, states_from_labels
         from ..world.audio import espeak_available                                   # change: import it
         from ..world.dataset import REFERENCES                                       # where it is used
         if voice not in self.VOICES:
@@ -201,7 +202,7 @@ class WorldSource:
         self.cfg, self.frames, self.modes, self.voice, self.focus = cfg, frames, tuple(modes), voice, focus
         self._focus_char = Character.random(focus_seed)
         self._gen, self._ref, self._video = Conversation.generate, render_reference, render_video
-        self._landmarks, self._states = landmarks, states_from_labels
+        self._landmarks, self._states, self._opening = landmarks, states_from_labels, mouth_opening
         self._refs = REFERENCES
 
     def clip(self, index: int) -> Clip:
@@ -223,8 +224,8 @@ class WorldSource:
         refs = [(self._ref(conv.character, view, expr, size, conv.scene), kind, expr)
                 for view, expr, kind in self._refs]
         imgs, kinds = pick_references(refs, conv.prompt, s.reference_slots, rng)
-        mouth = np.array([self._landmarks(conv.character, st, *size)["mouth"] for st in self._states(labels)],
-                         np.float32)
+        mouth = np.array([(*self._landmarks(conv.character, st, *size)["mouth"], self._opening(st))
+                          for st in self._states(labels)], np.float32)
         return Clip(video, conv.self_audio[a0 - lead:a1], conv.partner_audio[a0 - lead:a1], sr, imgs, kinds,
                     conv.prompt, lead, mouth)
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from ..checkpoint import load_dir
 from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
-from .base import encode_batch, latent_mouth_weight, teacher_loss, weighted_mse
+from .base import encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
+from .mouth import latent_mouth_weight, sync_loss
 from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, allreduce_grads, broadcast_module, maybe_fsdp
 from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
@@ -130,10 +131,18 @@ def train_distill(args, dist: Dist) -> int:
         return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
 
     def mouth_conditions(stage, step):
-        """(x0, cond, latent mouth weight) of a pool batch (:func:`latent_mouth_weight`, 1.0 without --mouth)."""
+        """(x0, cond, latent mouth weight, a sync-loss function) of a pool batch
+        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync)."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         x0, cond, mouth = pool.batch(idx, mouth=True)
-        return x0, cond, latent_mouth_weight(m, mouth, args.mouth, (s.height, s.width))
+        mw = latent_mouth_weight(m, mouth, args.mouth, (s.height, s.width))
+        if args.sync <= 0:
+            return x0, cond, mw, lambda pred, want: 0.0
+        if not probe:
+            probe.append(fit_mouth_probe(pool, cfg, args.seed))
+        return x0, cond, mw, lambda pred, want: args.sync * sync_loss(probe[0], pred, want, mouth)
+
+    probe: list = []
 
     def update_fake(x_gen, cond, g, step):
         """``--fake-updates`` flow-matching steps of the fake score on the student's samples."""
@@ -153,13 +162,14 @@ def train_distill(args, dist: Dist) -> int:
     # ---- 1. causal init on the teacher's ODE trajectories ------------------------------------
     def ode_step(step):
         g = step_generator(args.seed, "ode_init", step, dist.rank)
-        x0_real, cond, mw = mouth_conditions("ode_init", step)
+        x0_real, cond, mw, sync = mouth_conditions("ode_init", step)
         traj, x0_t = teacher_ode(teacher, randn(x0_real.shape, g, dev), cond, grid, args.guidance, rti)
         B, Fr = x0_real.shape[0], x0_real.shape[2]
         sig, x_q = pick_steps(s.sigmas, B, Fr, s.chunk_frames, g, [traj[key[round(x, 6)]] for x in s.sigmas])
         x_hist = traj[key[round(s.sigmas[-1], 6)]]
         v = causal_forward(model.backbone, x_hist, x_q, sig, cond, s)
-        loss = weighted_mse(x_q - sig[:, None, :, None, None] * v, x0_t, mw)
+        x0_pred = x_q - sig[:, None, :, None, None] * v
+        loss = weighted_mse(x0_pred, x0_t, mw) + sync(x0_pred, x0_t)
         loss.backward()
         return {"loss": float(loss.detach())}
 
@@ -192,7 +202,7 @@ def train_distill(args, dist: Dist) -> int:
     # ---- 3. the one-step refiner ---------------------------------------------------------------
     def refiner_step(step):
         g = step_generator(args.seed, "refiner", step, dist.rank)
-        x0_real, cond, mw = mouth_conditions("refiner", step)
+        x0_real, cond, mw, sync = mouth_conditions("refiner", step)
         B, Fr = x0_real.shape[0], x0_real.shape[2]
         sl, sr = s.sigmas[-1], s.refiner_sigma
         with torch.no_grad():
@@ -207,7 +217,8 @@ def train_distill(args, dist: Dist) -> int:
         kw = dict(chunk_frames=s.chunk_frames, window=0, ref_time_index=rti)   # refs + the chunk only
         pred_tf = xr_tf - sr * velocity(model.refiner, xr_tf, t, cond, **kw)
         pred_free = xr_free - sr * velocity(model.refiner, xr_free, t, cond, **kw)
-        l_tf, l_free = weighted_mse(pred_tf, x0_real, mw), weighted_mse(pred_free, target_free, mw)
+        l_tf = weighted_mse(pred_tf, x0_real, mw) + sync(pred_tf, x0_real)
+        l_free = weighted_mse(pred_free, target_free, mw) + sync(pred_free, target_free)
         (l_tf + l_free).backward()
         with torch.no_grad():
             coarse_err = F.mse_loss(coarse_tf, x0_real)

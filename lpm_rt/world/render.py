@@ -129,6 +129,12 @@ def landmarks(ch: Character, st: FaceState, h: int, w: int) -> dict:
     return {"mouth": (mx, my), "eyes": ((lx + rx) / 2, (ly + ry) / 2)}
 
 
+def mouth_opening(st: FaceState) -> float:
+    """The opening :func:`draw` gives the mouth: the state's, or the expression's minimum (a
+    surprised face holds its mouth open)."""
+    return max(st.mouth_open, _EXPR[st.expression][4] * st.intensity)
+
+
 def draw(ch: Character, scene: Scene, st: FaceState, h: int, w: int) -> np.ndarray:
     """One frame ``[h, w, 3]`` uint8 of ``ch`` in ``scene`` with the per-frame state ``st``."""
     img = scene.background(h, w).copy()
