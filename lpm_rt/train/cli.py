@@ -40,7 +40,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--fsdp", action="store_true", help="shard the DiTs' blocks with FSDP2 over the torchrun processes "
                                                          "(gloo on CPU, NCCL on GPU) for presets that do not fit one device")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # tests: simulate a kill
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after N steps taken in this call (exit status 3; the same command resumes)")
     p.add_argument("--rank-digest", action="store_true",
                    help="write DIR/digest-rank<r>.txt (sha256 of the weights) on every rank at the end")
     p.add_argument("-v", "--verbose", action="store_true")
