@@ -28,7 +28,7 @@ from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_
 from .dist import Dist, broadcast_module, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
-from .mouth import MouthProbe, require_mouth, latent_mouth_weight, mouth_weight, sync_loss
+from .mouth import MouthProbe, latent_mouth_weight, mouth_weight, require_mouth, sync_loss
 
 __all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "weighted_mse", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
 

@@ -130,9 +130,13 @@ def train_distill(args, dist: Dist) -> int:
             return pool.batch(idx)
         return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
 
+    probe: list = []                               # the --sync probe, fitted once on the pool
+
     def mouth_conditions(stage, step):
         """(x0, cond, latent mouth weight, a sync-loss function) of a pool batch
-        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync)."""
+        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync). The
+        mouth positions are the data clip's: against the teacher's samples (stage 1, the refiner's
+        free-running target) they are approximate, as the sampled head pose differs a little."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         x0, cond, mouth = pool.batch(idx, mouth=True)
         mw = latent_mouth_weight(m, mouth, args.mouth, (s.height, s.width))
@@ -141,8 +145,6 @@ def train_distill(args, dist: Dist) -> int:
         if not probe:
             probe.append(fit_mouth_probe(pool, cfg, args.seed))
         return x0, cond, mw, lambda pred, want: args.sync * sync_loss(probe[0], pred, want, mouth)
-
-    probe: list = []
 
     def update_fake(x_gen, cond, g, step):
         """``--fake-updates`` flow-matching steps of the fake score on the student's samples."""
