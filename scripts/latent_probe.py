@@ -9,6 +9,10 @@ speaker track's own log-mel of each latent frame says whether the audio the back
 carries the mouth at all. Compare with the ground truth
 through the VAE (``lpm-rt bench quality --vae``): the decoder's share.
 
+Caveat: this probe reads the whole frame and is fitted on one character, so it transfers poorly
+to a stream whose head sits a little differently; ``scripts/stream_stages.py`` reads the mouth
+where it is (:class:`lpm_rt.train.mouth.MouthProbe`) and is the better measure of (2).
+
     python scripts/latent_probe.py --model demo --out bench/results/demo_latent_probe.json
     python scripts/latent_probe.py --model demo --base runs/base      # + a teacher's sampled latents
 """

@@ -169,3 +169,17 @@ def test_teacher_loss_adds_the_sync_term():
     assert float(out["sync"]) > 0 and torch.allclose(out["loss"], out["flow"] + 2.0 * out["sync"])
     out["loss"].backward()
     assert model.backbone.blocks[0].audio_attn.o.weight.grad.abs().sum() > 0
+
+
+def test_audio_gap_script_runs_and_reports_every_track():
+    import importlib.util
+    from pathlib import Path
+    from lpm_rt.model.online import OnlineLPM
+    path = Path(__file__).resolve().parents[2] / "scripts" / "audio_gap.py"
+    spec = importlib.util.spec_from_file_location("audio_gap", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=2, sigmas=(0.5,))
+    for k in ("right", "rolled", "silence"):
+        assert res[k]["frame"] > 0 and res[k]["mouth"] > 0 and -1 <= res[k]["lip_sync"] <= 1
+    assert -1 <= res["probe_on_data"] <= 1 and np.isfinite(res["gap_mouth"])
