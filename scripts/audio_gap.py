@@ -29,7 +29,7 @@ from lpm_rt.checkpoint import load_dir
 import numpy as np
 
 from lpm_rt.train.base import encode_batch
-from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight
+from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight, latent_opening
 from lpm_rt.train.data import WorldSource, clip_frames, collate
 from lpm_rt.train.flow import SILENCE_MEL, Cond, add_noise, randn, velocity
 
@@ -52,7 +52,7 @@ def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9
     fit = [collate([src.clip(HELD_OUT + 500 + seed * 1000 + i)], cfg) for i in range(4 * clips)]
     probe = MouthProbe((s.height, s.width), cfg.model.vae_temporal).fit(
         [encode_batch(model.vae, b)[0] for b in fit], [b.mouth for b in fit])
-    opening = batch.mouth[..., 2].reshape(clips, frames, -1).mean(2)                 # (B, F)
+    opening = latent_opening(batch.mouth, cfg.model.vae_temporal)                    # (B, F)
     bump = latent_mouth_weight(cfg.model, batch.mouth, 1.0, (s.height, s.width)) - 1.0     # (B, 1, F, h, w)
     spk, lis = cond.mels
     tracks = {"right": spk, "rolled": spk.roll(1, 0), "silence": torch.full_like(spk, SILENCE_MEL)}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import lpm_rt
-from lpm_rt.train.mouth import MouthProbe
+from lpm_rt.train.mouth import MouthProbe, latent_opening
 from lpm_rt.world import Character, Conversation, Scene
 from lpm_rt.world.analyzer import Analyzer
 from lpm_rt.world.bench import SR, build_scenarios
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         model._chunk_pass = chunk_pass
     n = conv.num_frames // T
     mouth = _mouth(conv, n * T, size)
-    per_latent = mouth[0, :, 2].reshape(-1, T).mean(1).numpy()
+    per_latent = latent_opening(mouth, T)[0].numpy()
     labels = np.asarray(conv.labels["mouth_open"][:n * T])
     analyzer = Analyzer.train(n=1500, seed=0)
 

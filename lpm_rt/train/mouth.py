@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MOUTH_RADIUS", "require_mouth", "mouth_weight", "latent_mouth_weight", "MouthProbe", "sync_loss"]
+__all__ = ["MOUTH_RADIUS", "require_mouth", "latent_opening", "mouth_weight", "latent_mouth_weight", "MouthProbe", "sync_loss"]
 
 MOUTH_RADIUS = 0.05     # of the frame's shorter side: the synthetic faces' mouth half-width
 
@@ -37,6 +37,11 @@ def _per_latent_frame(mouth: torch.Tensor, temporal: int) -> torch.Tensor:
     """[B, T, 3] per video frame -> [B, T // temporal, 3] means over each latent frame's frames."""
     B, T, C = mouth.shape
     return mouth.reshape(B, T // temporal, temporal, C).mean(2)
+
+
+def latent_opening(mouth: torch.Tensor, temporal: int) -> torch.Tensor:
+    """[B, T, 3] mouth annotations -> [B, T // temporal] opening per latent frame (the probe's target)."""
+    return _per_latent_frame(mouth, temporal)[..., 2]
 
 
 def mouth_weight(mouth: torch.Tensor | None, weight: float, shape: tuple, stride: int = 1,
@@ -94,7 +99,7 @@ class MouthProbe:
         """Ridge fit on [(z [B, C, F, h, w], mouth [B, T, 3]), ...] pairs; the target is the mouth
         opening averaged over each latent frame."""
         X = torch.cat([self.features(z, m).flatten(0, 1) for z, m in zip(latents, mouths)]).double()
-        Y = torch.cat([_per_latent_frame(m, self.temporal)[..., 2].flatten() for m in mouths]).double()
+        Y = torch.cat([latent_opening(m, self.temporal).flatten() for m in mouths]).double()
         self.mu, self.sd = X.mean(0), X.std(0) + 1e-6
         Xn = (X - self.mu) / self.sd
         A = Xn.T @ Xn + lam * torch.eye(X.shape[1], dtype=X.dtype)
