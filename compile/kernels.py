@@ -150,8 +150,10 @@ def _linear_variants(ctx: BuildContext) -> list:
             ints = dict(N=N, K=K, stride_xm=K, stride_xk=1, stride_wn=K, stride_wk=1,
                         stride_wsn=(K // 128) if block else 1, stride_wsk=1, stride_rn=1, stride_gn=1,
                         stride_om=N, stride_on=1)
+            # gates are the fp32 adaLN vectors; without the residual epilogue both pointers are
+            # the launcher's fp32 placeholder
             ptr = dict(x_ptr="fp8e4nv", w_ptr="fp8e4nv", xs_ptr="fp32", ws_ptr="fp32", bias_ptr=act,
-                       res_ptr=act, gate_ptr=act, out_ptr=act)
+                       res_ptr=act if residual else "fp32", gate_ptr="fp32", out_ptr=act)
             tag = "b128" if block else "ch"
             out.append(Variant(f"fp8_linear_{epi}_{tag}_{tgt.arch}_k{K}_n{N}", KERNELS_BY_FN["_fp8_linear_kernel"],
                                ptr, ce, ints, kc.num_warps, kc.num_stages, (), "linear"))
@@ -186,8 +188,13 @@ def _cache_write_variants(ctx: BuildContext) -> list:
                 **{f"stride_{x}h": D for x in ("k", "v", "q", "qo", "kp", "vp")},
                 stride_kps=H * D, stride_vps=H * D, stride_qos=H * D, stride_ksh=1, stride_vsh=1,
                 stride_cn=D // 2, stride_sn=D // 2)
+    # per chunk: RoPE fused, q rotated in the same launch; once per session, the reference
+    # prefill writes keys it rotated itself (cos/sin are the launcher's 1x1 placeholder)
+    prefill = dict(ints, stride_cn=1, stride_sn=1)
     return [Variant(f"cache_write_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
-                    ptr, ce, ints, kc.num_warps, kc.num_stages, (), "cache")]
+                    ptr, ce, ints, kc.num_warps, kc.num_stages, (), "cache"),
+            Variant(f"cache_write_prefill_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
+                    ptr, dict(ce, ROPE=False), prefill, kc.num_warps, kc.num_stages, (), "cache")]
 
 
 KERNELS: tuple = (

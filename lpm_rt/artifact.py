@@ -222,9 +222,11 @@ def load_artifact(path, runtime: RuntimeConfig | None = None):
     """Verify ``path`` and return an :class:`lpm_rt.Avatar` streaming from it.
 
     cpu target: the reference path from the stored (fp32/bf16) weights. GPU targets (only on a
-    matching GPU): cubins loaded with cuda-python and exposed as ``avatar.kernels``; the model's
-    weights are dequantized onto the GPU in the target's activation dtype, except that with the
-    ``triton`` ops backend e4m3-stored block linears run as FP8 GEMMs from their stored codes."""
+    matching GPU): cubins loaded with cuda-python, exposed as ``avatar.kernels`` and, with the
+    default ``aot`` ops backend, installed as the kernels every op launches (nothing is compiled
+    on the device; see ``lpm_rt.ops._launch``); the model's weights are dequantized onto the GPU
+    in the target's activation dtype, except that e4m3-stored block linears run as FP8 GEMMs
+    from their stored codes (backends ``aot`` and ``triton``)."""
     from .loader import _place
     from .model.online import OnlineLPM
     from .session import Avatar
@@ -236,13 +238,17 @@ def load_artifact(path, runtime: RuntimeConfig | None = None):
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{d / 'manifest.json'}: bad config ({e})") from None
     tgt = meta["target"]
+    gpu = tgt.get("sm") is not None
     if runtime is None:
-        runtime = cfg.runtime.replace(device="cpu" if tgt.get("sm") is None else "cuda",
-                                      dtype=tgt["act_dtype"], kv_dtype=tgt["kv_dtype"])
+        runtime = cfg.runtime.replace(device="cuda" if gpu else "cpu", dtype=tgt["act_dtype"],
+                                      kv_dtype=tgt["kv_dtype"], ops_backend="aot" if gpu else "ref")
     cfg = cfg.replace(runtime=runtime)
-    kernels = load_kernels(d, meta) if tgt.get("sm") is not None else {}
+    kernels = load_kernels(d, meta) if gpu else {}
+    if runtime.ops_backend == "aot":
+        from .ops import _launch
+        _launch.install(kernels)
     model = OnlineLPM(cfg)
-    _load_weights(d, meta, model, torch.float32, fp8_gemms=runtime.ops_backend == "triton")
+    _load_weights(d, meta, model, torch.float32, fp8_gemms=runtime.ops_backend in ("triton", "aot"))
     avatar = Avatar(_place(model), trained=bool(meta.get("trained", False)),
                     source=f"artifact {d} ({tgt['name']}, {tgt['arch']})")
     avatar.kernels = kernels
@@ -275,6 +281,10 @@ _CTYPES = {"i1": ctypes.c_int8, "i8": ctypes.c_int8, "i16": ctypes.c_int16, "i32
            "i64": ctypes.c_int64, "u1": ctypes.c_uint8, "u8": ctypes.c_uint8, "u16": ctypes.c_uint16,
            "u32": ctypes.c_uint32, "u64": ctypes.c_uint64, "fp32": ctypes.c_float, "fp64": ctypes.c_double}
 
+_TRITON_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+              torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5", torch.int8: "i8", torch.int16: "i16",
+              torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1"}
+
 
 @dataclass
 class CubinKernel:
@@ -293,8 +303,9 @@ class CubinKernel:
     def pack(self, args: dict, scratch: tuple = (0, 0)) -> list:
         """Kernel arguments by name -> ctypes values in parameter order, then the two scratch
         pointers. Pointers: tensors or integer addresses (16-byte aligned when declared);
-        integers declared ``div16`` must be multiples of 16; constexprs may be passed only with
-        their compiled value. Raises ArtifactError on any violation of the compiled contract."""
+        tensors must have the compiled element type; integers declared ``div16`` must be
+        multiples of 16; constexprs may be passed only with their compiled value. Raises
+        ArtifactError on any violation of the compiled contract."""
         rec = self.record
         for name, val in rec.get("constexprs", {}).items():
             if name in args and args[name] != val:
@@ -311,6 +322,9 @@ class CubinKernel:
                 raise ArtifactError(f"{rec['name']}: missing argument {name!r}")
             v = args[name]
             if ty.startswith("*"):
+                if isinstance(v, torch.Tensor) and _TRITON_OF.get(v.dtype) != ty[1:]:
+                    raise ArtifactError(f"{rec['name']}: {name} is {v.dtype} but the cubin was compiled "
+                                        f"for {ty[1:]}")
                 addr = v.data_ptr() if hasattr(v, "data_ptr") else int(v or 0)
                 if p.get("div16") and addr % 16:
                     raise ArtifactError(f"{rec['name']}: pointer {name} is not 16-byte aligned")
@@ -328,9 +342,12 @@ class CubinKernel:
         n = grid[0] * grid[1] * grid[2]
         return tuple(n * int(self.record.get(k, [0, 1])[0]) for k in ("global_scratch", "profile_scratch"))
 
-    def launch(self, grid, args: dict, stream: int = 0) -> None:
-        """Launch on ``stream`` (a CUstream handle as int; 0 = default stream)."""
+    def launch(self, grid, args: dict, stream: int | None = None) -> None:
+        """Launch on ``stream`` (a CUstream handle as int; default: torch's current stream, so
+        the launch is ordered with torch's work and lands in a CUDA graph being captured)."""
         cu = _cu()
+        if stream is None:
+            stream = torch.cuda.current_stream().cuda_stream
         grid = tuple(grid) + (1,) * (3 - len(grid))
         bufs = [torch.empty(b, dtype=torch.uint8, device="cuda") if b else None for b in self.scratch_bytes(grid)]
         vals = self.pack(args, tuple(0 if b is None else b.data_ptr() for b in bufs))

@@ -186,15 +186,15 @@ class RuntimeConfig:
     dtype: str = "fp32"                # activations / weights of the reference path
     kv_dtype: KVDtype = KVDtype.FP32   # page dtype (fp8 e4m3 pages carry per-page per-head scales)
     max_sessions: int = 4              # sizes the page pool (admission control beyond it)
-    ops_backend: str = "ref"           # "ref" (pure torch) or "triton"
+    ops_backend: str = "ref"           # "ref" (pure torch), "triton" (JIT) or "aot" (an artifact's cubins)
     num_threads: int = 0               # torch intra-op threads on CPU; 0 = leave torch's default
 
     def __post_init__(self):
         object.__setattr__(self, "kv_dtype", KVDtype(self.kv_dtype))
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} not in fp32/bf16/fp16")
-        if self.ops_backend not in ("ref", "triton"):
-            raise ValueError(f"ops_backend {self.ops_backend!r} not in ref/triton")
+        if self.ops_backend not in ("ref", "triton", "aot"):
+            raise ValueError(f"ops_backend {self.ops_backend!r} not in ref/triton/aot")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
 

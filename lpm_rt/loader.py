@@ -60,6 +60,11 @@ def _place(model: OnlineLPM) -> OnlineLPM:
     if rt.ops_backend == "triton" and rt.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ArtifactError("ops_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 to "
                             "run the kernels in Triton's interpreter for testing)")
+    if rt.ops_backend == "aot":
+        from .ops import _launch
+        if not _launch.installed():
+            raise ArtifactError("ops_backend='aot' runs a compiled artifact's kernels: load one with "
+                                "lpm_rt.load(DIR) (lpm-rt compile builds it)")
     ops.set_backend(rt.ops_backend)
     model.backbone.to(rt.device, dt)
     model.refiner.to(rt.device, dt)

@@ -8,3 +8,5 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
 
+
+from artifact_fixture import artifact  # noqa: E402,F401  (compiled artifacts for tests/aot and tests/ops)

@@ -1,8 +1,11 @@
 """Ops with a pure-torch reference (``<op>_ref``, also the CPU fallback) and a launcher (``<op>``).
 
-The launcher dispatches on the process-wide backend: ``"ref"`` (default) or ``"triton"``. With
-``"triton"`` the launchers always launch the Triton kernels (triton is imported lazily, on the
-first such call) and raise on inputs the kernels do not support -- never a silent fallback.
+The launcher dispatches on the process-wide backend: ``"ref"`` (default), ``"triton"`` or
+``"aot"``. With ``"triton"`` the launchers always launch the Triton kernels, JIT-compiled (triton
+is imported lazily, on the first such call), and raise on inputs the kernels do not support --
+never a silent fallback. ``"aot"`` launches the same kernels from the cubins of a loaded
+artifact (``lpm_rt.load(DIR)`` installs them; see ``_launch``): nothing is compiled, and a call
+no compiled specialization accepts raises ``ArtifactError``.
 The Triton paths are registered as torch custom ops (``torch.ops.lpm_rt.*``) so torch.compile
 traces them as single nodes.
 """
@@ -10,12 +13,13 @@ traces them as single nodes.
 from __future__ import annotations
 
 _BACKEND = "ref"
+BACKENDS = ("ref", "triton", "aot")
 
 
 def set_backend(name: str) -> None:
     global _BACKEND
-    if name not in ("ref", "triton"):
-        raise ValueError(f"ops backend {name!r} not in ref/triton")
+    if name not in BACKENDS:
+        raise ValueError(f"ops backend {name!r} not in {'/'.join(BACKENDS)}")
     _BACKEND = name
 
 

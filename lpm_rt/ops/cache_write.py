@@ -69,6 +69,7 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
 
     from csrc_triton import cache_write as kern
 
+    from ._launch import configure
     from ._triton_util import check_device, interpreting
 
     N, H, D = k.shape
@@ -106,16 +107,18 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     ks, vs = (k_scale, v_scale) if fp8 else (dummy, dummy)
     c, s = (cos, sin) if cos is not None else (dummy, dummy)
     qi = q if q is not None else k
-    qo = q_out.view(N // page_size, page_size, H, D) if q is not None else k_pages
+    # without q the third program row never runs: a placeholder of q's dtype and page layout
+    qo = q_out.view(N // page_size, page_size, H, D) if q is not None else k.new_empty(1, page_size, H, D)
     sh = k_shift if k_shift is not None else dummy
-    kern._cache_write_kernel[(N // page_size, H, 3 if q is not None else 2)](
+    launch = configure(kern._cache_write_kernel,
+                       dict(PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
+                            ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None),
+                       {}, num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
+    launch[(N // page_size, H, 3 if q is not None else 2)](
         k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo, sh,
         *k.stride(), *v.stride(), *qi.stride(), *qo.stride(),
         *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
-        *ks.stride(), *vs.stride(), *sh.stride(),
-        PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
-        ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
-        num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
+        *ks.stride(), *vs.stride(), *sh.stride())
     return q_out
 
 
@@ -141,7 +144,7 @@ def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None
     page_size, each page_size-group of slots one page)."""
     from . import get_backend
 
-    if get_backend() != "triton":
+    if get_backend() == "ref":
         return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q,
                                k_shift=k_shift)
     q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,

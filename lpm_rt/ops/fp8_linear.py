@@ -11,6 +11,7 @@ or ``quantize_fp8_rows`` produce them); w8: [N, K] float8_e4m3fn from ``quantize
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -63,11 +64,19 @@ def _as_bln(t, lead, N):
     return t.unsqueeze(0) if len(lead) == 1 else (t if len(lead) == 2 else t.reshape(lead[0], -1, N))
 
 
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    """The gate of an ungated residual: [n] fp32 ones, unit stride like every real gate's last dim."""
+    return torch.ones(n, dtype=torch.float32, device=device)
+
+
 def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
     import triton
 
     from csrc_triton import fp8_linear as kern
 
+    from . import get_backend
+    from ._launch import configure
     from ._triton_util import check_device, interpreting
 
     f8 = torch.float8_e4m3fn
@@ -93,8 +102,7 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
     dummy = torch.zeros(1, 1, 1, dtype=torch.float32, device=x8.device)
     res = g = dummy
     if residual is not None:
-        one = torch.ones((), dtype=torch.float32, device=x8.device)
-        res, g = _as_bln(residual, lead, N), _as_bln(one if gate is None else gate, lead, N)
+        res, g = _as_bln(residual, lead, N), _as_bln(_ones(N, x8.device) if gate is None else gate, lead, N)
     ws2 = w_scale if block else w_scale[:, None]
     args = (x2, w8, x_scale.reshape(M), ws2, bias if bias is not None else dummy, res, g, out, M, N, K, L,
             *x2.stride(), *w8.stride(), *ws2.stride(), *res.stride(), *g.stride(), *out.view(M, N).stride())
@@ -102,13 +110,14 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
                  RESIDUAL=residual is not None, FIX_ROUND=interpreting())
     if M == 0:
         return out
-    if x8.is_cuda:                                   # tile picked by the autotuner, per (M, N, K)
+    if x8.is_cuda and get_backend() == "triton":   # JIT on a GPU: tile picked by the autotuner, per (M, N, K)
         kernel = kern.autotuned_fp8_linear()
         kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **flags)
-    else:
-        bm, bn = min(64, max(16, triton.next_power_of_2(M))), 64
-        kern._fp8_linear_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-            *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=WEIGHT_BLOCK, GROUP_M=4, **flags)
+        return out
+    launch = configure(kern._fp8_linear_kernel, dict(BLOCK_K=WEIGHT_BLOCK, **flags),
+                       dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_N=64, GROUP_M=4), num_warps=4)
+    bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
+    launch[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](*args)
     return out
 
 
@@ -129,7 +138,7 @@ def fp8_linear(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=None
     """Launcher: the selected backend's kernel; same contract as ``fp8_linear_ref``."""
     from . import get_backend
 
-    if get_backend() != "triton":
+    if get_backend() == "ref":
         return fp8_linear_ref(x8, x_scale, w8, w_scale, bias, act=act, residual=residual, gate=gate,
                               out_dtype=out_dtype)
     return torch.ops.lpm_rt.fp8_linear(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)

@@ -43,6 +43,7 @@ def _norm_modulate_triton(x, shift, scale, eps, norm, out_fp8):
 
     from csrc_triton import norm_modulate as kern
 
+    from ._launch import configure
     from ._triton_util import check_device, interpreting
 
     if norm not in ("layer", "rms"):
@@ -62,11 +63,11 @@ def _norm_modulate_triton(x, shift, scale, eps, norm, out_fp8):
     y = torch.empty(B, L, C, dtype=torch.float8_e4m3fn if out_fp8 else x.dtype, device=x.device)
     ys = torch.empty(B, L, dtype=torch.float32, device=x.device) if out_fp8 else y.new_empty(1, 1, dtype=torch.float32)
     if B * L:
-        kern._norm_modulate_kernel[(B * L,)](
-            x, shift, scale, y, ys, L, C, float(eps),
-            *x.stride(), *shift.stride(), *scale.stride(), *y.stride(), *ys.stride(),
-            BLOCK_C=triton.next_power_of_2(C), RMS=norm == "rms", FP8_OUT=out_fp8,
-            FIX_ROUND=interpreting(), num_warps=4 if C <= 2048 else 8)
+        launch = configure(kern._norm_modulate_kernel, dict(BLOCK_C=triton.next_power_of_2(C), RMS=norm == "rms",
+                                                            FP8_OUT=out_fp8, FIX_ROUND=interpreting()),
+                           {}, num_warps=4 if C <= 2048 else 8)
+        launch[(B * L,)](x, shift, scale, y, ys, L, C, float(eps),
+                         *x.stride(), *shift.stride(), *scale.stride(), *y.stride(), *ys.stride())
     return (y, ys) if out_fp8 else y
 
 
@@ -96,7 +97,7 @@ def norm_modulate(x, shift, scale, eps: float = 1e-6, norm: str = "layer", *, ou
     """Launcher: the selected backend's kernel; same contract as the ref."""
     from . import get_backend
 
-    if get_backend() != "triton":
+    if get_backend() == "ref":
         return norm_modulate_ref(x, shift, scale, eps, norm, out_fp8=out_fp8)
     op = torch.ops.lpm_rt.norm_modulate_fp8 if out_fp8 else torch.ops.lpm_rt.norm_modulate
     return op(x, shift, scale, float(eps), norm)

@@ -86,6 +86,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
 
     from csrc_triton import paged_attention as kern
 
+    from ._launch import configure
     from ._triton_util import check_device, ieee_dots, interpreting
 
     B, Lq, H, D = q.shape
@@ -118,14 +119,28 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     ks, vs = (k_scale, v_scale) if kv_fp8 else (dummy, dummy)
 
     block_m, block_n, warps, stages = _config(Lq, D, kv_fp8, q.device)
-    grid_m = triton.cdiv(Lq, block_m)
     kv_max = block_table.shape[1] * page_size
-    splits = num_splits or _pick_splits(grid_m * B * H, kv_max, block_n, q.device)
+    splits = num_splits or _pick_splits(triton.cdiv(Lq, block_m) * B * H, kv_max, block_n, q.device)
+    launch = configure(kern._paged_attn_fwd_kernel,
+                       dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
+                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1), warps, stages)
+    cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
+    block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
+    grid_m = triton.cdiv(Lq, block_m)
+    combine = None
+    if not cx["SPLIT"]:
+        splits = 1
+    else:
+        splits = num_splits or _pick_splits(grid_m * B * H, kv_max, block_n, q.device)
+        combine = configure(kern._paged_attn_combine_kernel, dict(HEAD_DIM=D, FIX_ROUND=interpreting()),
+                            dict(BLOCK_S=triton.next_power_of_2(splits)), 4 if D <= 64 else 8)
+        splits = min(splits, combine.constexprs["BLOCK_S"])
     kv_per_split = triton.cdiv(triton.cdiv(kv_max, splits), block_n) * block_n
     out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    if splits > 1:
+    if cx["SPLIT"]:
         part = torch.empty(B, splits, Lq, H, D, dtype=torch.float32, device=q.device)
         lse = torch.empty(B, splits, Lq, H, dtype=torch.float32, device=q.device)
         o, ostr, lstr = part, part.stride(), lse.stride()
@@ -133,20 +148,13 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         o, lse = out, dummy
         ostr = (out.stride(0), 0, *out.stride()[1:])
         lstr = (0, 0, 0, 0)
-    kern._paged_attn_fwd_kernel[(grid_m, B * H, splits)](
+    launch[(grid_m, B * H, splits)](
         q, k_pages, v_pages, ks, vs, block_table, kv_lens, o, lse,
         sm_scale * _LOG2E, Lq, H, kv_per_split,
         *q.stride(), *k_pages.stride(), *v_pages.stride(), *ks.stride(), *vs.stride(),
-        *block_table.stride(), *ostr, *lstr,
-        PAGE_SIZE=page_size, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
-        KV_FP8=kv_fp8, FP8_Q=bool(fp8_q), SPLIT=splits > 1, IEEE=ieee_dots(q.dtype),
-        FIX_ROUND=interpreting(),
-        num_warps=warps, num_stages=stages)
-    if splits > 1:
-        kern._paged_attn_combine_kernel[(Lq, B * H)](
-            part, lse, out, H, splits, *part.stride(), *lse.stride(), *out.stride(),
-            HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits),
-            FIX_ROUND=interpreting(), num_warps=4 if D <= 64 else 8)
+        *block_table.stride(), *ostr, *lstr)
+    if combine is not None:
+        combine[(Lq, B * H)](part, lse, out, H, splits, *part.stride(), *lse.stride(), *out.stride())
     return out
 
 
@@ -174,7 +182,7 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     """
     from . import get_backend
 
-    if get_backend() != "triton":
+    if get_backend() == "ref":
         return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
     if fp8_q is None:
         fp8_q = (k_pages.dtype == torch.float8_e4m3fn and q.is_cuda

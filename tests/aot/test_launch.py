@@ -17,12 +17,16 @@ def _record(artifact, role):
     return meta, next(k for k in meta["kernels"] if k["role"] == role)
 
 
+_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8e4nv": torch.float8_e4m3fn,
+          "i32": torch.int32, "i64": torch.int64}
+
+
 def _args(rec):
     """Valid arguments for every parameter: aligned tensors for pointers, 16-multiples for div16 ints."""
     args = {}
     for p in rec["params"]:
         if p["type"].startswith("*"):
-            args[p["name"]] = torch.empty(64, dtype=torch.float32)
+            args[p["name"]] = torch.empty(64, dtype=_DTYPE[p["type"][1:]])
         elif p["type"] == "fp32":
             args[p["name"]] = 0.5
         else:
@@ -68,6 +72,8 @@ def test_pack_enforces_the_compiled_contract(artifact):
     with pytest.raises(lpm_rt.ArtifactError, match="HEAD_DIM=32 but the cubin was compiled with HEAD_DIM=16"):
         k.pack({**args, "HEAD_DIM": 32})
     assert k.pack({**args, "HEAD_DIM": 16})                 # the compiled value is accepted
+    with pytest.raises(lpm_rt.ArtifactError, match="q_ptr is torch.float32 but the cubin was compiled for bf16"):
+        k.pack({**args, "q_ptr": torch.empty(64, dtype=torch.float32)})
     with pytest.raises(lpm_rt.ArtifactError, match="missing argument"):
         k.pack({n: v for n, v in args.items() if n != "q_ptr"})
     with pytest.raises(lpm_rt.ArtifactError, match="unknown arguments"):

@@ -1,5 +1,6 @@
-"""Artifacts shared by the AOT tests: compiled once per session, in a subprocess with
-TRITON_INTERPRET unset (tests/ops sets it process-wide, and interpreted kernels cannot be lowered)."""
+"""Artifacts shared by tests/aot and tests/ops (the aot backend): compiled once per session, in a
+subprocess with TRITON_INTERPRET unset (tests/ops sets it process-wide, and interpreted kernels
+cannot be lowered)."""
 
 import os
 import subprocess

@@ -1,0 +1,115 @@
+"""Where the Triton launchers' kernels come from: JIT (backend ``"triton"``) or the cubins of a
+loaded artifact (backend ``"aot"``, DESIGN section 5: no compiler on the device).
+
+A launcher describes a launch in two parts and leaves the choice of code to :func:`configure`:
+
+* ``semantic`` constexprs: what the call computes (dtypes of the data, PAGE_SIZE, FP8 flags,
+  the fused epilogue). An AOT kernel must match every one of them.
+* ``tiles``: how it is computed (BLOCK_M, num_warps, split-KV, ...). JIT uses the launcher's
+  picks; AOT takes the artifact's frozen ones, and the launcher sizes its grid from
+  ``launch.constexprs`` either way.
+
+``launch[grid](*args)`` then takes the kernel's runtime arguments in declaration order. On the
+AOT path they are named from the kernel's signature and handed to
+:meth:`lpm_rt.artifact.CubinKernel.launch`, which refuses any argument outside the compiled
+contract (pointer dtypes, alignment, specialized strides, divisibility). Among the artifact's
+specializations with the right semantics, the first whose contract accepts the arguments runs;
+if none does, :class:`ArtifactError` says why for each -- there is no JIT fallback.
+
+``FIX_ROUND`` and ``IEEE`` are numerics switches for the interpreter (numpy has no bf16/fp8
+rounding): they are not part of the match, and compiled kernels carry their GPU values.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from ..errors import ArtifactError
+
+__all__ = ["install", "installed", "uninstall", "configure", "kernel_key"]
+
+NUMERICS = ("FIX_ROUND", "IEEE")
+_CUBINS: dict[str, list] = {}          # "module.function" -> [CubinKernel], artifact order
+
+
+def kernel_key(fn) -> str:
+    """"csrc_triton.<module>.<function>" of a JIT (or interpreted) kernel: the manifest's ``kernel``."""
+    return f"{fn.fn.__module__}.{fn.fn.__name__}"
+
+
+def _declared_constexprs(fn) -> list:
+    sig = inspect.signature(fn.fn)
+    return [n for n, p in sig.parameters.items() if "constexpr" in str(p.annotation)]
+
+
+def install(kernels: dict) -> None:
+    """Make the AOT backend launch ``kernels`` ({name: CubinKernel}, from ``load_kernels``)."""
+    _CUBINS.clear()
+    for k in kernels.values():
+        _CUBINS.setdefault(k.record["kernel"], []).append(k)
+
+
+def uninstall() -> None:
+    _CUBINS.clear()
+
+
+def installed() -> bool:
+    return bool(_CUBINS)
+
+
+class _Jit:
+    def __init__(self, fn, constexprs: dict, num_warps: int, num_stages: int | None):
+        self.fn, self.constexprs = fn, constexprs
+        self.opts = dict(num_warps=num_warps) | ({} if num_stages is None else dict(num_stages=num_stages))
+
+    def __getitem__(self, grid):
+        return lambda *args: self.fn[grid](*args, **self.constexprs, **self.opts)
+
+
+class _Aot:
+    def __init__(self, fn, candidates: list, declared: list):
+        self.fn, self.candidates = fn, candidates
+        first = candidates[0].record["constexprs"]
+        self.constexprs = {n: first[n] for n in declared if n in first}
+        names = [n for n in inspect.signature(fn.fn).parameters if n not in declared]
+        self.names = names
+
+    def __getitem__(self, grid):
+        def run(*args):
+            if len(args) != len(self.names):
+                raise ArtifactError(f"{kernel_key(self.fn)}: {len(args)} arguments for {len(self.names)} parameters")
+            named = dict(zip(self.names, args))
+            why = []
+            for k in self.candidates:
+                try:
+                    k.pack(named)                   # the compiled contract, checked before the launch
+                except ArtifactError as e:
+                    why.append(str(e))
+                    continue
+                return k.launch(grid, named)
+            raise ArtifactError(f"no kernel of the artifact accepts this call of {kernel_key(self.fn)}: "
+                                + "; ".join(why))
+        return run
+
+
+def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int | None = None):
+    """-> a launch handle: ``handle.constexprs`` (semantic + tiles in use) and ``handle[grid](*args)``."""
+    from . import get_backend
+
+    if get_backend() != "aot":
+        return _Jit(fn, {**semantic, **tiles}, num_warps, num_stages)
+    key = kernel_key(fn)
+    if not _CUBINS:
+        raise ArtifactError("ops backend 'aot' without an artifact's kernels: load a GPU artifact "
+                            "(lpm_rt.load(DIR)) or select the 'triton' backend")
+    declared = _declared_constexprs(fn)
+    want = {n: v for n, v in semantic.items() if n not in NUMERICS}
+    have = _CUBINS.get(key, [])
+    match = [k for k in have if all(k.record["constexprs"].get(n) == v for n, v in want.items())]
+    if not match:
+        compiled = [{n: k.record["constexprs"].get(n) for n in want} for k in have]
+        raise ArtifactError(f"the artifact has no {key} compiled for {want} (it has {compiled or 'none'}); "
+                            "recompile it for this configuration (lpm-rt compile)")
+    tiles_of = lambda k: tuple(k.record["constexprs"].get(n) for n in declared)   # noqa: E731
+    match = [k for k in match if tiles_of(k) == tiles_of(match[0])]            # one grid for all
+    return _Aot(fn, match, declared)

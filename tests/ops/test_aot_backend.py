@@ -1,0 +1,163 @@
+"""The ``aot`` ops backend on a CPU: an h100 artifact of the tiny model drives the online step.
+
+Each manifest record stands in for its cubin: :class:`InterpretedCubin` checks the arguments
+against the compiled contract exactly as the device launch does (``CubinKernel.pack``: names,
+pointer dtypes, alignment, specialized strides, divisibility), then runs the same Triton
+function in the interpreter with the record's frozen constexprs (tiles, split-KV, epilogue
+flags). What is tested is everything the device launch depends on except the driver call:
+which specialization each op picks, the grid it sizes from the artifact's tiles, and every
+argument it passes. The JIT kernels are made unreachable meanwhile."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+
+import pytest
+import torch
+
+import lpm_rt
+import lpm_rt.ops as ops
+from lpm_rt.artifact import CubinKernel, _load_weights
+from lpm_rt.config import LPMConfig
+from lpm_rt.model.audio import MEL_HOP, MEL_WIN
+from lpm_rt.model.online import OnlineLPM
+from lpm_rt.ops import _launch
+
+from _checks import assert_sqnr
+
+
+class InterpretedCubin(CubinKernel):
+    """A manifest record whose "device" is Triton's interpreter (FIX_ROUND/IEEE: its numerics)."""
+
+    launched: list
+
+    def launch(self, grid, args, stream=0):
+        self.pack(args)                                    # raises outside the compiled contract
+        mod, fn_name = self.record["kernel"].rsplit(".", 1)
+        fn = REAL[(mod, fn_name)]
+        sig = inspect.signature(fn.fn).parameters
+        ce = {n: v for n, v in self.record["constexprs"].items() if n in sig and "constexpr" in str(sig[n].annotation)}
+        ce.update({n: True for n in _launch.NUMERICS if n in ce})
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        fn[grid](**args, **ce, num_warps=self.record["num_warps"])
+        self.launched.append(self.record["name"])
+
+
+REAL: dict = {}
+
+
+@pytest.fixture
+def aot_kernels(artifact, monkeypatch):
+    """Install the h100 artifact's records as InterpretedCubins; JIT launches raise."""
+    d = artifact("h100")
+    meta = json.loads((d / "manifest.json").read_text())
+    launched = []
+
+    class Forbidden:
+        def __init__(self, real):
+            self.fn = real.fn
+
+        def __getitem__(self, grid):
+            raise AssertionError(f"JIT launch of {self.fn.__name__} under the aot backend")
+
+    for rec in meta["kernels"]:
+        mod, fn_name = rec["kernel"].rsplit(".", 1)
+        m = importlib.import_module(mod)
+        real = REAL.setdefault((mod, fn_name), getattr(m, fn_name))
+        monkeypatch.setattr(m, fn_name, Forbidden(real))
+    kernels = {}
+    for rec in meta["kernels"]:
+        k = InterpretedCubin(rec)
+        k.launched = launched
+        kernels[rec["name"]] = k
+    _launch.install(kernels)
+    yield d, meta, launched
+    _launch.uninstall()
+
+
+def _model(d, meta):
+    """The artifact's weights on the CPU in its activation dtype (what load_artifact puts on the GPU)."""
+    cfg = LPMConfig.from_dict(meta["config"])
+    cfg = cfg.replace(stream=cfg.stream.replace(backbone_steps=1),
+                      runtime=cfg.runtime.replace(dtype="bf16", kv_dtype="fp8", max_sessions=1))
+    model = OnlineLPM(cfg)
+    assert _load_weights(d, meta, model, torch.float32, fp8_gemms=True) > 0
+    model.backbone.to(torch.bfloat16)
+    model.refiner.to(torch.bfloat16)
+    return model.eval()
+
+
+def _stream(model, backend, n_chunks=2):
+    cfg = model.cfg
+    s, m = cfg.stream, cfg.model
+    C, spl = s.chunk_frames, m.vae_temporal * 1000
+    ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl
+    g = torch.Generator().manual_seed(1)
+    spk, lis = (torch.cat([torch.zeros(1, ctx), torch.randn(1, n_chunks * C * spl, generator=g) * 0.1], 1)
+                for _ in range(2))
+    ref_lat = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, generator=g).bfloat16()
+    prev = ops.get_backend()
+    ops.set_backend(backend)
+    try:
+        state = model.open_stream(ref_lat, torch.tensor([0, 2]), "smile", seed=5)
+        cap, video = [], []
+        for c in range(n_chunks):
+            sl = slice(c * C * spl, (c + 1) * C * spl + ctx)
+            video.append(model.step(state, spk[:, sl], lis[:, sl], capture=cap))
+        state.close()
+    finally:
+        ops.set_backend(prev)
+    return torch.cat([c[1] for c in cap], 2).float(), torch.cat(video, 2)
+
+
+def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
+    """Every op of the step launches a compiled specialization, and the result is the JIT
+    kernels' result up to their different tiles: summation order, where a bf16 value or an fp8
+    code may round the other way. Measured bit-identical here (the tiny model's sums fit one
+    tile), so >= 60 dB; a 2 % error in one argument (the softmax scale) gives 38 dB."""
+    d, meta, launched = aot_kernels
+    model = _model(d, meta)
+    got, video = _stream(model, "aot")
+    roles = {r["name"]: r["role"] for r in meta["kernels"]}
+    used = {roles[n] for n in launched}
+    assert used == {"attention", "combine", "linear", "norm", "cache"}, used
+    _launch.uninstall()                                 # the JIT reference: same kernels, own tiles
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    want, want_video = _stream(model, "triton")
+    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
+    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+
+
+def test_a_call_no_specialization_accepts_is_refused(aot_kernels):
+    """fp32 activations against a bf16 artifact, and a head dim it was not compiled for: refused
+    with the reason, never compiled on the spot."""
+    _, meta, launched = aot_kernels
+    ops.set_backend("aot")
+    try:
+        x = torch.randn(2, 5, 64)
+        shift = scale = torch.zeros(2, 1, 64)
+        with pytest.raises(lpm_rt.ArtifactError, match="x_ptr is torch.float32 but the cubin was compiled for bf16"):
+            ops.norm_modulate(x, shift, scale, out_fp8=True)
+        with pytest.raises(lpm_rt.ArtifactError, match="no csrc_triton.norm_modulate._norm_modulate_kernel compiled"):
+            ops.norm_modulate(x.bfloat16(), shift, scale, out_fp8=False)
+        kp = torch.zeros(4, 8, 2, 32, dtype=torch.float8_e4m3fn)
+        sc = torch.ones(4, 2)
+        with pytest.raises(lpm_rt.ArtifactError, match="HEAD_DIM"):
+            ops.paged_attention(torch.randn(1, 3, 2, 32).bfloat16(), kp, kp, torch.zeros(1, 4, dtype=torch.int32),
+                                torch.tensor([8], dtype=torch.int32), sc, sc)
+    finally:
+        ops.set_backend("ref")
+    assert launched == []
+
+
+def test_aot_backend_needs_an_artifact():
+    _launch.uninstall()
+    ops.set_backend("aot")
+    try:
+        with pytest.raises(lpm_rt.ArtifactError, match="without an artifact's kernels"):
+            ops.norm_modulate(torch.randn(1, 2, 64), torch.zeros(1, 1, 64), torch.zeros(1, 1, 64))
+    finally:
+        ops.set_backend("ref")
