@@ -20,6 +20,7 @@ target=GPUTarget("cuda", sm, 32))``: no GPU is needed; ptxas ships in the triton
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
@@ -130,8 +131,10 @@ def _attention_combine_variants(ctx):
 
 
 def _linear_variants(ctx: BuildContext) -> list:
-    """One specialization per (weight-scale layout, epilogue) the DiT block linears use on fp8 targets:
-    q/k/v (bias), o (bias + gated residual), ffn up (bias + GELU), ffn down (bias + gated residual)."""
+    """One specialization per (weight-scale layout, epilogue, input form) the DiT block linears
+    use on fp8 targets. e4m3 input from norm_modulate: q|k|v and the cross-attention q (bias),
+    ffn up (bias + GELU). Activations quantized inside the GEMM: o of every attention and ffn down
+    (bias + gated residual), k/v of the audio and text tokens (bias)."""
     tgt, m = ctx.target, ctx.cfg.model
     fp8 = {f for f in ctx.weight_formats if f.startswith("fp8")}
     if not fp8:
@@ -141,19 +144,21 @@ def _linear_variants(ctx: BuildContext) -> list:
     out = []
     for fmt in sorted(fp8):
         block = fmt == WeightFormat.FP8_BLOCK.value
-        for epi, (gelu, residual, K, N) in dict(qkv=(False, False, m.dim, m.dim), o=(False, True, m.dim, m.dim),
-                                                ffn_up=(True, False, m.dim, m.ffn_dim),
-                                                ffn_down=(False, True, m.ffn_dim, m.dim)).items():
+        for epi, (gelu, residual, quant_x, K, N) in dict(
+                qkv=(False, False, False, m.dim, m.dim), o=(False, True, True, m.dim, m.dim),
+                ffn_up=(True, False, False, m.dim, m.ffn_dim), ffn_down=(False, True, True, m.ffn_dim, m.dim),
+                kv=(False, False, True, m.audio_dim, m.dim)).items():
             bk = 128      # the kernel promotes fp8 partial sums every 128 products (and 1x128 scale blocks)
             ce = dict(BLOCK_M=kc.tiles["BLOCK_M"], BLOCK_N=_clamp(kc.tiles["BLOCK_N"], N), BLOCK_K=bk,
-                      GROUP_M=8, BLOCK_SCALE=block, HAS_BIAS=True, GELU=gelu, RESIDUAL=residual, FIX_ROUND=False)
+                      GROUP_M=8, BLOCK_SCALE=block, HAS_BIAS=True, GELU=gelu, RESIDUAL=residual, FIX_ROUND=False,
+                      QUANT_X=quant_x)
             ints = dict(N=N, K=K, stride_xm=K, stride_xk=1, stride_wn=K, stride_wk=1,
                         stride_wsn=(K // 128) if block else 1, stride_wsk=1, stride_rn=1, stride_gn=1,
                         stride_om=N, stride_on=1)
             # gates are the fp32 adaLN vectors; without the residual epilogue both pointers are
             # the launcher's fp32 placeholder
-            ptr = dict(x_ptr="fp8e4nv", w_ptr="fp8e4nv", xs_ptr="fp32", ws_ptr="fp32", bias_ptr=act,
-                       res_ptr=act if residual else "fp32", gate_ptr="fp32", out_ptr=act)
+            ptr = dict(x_ptr=act if quant_x else "fp8e4nv", w_ptr="fp8e4nv", xs_ptr="fp32", ws_ptr="fp32",
+                       bias_ptr=act, res_ptr=act if residual else "fp32", gate_ptr="fp32", out_ptr=act)
             tag = "b128" if block else "ch"
             out.append(Variant(f"fp8_linear_{epi}_{tag}_{tgt.arch}_k{K}_n{N}", KERNELS_BY_FN["_fp8_linear_kernel"],
                                ptr, ce, ints, kc.num_warps, kc.num_stages, (), "linear"))
@@ -246,7 +251,7 @@ def signature_of(v: Variant) -> tuple[dict, dict, dict, list]:
     fn = v.entry.fn()
     declared = {p.name: p for p in fn.params}
     ce = {k: val for k, val in v.constexprs.items() if k in declared}
-    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in ce and p.default is p.empty]
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in ce and p.default is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"{v.entry.function}: table entry lacks constexpr(s) {missing}")
     sig, attrs, params = {}, {}, []

@@ -13,6 +13,10 @@ holds an unscaled sum across blocks with different scales. Rows of residual/gate
 as (m // L, m % L) with their own strides, so a per-sample gate ([B, 1, N], stride 0 over L) or
 a strided ``chunk(6)`` view is read in place.
 
+QUANT_X: x is a bf16/fp16/fp32 activation instead of (x8, xs): the kernel takes each row's
+scale from a first pass over K (amax / 448) and quantizes tiles to e4m3 as it loads them, so a
+producer that cannot see whole rows (attention, the FFN's first GEMM) needs no quantize launch.
+
 dtypes: x8, w8 float8_e4m3fn (sm_89+), scales fp32, bias/residual/gate any float, out fp32/fp16/bf16.
 Limits: with BLOCK_SCALE, K % 128 == 0 and BLOCK_K divides 128.
 """
@@ -34,7 +38,7 @@ def _fp8_linear_kernel(
     stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr,
+    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr = False,
 ):
     # grouped launch order: GROUP_M row-tiles sweep the N tiles together, so a weight tile is
     # reused from L2 by GROUP_M programs in flight instead of being re-read from HBM
@@ -53,10 +57,21 @@ def _fp8_linear_kernel(
     mask_n = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    if QUANT_X:
+        # the producer left x in bf16/fp16/fp32: per-token scales from a first pass over the
+        # row, then each tile is quantized as it is loaded (quantize_fp8_rows, bit for bit)
+        amax = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            mask_k = (k0 + offs_k) < K
+            a = tl.load(x_ptrs + k0 * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
+        xs = tl.maximum(amax / 448.0, 1e-12)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         mask_k = (k0 + offs_k) < K
         a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        if QUANT_X:
+            a = cast_rne(tl.clamp(a.to(tl.float32) / xs[:, None], -448.0, 448.0), tl.float8e4nv, FIX_ROUND)
         b = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if BLOCK_SCALE:
             ws = tl.load(ws_ptr + offs_n * stride_wsn + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
@@ -67,7 +82,8 @@ def _fp8_linear_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+    if not QUANT_X:
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
     y = acc * xs[:, None]
     if not BLOCK_SCALE:
         ws = tl.load(ws_ptr + offs_n * stride_wsn, mask=mask_n, other=0.0)
@@ -108,7 +124,7 @@ def autotuned_fp8_linear():
     if _AUTOTUNED is None:
         cfgs = [triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["num_warps"],
                               num_stages=c["num_stages"]) for c in FP8_LINEAR_CONFIGS]
-        _AUTOTUNED = triton.autotune(configs=cfgs, key=["M", "N", "K", "BLOCK_SCALE"])(_fp8_linear_kernel)
+        _AUTOTUNED = triton.autotune(configs=cfgs, key=["M", "N", "K", "BLOCK_SCALE", "QUANT_X"])(_fp8_linear_kernel)
     return _AUTOTUNED
 
 

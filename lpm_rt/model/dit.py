@@ -173,18 +173,28 @@ class Block(nn.Module):
         qkv = sa.qkv_fp8(h).view(B, N, 3, C)                                   # one GEMM for q|k|v
         q = sa.norm_q(qkv[:, :, 0]).unflatten(-1, (sa.heads, sa.head_dim))
         k = sa.norm_k(qkv[:, :, 1]).unflatten(-1, (sa.heads, sa.head_dim))
-        v = qkv[:, :, 2].unflatten(-1, (sa.heads, sa.head_dim)).contiguous()
+        v = qkv[:, :, 2].unflatten(-1, (sa.heads, sa.head_dim))
         att = attend(q, k, v).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
         if context is not None:
-            x = self.cross_attn.o(self.cross_attn.cross_heads(self.norm3(x), context), residual=x)
+            x = self.cross_attn.o(self.cross_attn.cross_heads(self._affine_norm("norm3", x), context), residual=x)
         if audio is not None:
-            h = self.norm_audio(x).view(B * Fr, T, C)
+            h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
             x = self.audio_attn.o(self.audio_attn.cross_heads(h, audio.flatten(0, 1)),
                                   residual=x.view(B * Fr, T, C)).view(B, N, C)
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
         y = self.ffn[0](h, act="gelu_tanh")
         return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
+
+
+    def _affine_norm(self, name: str, x):
+        """An affine LayerNorm of the fp8 form: ``norm_modulate`` with e4m3 output (the pair
+        the next FP8 GEMM takes); other norms (Identity) as they are. x: [B, L, C]."""
+        bits = getattr(self, f"{name}_mod_bits", None)
+        if bits is None:
+            return getattr(self, name)(x)
+        mod = bits.view(torch.float32)
+        return ops.norm_modulate(x, mod[0], mod[1], self.eps, out_fp8=True)
 
 
 class Head(nn.Module):

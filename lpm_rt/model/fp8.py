@@ -9,8 +9,10 @@ the FFN) for an :class:`FP8Linear` and switches the blocks to their fused form
     attention               -> o + gated residual   (x + gate * o(attn), one GEMM epilogue)
     norm_modulate(out_fp8)  -> ffn.0 + GELU(tanh)   -> ffn.2 + gated residual
 
-Everything else (RMSNorm of q/k, RoPE, the cache write, attention itself, the cross-attention
-norms) is unchanged. With the ``ref`` ops backend the GEMMs are emulated in fp32 from the same
+The cross-attention LayerNorms run as ``norm_modulate`` too (:func:`norm_as_modulation`), so
+their e4m3 output feeds the q GEMMs; GEMMs whose input comes from attention or the FFN quantize
+it per token inside the kernel (``fp8_linear`` with ``x_scale=None``). Everything else
+(RMSNorm of q/k, RoPE, the cache write, attention itself) is unchanged. With the ``ref`` ops backend the GEMMs are emulated in fp32 from the same
 e4m3 values (``fp8_linear_ref``), with ``triton`` they run as FP8 tensor-core GEMMs.
 """
 
@@ -21,7 +23,7 @@ import torch.nn as nn
 
 from .. import ops
 
-__all__ = ["FP8Linear", "quantize_blocks_", "load_fp8_blocks_", "FP8_LINEARS"]
+__all__ = ["FP8Linear", "quantize_blocks_", "load_fp8_blocks_", "norm_as_modulation", "FP8_LINEARS"]
 
 # block-relative names of the quantized linears (the artifact's QUANTIZED_RE, per block)
 FP8_LINEARS = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn", "audio_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
@@ -29,7 +31,7 @@ FP8_LINEARS = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn", "audio_attn"
 
 class FP8Linear(nn.Module):
     """y = x @ (w8 * w_scale)^T + bias through ``ops.fp8_linear``. ``x``: a float tensor
-    [..., K] (quantized here, per token) or the (e4m3 [..., K], scales [...]) pair a producer
+    [..., K] (quantized per token inside the GEMM) or the (e4m3 [..., K], scales [...]) pair a producer
     such as ``norm_modulate(out_fp8=True)`` made. ``act``/``residual``/``gate``: the fused
     epilogue (GELU(tanh); ``residual + gate * y``)."""
 
@@ -64,7 +66,7 @@ class FP8Linear(nn.Module):
         return cls(w8, ws, lin.bias, lin.weight.dtype)
 
     def forward(self, x, *, act: str = "none", residual=None, gate=None):
-        x8, xs = x if isinstance(x, tuple) else ops.quantize_fp8_rows(x)
+        x8, xs = x if isinstance(x, tuple) else (x, None)           # None: quantized inside the GEMM
         return ops.fp8_linear(x8, xs, self.w8, self.w_scale, self.bias, act=act, residual=residual, gate=gate,
                               out_dtype=self.out_dtype)
 
@@ -95,7 +97,19 @@ def _convert_block_(blk: nn.Module, make) -> None:
         else:
             setattr(parent, leaf, q)
     _fuse_qkv_(blk.self_attn)
+    for norm in ("norm3", "norm_audio"):
+        mod = getattr(blk, norm)
+        if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:
+            blk.register_buffer(f"{norm}_mod_bits", norm_as_modulation(mod).view(torch.int32), persistent=False)
     blk.fp8 = True
+
+
+def norm_as_modulation(norm: nn.LayerNorm) -> torch.Tensor:
+    """An affine LayerNorm as ``norm_modulate``'s (shift, scale) rows [2, C] fp32:
+    LN(x) * w + b = LN(x) * (1 + (w - 1)) + b, so the cross-attention norms run in the same
+    kernel as adaLN and emit e4m3 for the next GEMM. Blocks keep it as int32 bits (a
+    non-persistent buffer that ``module.to(dtype)`` leaves alone), from the weights it is made of."""
+    return torch.stack([norm.bias.detach().float(), norm.weight.detach().float() - 1]).contiguous()
 
 
 def quantize_blocks_(net: nn.Module, block: int | None = None) -> nn.Module:

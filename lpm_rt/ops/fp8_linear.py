@@ -5,7 +5,8 @@
     out = residual + gate * y   if residual is given     (gate broadcastable to residual)
 
 x8: [..., K] float8_e4m3fn with per-token scales xs: [...] fp32 (``norm_modulate(..., out_fp8=True)``
-or ``quantize_fp8_rows`` produce them); w8: [N, K] float8_e4m3fn from ``quantize_fp8_weight``
+or ``quantize_fp8_rows`` produce them), or a bf16/fp16/fp32 activation with ``xs=None``: then it
+is quantized per token inside the GEMM (``quantize_fp8_rows``'s math, no extra launch); w8: [N, K] float8_e4m3fn from ``quantize_fp8_weight``
 (offline, in the AOT pipeline). Returns [..., N] in ``out_dtype``.
 """
 
@@ -46,6 +47,8 @@ def fp8_linear_ref(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=
                    out_dtype=torch.bfloat16, compute_dtype=torch.float32):
     if act not in ("none", "gelu_tanh"):
         raise ValueError(f"act {act!r} not in none/gelu_tanh")
+    if x_scale is None:
+        x8, x_scale = quantize_fp8_rows(x8)
     x = x8.to(compute_dtype) * x_scale.to(compute_dtype)[..., None]
     y = x @ _dequant_weight(w8, w_scale, compute_dtype).T
     if bias is not None:
@@ -80,14 +83,19 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
     from ._triton_util import check_device, interpreting
 
     f8 = torch.float8_e4m3fn
-    if x8.dtype != f8 or w8.dtype != f8:
+    quant_x = x_scale is None
+    if quant_x and x8.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"x without scales must be bf16/fp16/fp32 (quantized in the GEMM), got {x8.dtype}")
+    if (not quant_x and x8.dtype != f8) or w8.dtype != f8:
         raise TypeError(f"x8/w8 must be float8_e4m3fn, got {x8.dtype}/{w8.dtype}")
     if act not in ("none", "gelu_tanh"):
         raise ValueError(f"act {act!r} not in none/gelu_tanh")
     lead, K = tuple(x8.shape[:-1]), x8.shape[-1]
     N = w8.shape[0]
-    if w8.dim() != 2 or w8.shape[1] != K or tuple(x_scale.shape) != lead or x_scale.dtype != torch.float32:
-        raise ValueError(f"x8 {tuple(x8.shape)}, x_scale {tuple(x_scale.shape)}, w8 {tuple(w8.shape)} disagree")
+    if w8.dim() != 2 or w8.shape[1] != K or (not quant_x and (tuple(x_scale.shape) != lead
+                                                             or x_scale.dtype != torch.float32)):
+        raise ValueError(f"x8 {tuple(x8.shape)}, x_scale {None if quant_x else tuple(x_scale.shape)}, "
+                         f"w8 {tuple(w8.shape)} disagree")
     block = w_scale.dim() == 2
     if w_scale.dtype != torch.float32 or (block and (K % WEIGHT_BLOCK or tuple(w_scale.shape) != (N, K // WEIGHT_BLOCK))) \
             or (not block and tuple(w_scale.shape) != (N,)):
@@ -104,10 +112,11 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
     if residual is not None:
         res, g = _as_bln(residual, lead, N), _as_bln(_ones(N, x8.device) if gate is None else gate, lead, N)
     ws2 = w_scale if block else w_scale[:, None]
-    args = (x2, w8, x_scale.reshape(M), ws2, bias if bias is not None else dummy, res, g, out, M, N, K, L,
+    xs = dummy.view(1) if quant_x else x_scale.reshape(M)
+    args = (x2, w8, xs, ws2, bias if bias is not None else dummy, res, g, out, M, N, K, L,
             *x2.stride(), *w8.stride(), *ws2.stride(), *res.stride(), *g.stride(), *out.view(M, N).stride())
     flags = dict(BLOCK_SCALE=block, HAS_BIAS=bias is not None, GELU=act == "gelu_tanh",
-                 RESIDUAL=residual is not None, FIX_ROUND=interpreting())
+                 RESIDUAL=residual is not None, FIX_ROUND=interpreting(), QUANT_X=quant_x)
     if M == 0:
         return out
     if x8.is_cuda and get_backend() == "triton":   # JIT on a GPU: tile picked by the autotuner, per (M, N, K)
@@ -122,7 +131,7 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
 
 
 @torch.library.custom_op("lpm_rt::fp8_linear", mutates_args=())
-def _fp8_linear_op(x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor,
+def _fp8_linear_op(x8: torch.Tensor, x_scale: Optional[torch.Tensor], w8: torch.Tensor, w_scale: torch.Tensor,
                    bias: Optional[torch.Tensor], act: str, residual: Optional[torch.Tensor],
                    gate: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
     return _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)

@@ -70,6 +70,24 @@ def test_fp8_path_sqnr(triton_backend, block):
                 name="gated branch alone")
 
 
+@pytest.mark.parametrize("B,L,K,N,block,epilogue,x_dtype", [
+    pytest.param(2, 5, 96, 40, None, "residual", torch.bfloat16, id="odd-K-residual-bf16"),
+    pytest.param(1, 37, 256, 72, 128, "bias_gelu", torch.float32, id="block128-gelu-fp32"),
+    pytest.param(1, 1, 128, 64, None, "none", torch.float16, id="L1-fp16"),
+])
+def test_quantizes_activations_inside_the_gemm(triton_backend, B, L, K, N, block, epilogue, x_dtype):
+    """x_scale=None: the kernel takes per-token scales from a first pass over K and quantizes on
+    load -- the same codes and scales as quantize_fp8_rows, so the output is bit-identical to the
+    two-launch form (a zero row included: its scale is the 1e-12 floor), and the reference agrees."""
+    x, w, _, _, w8, ws, kw = make_case(B, L, K, N, block, epilogue, dtype=x_dtype)
+    x[0, 0] = 0
+    x8, xs = quantize_fp8_rows(x)
+    two_launch = fp8_linear(x8, xs, w8, ws, **kw)
+    fused = fp8_linear(x, None, w8, ws, **kw)
+    assert torch.equal(fused, two_launch)
+    assert torch.equal(fp8_linear_ref(x, None, w8, ws, **kw), fp8_linear_ref(x8, xs, w8, ws, **kw))
+
+
 def test_launcher_really_launches_triton(triton_backend, monkeypatch):
     launches = spy_triton(monkeypatch, "fp8_linear", "_fp8_linear_kernel")
     x, w, x8, xs, w8, ws, kw = make_case(1, 4, 128, 70, None, "none")
@@ -81,6 +99,8 @@ def test_bad_inputs_raise(triton_backend):
     x, w, x8, xs, w8, ws, kw = make_case(1, 4, 96, 16, None, "none")
     with pytest.raises(TypeError):
         fp8_linear(x, xs, w8, ws)
+    with pytest.raises(TypeError, match="without scales must be bf16/fp16/fp32"):
+        fp8_linear(x8, None, w8, ws)
     with pytest.raises(ValueError, match="w_scale"):
         fp8_linear(x8, xs, w8, ws[:, None].expand(16, 2).contiguous())
 
