@@ -38,7 +38,7 @@ def _fp8_linear_kernel(
     stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr = False,
+    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr,
 ):
     # grouped launch order: GROUP_M row-tiles sweep the N tiles together, so a weight tile is
     # reused from L2 by GROUP_M programs in flight instead of being re-read from HBM

@@ -117,9 +117,9 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128):
 
 def specs() -> list[Spec]:
     lin_ptr = {"x_ptr": "fp8e4nv", "w_ptr": "fp8e4nv", "xs_ptr": "fp32", "ws_ptr": "fp32", "bias_ptr": "bf16",
-               "res_ptr": "bf16", "gate_ptr": "bf16", "out_ptr": "bf16"}
+               "res_ptr": "bf16", "gate_ptr": "fp32", "out_ptr": "bf16"}
     lin_ce = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, BLOCK_SCALE=False, HAS_BIAS=True,
-                  GELU=True, RESIDUAL=False, FIX_ROUND=False)
+                  GELU=True, RESIDUAL=False, FIX_ROUND=False, QUANT_X=False)
     nm_ptr = {"x_ptr": "bf16", "shift_ptr": "bf16", "scale_ptr": "bf16", "y_ptr": "fp8e4nv", "ys_ptr": "fp32"}
     cw = {"k_ptr": "bf16", "v_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32", "slot_ptr": "i64",
           "kp_ptr": "fp8e4nv", "vp_ptr": "fp8e4nv", "ks_ptr": "fp32", "vs_ptr": "fp32", "q_ptr": "bf16",
@@ -137,6 +137,9 @@ def specs() -> list[Spec]:
         Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", lin_ptr,
              {**lin_ce, "BLOCK_SCALE": True, "GELU": False, "RESIDUAL": True}, 90, "QGMMA",
              "fp8_linear 1x128 blocks + gated residual", num_warps=8, num_stages=3),
+        Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", {**lin_ptr, "x_ptr": "bf16"},
+             {**lin_ce, "GELU": False, "RESIDUAL": True, "QUANT_X": True}, 90, "QGMMA",
+             "fp8_linear bf16 input quantized in-kernel + gated residual", num_warps=8, num_stages=3),
         Spec("csrc_triton.norm_modulate", "_norm_modulate_kernel", nm_ptr,
              dict(BLOCK_C=8192, RMS=False, FP8_OUT=True, FIX_ROUND=False), 90, None, "norm_modulate -> fp8, C 5120",
              num_warps=8),
@@ -153,10 +156,12 @@ def specs() -> list[Spec]:
 
     for i, c in enumerate(FP8_LINEAR_CONFIGS):                 # every tile the GPU autotuner may pick
         tile = {k: v for k, v in c.items() if k.isupper()}
-        out.append(Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", lin_ptr,
-                        {**lin_ce, **tile, "BLOCK_SCALE": True, "RESIDUAL": True}, 90, "QGMMA",
-                        f"fp8_linear autotune cfg {i} (block scales)", num_warps=c["num_warps"],
-                        num_stages=c["num_stages"]))
+        for quant_x in (False, True):                          # e4m3 input / bf16 quantized in-kernel
+            out.append(Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel",
+                            {**lin_ptr, "x_ptr": "bf16"} if quant_x else lin_ptr,
+                            {**lin_ce, **tile, "BLOCK_SCALE": True, "RESIDUAL": True, "QUANT_X": quant_x}, 90,
+                            "QGMMA", f"fp8_linear autotune cfg {i} (block scales{', bf16 x' if quant_x else ''})",
+                            num_warps=c["num_warps"], num_stages=c["num_stages"]))
     return out
 
 
