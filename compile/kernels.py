@@ -174,8 +174,13 @@ def _norm_modulate_variants(ctx: BuildContext) -> list:
     ce = dict(BLOCK_C=triton.next_power_of_2(m.dim), RMS=False, FP8_OUT=fp8_out, FIX_ROUND=False)
     ints = dict(C=m.dim, stride_xc=1, stride_hc=1, stride_sc=1, stride_yc=1, stride_xl=m.dim, stride_yl=m.dim,
                 stride_ql=1)
-    return [Variant(f"norm_modulate_{tgt.arch}_{act}{'_fp8out' if fp8_out else ''}_c{m.dim}",
-                    KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "norm")]
+    out = [Variant(f"norm_modulate_{tgt.arch}_{act}{'_fp8out' if fp8_out else ''}_c{m.dim}",
+                   KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "norm")]
+    if fp8_out:   # the fp8 block form's RMSNorms of q and k (lpm_rt.model.fp8): act dtype out
+        out.append(Variant(f"norm_modulate_rms_{tgt.arch}_{act}_c{m.dim}", KERNELS_BY_FN["_norm_modulate_kernel"],
+                           dict(ptr, y_ptr=act), dict(ce, RMS=True, FP8_OUT=False), ints, kc.num_warps,
+                           kc.num_stages, ("eps",), "norm"))
+    return out
 
 
 def _cache_write_variants(ctx: BuildContext) -> list:

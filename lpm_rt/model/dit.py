@@ -62,10 +62,29 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, eps: float, kv_dim: int | None = None):
         super().__init__()
         kv_dim = kv_dim or dim
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads, self.head_dim, self.q_dim = heads, dim // heads, dim
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(kv_dim, dim), nn.Linear(kv_dim, dim)
         self.o = nn.Linear(dim, dim)
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def norm_rows(self, x, rows: slice):
+        """RMSNorm of q and/or k rows ``x`` [..., R, C] (R = the rows ``rows`` selects of (q, k))
+        in one ``norm_modulate`` launch: the fp8 form's (:mod:`lpm_rt.model.fp8`), where
+        ``qk_mod_bits`` holds the norms' weights as (shift 0, scale w - 1). Else the modules."""
+        bits = getattr(self, "qk_mod_bits", None)
+        if bits is None:
+            norms = (self.norm_q, self.norm_k)[rows]
+            return torch.stack([n(x[..., i, :]) for i, n in enumerate(norms)], -2)
+        mod = bits.view(torch.float32)[rows]                                  # (R, 2, C)
+        R, C = x.shape[-2:]
+        y = ops.norm_modulate(x.reshape(-1, R, C), mod[:, 0], mod[:, 1], self.norm_q.eps, norm="rms")
+        return y.view(x.shape)
+
+    def _q(self, x):
+        return self.norm_rows(self.q(x)[..., None, :], slice(0, 1))[..., 0, :]
+
+    def _k(self, kv):
+        return self.norm_rows(self.k(kv)[..., None, :], slice(1, 2))[..., 0, :]
 
     def qkv(self, x, kv=None):
         kv = x if kv is None else kv
@@ -77,15 +96,19 @@ class Attention(nn.Module):
     def kv(self, kv):
         """The keys and values of a foreign stream: kv [B, Lk, kv_dim] -> (k, v) [B, H, Lk, D]
         each, laid out for :meth:`cross`. Fixed for a session's text: computed once, reused."""
-        k = self.norm_k(self.k(kv)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        v = self.v(kv).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        return k, v
+        if getattr(self, "kv_fp8", None) is not None:                         # fp8 form: one GEMM
+            kvp = self.kv_fp8(kv).unflatten(-1, (2, self.q_dim))
+            k, v = self.norm_rows(kvp[..., :1, :], slice(1, 2))[..., 0, :], kvp[..., 1, :]
+        else:
+            k, v = self._k(kv), self.v(kv)
+        return (k.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2),
+                v.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2))
 
     def cross_heads(self, x, kv):
         """Plain (unmasked, un-rotated) cross-attention before the output projection.
         x: [B, Lq, C]; kv: [B, Lk, kv_dim], or its precomputed :meth:`kv` pair. -> [B, Lq, C]."""
         k, v = kv if isinstance(kv, tuple) else self.kv(kv)
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))
+        q = self._q(x).unflatten(-1, (self.heads, self.head_dim))
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         return out.transpose(1, 2).flatten(2)
 
@@ -171,8 +194,9 @@ class Block(nn.Module):
         sa = self.self_attn
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift1, scale1, self.eps, out_fp8=True)
         qkv = sa.qkv_fp8(h).view(B, N, 3, C)                                   # one GEMM for q|k|v
-        q = sa.norm_q(qkv[:, :, 0]).unflatten(-1, (sa.heads, sa.head_dim))
-        k = sa.norm_k(qkv[:, :, 1]).unflatten(-1, (sa.heads, sa.head_dim))
+        qk = sa.norm_rows(qkv[:, :, :2], slice(0, 2))                          # one launch for both norms
+        q = qk[:, :, 0].unflatten(-1, (sa.heads, sa.head_dim))
+        k = qk[:, :, 1].unflatten(-1, (sa.heads, sa.head_dim))
         v = qkv[:, :, 2].unflatten(-1, (sa.heads, sa.head_dim))
         att = attend(q, k, v).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
@@ -224,6 +248,7 @@ class LPMDiT(nn.Module):
     def __init__(self, cfg: ModelConfig, num_layers: int | None = None):
         super().__init__()
         self.cfg = cfg
+        self._time_memo: dict = {}               # embed_time of the online step's fixed noise levels
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -243,6 +268,23 @@ class LPMDiT(nn.Module):
         e = self.time_embedding(sinusoidal_embedding_1d(self.cfg.freq_dim, t).to(self.patch_embedding.weight.dtype))
         e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim))
         return e, e0
+
+    def embed_timestep(self, value: float, frames: int, device):
+        """:meth:`embed_time` of one timestep ``value`` on all ``frames`` frames. Without grad it
+        is memoized: the online step's noise levels are the same few every chunk, and their
+        embedding (~15 small launches) is computed once per value, frames, device, dtype and
+        version of the weights it is made of (an optimizer step or a load bumps the version)."""
+        if torch.is_grad_enabled():
+            return self.embed_time(torch.full((1, frames), value, device=device))
+        params = (*self.time_embedding.parameters(), *self.time_projection.parameters())
+        key = (float(value), frames, str(device), self.patch_embedding.weight.dtype,
+               tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+        hit = self._time_memo.get(key)
+        if hit is None:
+            if len(self._time_memo) >= 64:
+                self._time_memo.clear()
+            hit = self._time_memo[key] = self.embed_time(torch.full((1, frames), value, device=device))
+        return hit
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: [B, C_z, F, H, W] -> tokens [B, F * h * w, C] (time-major, then rows)."""
@@ -284,10 +326,10 @@ class LPMDiT(nn.Module):
         return [blk.cross_attn.kv(context) for blk in self.blocks]
 
     def video_pass(self, x_tokens, t, attend_for_layer, context=None, audio=None):
-        """x_tokens: [B, F*T, C]; t: [B, F]; context: [B, L, C] embedded text, the list
-        :meth:`text_kv` made of it, or None; audio: (speaker, listener) windows [B, F, Ka, Da]
-        each, or None. Returns [B, F*T, patch_dim]."""
-        e, e0 = self.embed_time(t)
+        """x_tokens: [B, F*T, C]; t: [B, F] (or its :meth:`embed_time` pair); context: [B, L, C]
+        embedded text, the list :meth:`text_kv` made of it, or None; audio: (speaker, listener)
+        windows [B, F, Ka, Da] each, or None. Returns [B, F*T, patch_dim]."""
+        e, e0 = t if isinstance(t, tuple) else self.embed_time(t)
         x = x_tokens
         for i, blk in enumerate(self.blocks):
             a = None if audio is None else audio[i % 2]          # even: speaker, odd: listener

@@ -144,8 +144,8 @@ class OnlineLPM(nn.Module):
         s, m = self.cfg.stream, self.cfg.model
         C = s.chunk_frames
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
-        t = torch.full((1, C), 1000.0 * sigma, device=x.device)
-        out = net.video_pass(net.embed_patches(x), t, attn.layer, context, audio)
+        out = net.video_pass(net.embed_patches(x), net.embed_timestep(1000.0 * sigma, C, x.device), attn.layer,
+                             context, audio)
         return net.unpatchify(out, C, h, w)
 
     @torch.no_grad()

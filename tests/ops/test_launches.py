@@ -1,0 +1,86 @@
+"""The fp8 block form is a short fixed sequence of launches, nearly all of them Triton kernels
+(the refiner path of the kernels issue), and the online step's fixed-timestep embeddings are
+computed once. Counted at the torch dispatcher (``lpm_rt.benchmark.launches``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import lpm_rt.ops as ops
+from lpm_rt.benchmark.launches import LaunchCounter, block_launches
+from lpm_rt.config import KVDtype, preset
+from lpm_rt.model.dit import LPMDiT
+from lpm_rt.model.online import OnlineLPM
+
+SDPA = r"aten::_scaled_dot_product\w*"       # text/audio cross-attention (flash on GPU, its CPU twin here)
+FP8_BLOCK = [
+    "aten::add",                   # adaLN vectors: modulation + time embedding
+    "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3, per-token scales
+    "lpm_rt::fp8_linear",          # q|k|v in one GEMM
+    "lpm_rt::norm_modulate",       # RMSNorm of q and k, one launch
+    "lpm_rt::cache_write",         # RoPE, K smoothing, fp8 pages; q rotated in the same launch
+    "lpm_rt::paged_attention",     # over [refs | history | chunk]
+    "lpm_rt::fp8_linear",          # o, input quantized in the GEMM, x + gate * o
+    "lpm_rt::norm_modulate_fp8",   # text-attention LayerNorm -> e4m3
+    "lpm_rt::fp8_linear",          # text q
+    "lpm_rt::norm_modulate",       # RMSNorm of q
+    SDPA,                          # text K/V: computed once per session
+    "lpm_rt::fp8_linear",          # o + residual
+    "lpm_rt::norm_modulate_fp8",   # audio-attention LayerNorm -> e4m3
+    "lpm_rt::fp8_linear",          # audio q
+    "lpm_rt::norm_modulate",       # RMSNorm of q
+    "lpm_rt::fp8_linear",          # audio k|v in one GEMM (tokens quantized in the GEMM)
+    "lpm_rt::norm_modulate",       # RMSNorm of k
+    SDPA,                          # frame-local audio attention
+    "lpm_rt::fp8_linear",          # o + residual
+    "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3
+    "lpm_rt::fp8_linear",          # ffn up + GELU(tanh)
+    "lpm_rt::fp8_linear",          # ffn down + gated residual
+]
+
+
+def _model(fp8: bool):
+    cfg = preset("tiny")
+    cfg = cfg.replace(stream=cfg.stream.replace(backbone_steps=1),
+                      runtime=cfg.runtime.replace(kv_dtype=KVDtype.FP8, max_sessions=1))
+    model = OnlineLPM(cfg).init_weights(0).eval()
+    return model.quantize_fp8_() if fp8 else model
+
+
+@pytest.mark.parametrize("net", ["refiner", "backbone"])
+def test_fp8_block_is_a_fixed_sequence_of_launches(triton_backend, net):
+    got = block_launches(_model(fp8=True), net)
+    assert len(got["block"]) == len(FP8_BLOCK) and all(re.fullmatch(w, g) for w, g in zip(FP8_BLOCK, got["block"])), \
+        "\n".join(got["block"])
+    # the pass: the blocks plus the output head (its LayerNorm, modulation and projection)
+    layers = len(getattr(_model(False), net).blocks)
+    assert got["pass"] <= layers * len(FP8_BLOCK) + 6, got["pass"]
+
+
+def test_plain_form_launches_three_times_as_many(triton_backend):
+    """What the fp8 form replaced (same model, bf16-style linears and eager norms): measured 61."""
+    plain = block_launches(_model(fp8=False))["block"]
+    assert len(plain) >= 2.5 * len(FP8_BLOCK), len(plain)
+
+
+def test_timestep_embedding_is_memoized_and_follows_the_weights():
+    net = LPMDiT(preset("tiny").model).init_weights(0).eval()
+    want = lambda: net.embed_time(torch.full((1, 2), 500.0))            # noqa: E731
+    with torch.no_grad():
+        a = net.embed_timestep(500.0, 2, "cpu")
+        assert all(torch.equal(x, y) for x, y in zip(a, want()))
+        with LaunchCounter() as lc:
+            assert net.embed_timestep(500.0, 2, "cpu") is a
+        assert lc.ops == []
+        assert net.embed_timestep(250.0, 2, "cpu") is not a
+        next(net.time_projection.parameters()).add_(0.5)                  # an in-place update
+        b = net.embed_timestep(500.0, 2, "cpu")
+        assert b is not a and all(torch.equal(x, y) for x, y in zip(b, want()))
+        net.load_state_dict(LPMDiT(preset("tiny").model).init_weights(1).state_dict())
+        c = net.embed_timestep(500.0, 2, "cpu")
+        assert all(torch.equal(x, y) for x, y in zip(c, want())) and not torch.equal(c[1], b[1])
+    e = net.embed_timestep(500.0, 2, "cpu")                                # with grad: never memoized
+    assert e[1].requires_grad and e is not net.embed_timestep(500.0, 2, "cpu")
