@@ -207,6 +207,27 @@ def _cache_write_variants(ctx: BuildContext) -> list:
                     ptr, dict(ce, ROPE=False), prefill, kc.num_warps, kc.num_stages, (), "cache")]
 
 
+def _cross_attention_variants(ctx: BuildContext) -> list:
+    """Text attention (q norm fused; the session's keys are normed once) over the chunk's tokens,
+    and the frame-local audio attention (q and k norms fused; the window fits one key tile)."""
+    tgt, m, s = ctx.target, ctx.cfg.model, ctx.cfg.stream
+    kc = KERNEL_TABLES[tgt.name]["cross_attention"]
+    act = _TRITON_DT[tgt.act_dtype]
+    H, D, C = m.num_heads, m.head_dim, m.dim
+    ka = (m.audio_context + 1) * m.audio_tokens_per_frame
+    ptr = dict(q_ptr=act, k_ptr=act, v_ptr=act, qw_ptr=act, kw_ptr=act, o_ptr=act)
+    out = []
+    for kind, lq, k_norm, bn, kl in (("text", s.chunk_frames * s.tokens_per_frame, False, kc.tiles["BLOCK_N"], C),
+                                     ("audio", s.tokens_per_frame, True, max(16, triton.next_power_of_2(ka)), 2 * C)):
+        ce = dict(HEAD_DIM=D, BLOCK_M=_clamp(kc.tiles["BLOCK_M"], lq), BLOCK_N=bn, Q_NORM=True, K_NORM=k_norm,
+                  IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
+        ints = dict(Lq=lq, H=H, stride_qd=1, stride_qh=D, stride_ql=C, stride_kd=1, stride_kh=D, stride_kl=kl,
+                    stride_vd=1, stride_vh=D, stride_vl=kl, stride_od=1, stride_oh=D, stride_ol=C)
+        out.append(Variant(f"cross_attention_{kind}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_kernel"],
+                           ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps", "qk_scale"), "cross_attention"))
+    return out
+
+
 KERNELS: tuple = (
     KernelEntry("paged_attention", "csrc_triton.paged_attention", "_paged_attn_fwd_kernel", _attention_variants),
     KernelEntry("paged_attention_combine", "csrc_triton.paged_attention", "_paged_attn_combine_kernel",
@@ -214,6 +235,7 @@ KERNELS: tuple = (
     KernelEntry("fp8_linear", "csrc_triton.fp8_linear", "_fp8_linear_kernel", _linear_variants),
     KernelEntry("norm_modulate", "csrc_triton.norm_modulate", "_norm_modulate_kernel", _norm_modulate_variants),
     KernelEntry("cache_write", "csrc_triton.cache_write", "_cache_write_kernel", _cache_write_variants),
+    KernelEntry("cross_attention", "csrc_triton.cross_attention", "_cross_attn_kernel", _cross_attention_variants),
 )
 KERNELS_BY_FN = {e.function: e for e in KERNELS}
 

@@ -109,6 +109,8 @@ KERNEL_TABLES: dict = {
         "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128)),
         "norm_modulate": KernelConfig(8, 1, {}),
         "cache_write": KernelConfig(8, 1, {}),
+        # short key streams (text, a frame's audio window): the head loop is the work
+        "cross_attention": KernelConfig(4, 1, dict(BLOCK_M=64, BLOCK_N=64)),
     },
     "orin": {
         # sm_87: 164 KB shared memory per SM, mma.sync; fp16 K/V
@@ -117,6 +119,7 @@ KERNEL_TABLES: dict = {
         "paged_attention_combine": KernelConfig(4, 1, dict(BLOCK_S=32)),
         "norm_modulate": KernelConfig(4, 1, {}),
         "cache_write": KernelConfig(4, 1, {}),
+        "cross_attention": KernelConfig(4, 1, dict(BLOCK_M=64, BLOCK_N=64)),
     },
 }
 

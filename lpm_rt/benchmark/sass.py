@@ -152,6 +152,16 @@ def specs() -> list[Spec]:
              dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=False, FIX_ROUND=False, SHIFT=False), 87,
              None, "cache_write RoPE fp16 (Orin)", num_warps=8),
     ]
+    ca = {n: "bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "o_ptr")}
+    ca_ce = dict(HEAD_DIM=128, BLOCK_M=64, BLOCK_N=64, Q_NORM=True, K_NORM=False, IEEE=False, FIX_ROUND=False)
+    out += [
+        Spec("csrc_triton.cross_attention", "_cross_attn_kernel", ca, ca_ce, 90, "HGMMA",
+             "cross_attention text, q norm, d128"),
+        Spec("csrc_triton.cross_attention", "_cross_attn_kernel", ca, {**ca_ce, "BLOCK_N": 16, "K_NORM": True}, 90,
+             "HGMMA", "cross_attention audio window, q+k norms, d128"),
+        Spec("csrc_triton.cross_attention", "_cross_attn_kernel", {n: "fp16" for n in ca}, ca_ce, 87, "HMMA",
+             "cross_attention fp16, d128 (Orin)"),
+    ]
     from csrc_triton.fp8_linear import FP8_LINEAR_CONFIGS
 
     for i, c in enumerate(FP8_LINEAR_CONFIGS):                 # every tile the GPU autotuner may pick

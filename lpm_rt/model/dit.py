@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import ops
 from ..config import ModelConfig
@@ -80,12 +79,6 @@ class Attention(nn.Module):
         y = ops.norm_modulate(x.reshape(-1, R, C), mod[:, 0], mod[:, 1], self.norm_q.eps, norm="rms")
         return y.view(x.shape)
 
-    def _q(self, x):
-        return self.norm_rows(self.q(x)[..., None, :], slice(0, 1))[..., 0, :]
-
-    def _k(self, kv):
-        return self.norm_rows(self.k(kv)[..., None, :], slice(1, 2))[..., 0, :]
-
     def qkv(self, x, kv=None):
         kv = x if kv is None else kv
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))   # (..., Lq, H, D)
@@ -93,24 +86,36 @@ class Attention(nn.Module):
         v = self.v(kv).unflatten(-1, (self.heads, self.head_dim))
         return q, k, v
 
+    def _kv_raw(self, kv):
+        """k (before its norm) and v of a foreign stream kv [B, Lk, kv_dim]: [B, Lk, C] each
+        (one GEMM in the fp8 form)."""
+        if getattr(self, "kv_fp8", None) is not None:
+            kvp = self.kv_fp8(kv).unflatten(-1, (2, self.q_dim))
+            return kvp[..., 0, :], kvp[..., 1, :]
+        return self.k(kv), self.v(kv)
+
     def kv(self, kv):
         """The keys and values of a foreign stream: kv [B, Lk, kv_dim] -> (k, v) [B, H, Lk, D]
-        each, laid out for :meth:`cross`. Fixed for a session's text: computed once, reused."""
-        if getattr(self, "kv_fp8", None) is not None:                         # fp8 form: one GEMM
-            kvp = self.kv_fp8(kv).unflatten(-1, (2, self.q_dim))
-            k, v = self.norm_rows(kvp[..., :1, :], slice(1, 2))[..., 0, :], kvp[..., 1, :]
-        else:
-            k, v = self._k(kv), self.v(kv)
+        each, keys normed, laid out for :meth:`cross`. Fixed for a session's text: computed
+        once, reused."""
+        k, v = self._kv_raw(kv)
+        k = self.norm_rows(k[..., None, :], slice(1, 2))[..., 0, :]
         return (k.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2),
                 v.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2))
 
     def cross_heads(self, x, kv):
-        """Plain (unmasked, un-rotated) cross-attention before the output projection.
-        x: [B, Lq, C]; kv: [B, Lk, kv_dim], or its precomputed :meth:`kv` pair. -> [B, Lq, C]."""
-        k, v = kv if isinstance(kv, tuple) else self.kv(kv)
-        q = self._q(x).unflatten(-1, (self.heads, self.head_dim))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
-        return out.transpose(1, 2).flatten(2)
+        """Plain (unmasked, un-rotated) cross-attention before the output projection, q's (and
+        for a raw stream k's) RMSNorm fused in (``ops.cross_attention``).
+        x: [B, Lq, C] (or the fp8 form's (e4m3, scales) pair); kv: [B, Lk, kv_dim], or its
+        precomputed :meth:`kv` pair. -> [B, Lq, C]."""
+        heads = lambda t: t.unflatten(-1, (self.heads, self.head_dim))      # noqa: E731
+        if isinstance(kv, tuple):
+            k, v, k_weight = kv[0].transpose(1, 2), kv[1].transpose(1, 2), None
+        else:
+            k, v = (heads(t) for t in self._kv_raw(kv))
+            k_weight = self.norm_k.weight
+        out = ops.cross_attention(heads(self.q(x)), k, v, self.norm_q.weight, k_weight, self.norm_q.eps)
+        return out.flatten(2)
 
     def cross(self, x, kv):
         """:meth:`cross_heads` then the output projection."""

@@ -1,0 +1,93 @@
+"""Cross-attention of video tokens over a short foreign stream (text or audio tokens), with the
+full-width RMSNorms of Wan's attention fused in.
+
+    q_n = RMSNorm_C(q) * wq            over all H*D channels of a token (Q_NORM)
+    k_n = RMSNorm_C(k) * wk            likewise per key token (K_NORM; needs Lk <= BLOCK_N)
+    out[b, i, h] = softmax_j(qk_scale * q_n[b, i, h] . k_n[b, j, h]) v[b, j, h]
+
+One program owns BLOCK_M query rows of one batch entry and walks every head, so it sees whole
+rows: a first pass over the heads gives each row's RMS, the second normalizes each head's tile
+as it attends. The key/value stream is short (a session's text, a frame's audio window), so the
+softmax runs online over BLOCK_N-key tiles; with K_NORM the keys fit one tile and their RMS is
+taken once per program. Output [B, Lq, H, D] in q's dtype, laid out for the o projection.
+
+The norms round as the torch modules do (``(x * rsqrt(mean x^2 + eps)).to(dtype) * w``); dots
+accumulate in fp32 (IEEE: fp32 operands, no TF32).
+"""
+
+import triton
+import triton.language as tl
+
+from ._fp import cast_rne
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _cross_attn_kernel(
+    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, o_ptr,
+    Lq, Lk, H, eps, qk_scale,
+    stride_qb, stride_ql, stride_qh, stride_qd,
+    stride_kb, stride_kl, stride_kh, stride_kd,
+    stride_vb, stride_vl, stride_vh, stride_vd,
+    stride_ob, stride_ol, stride_oh, stride_od,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q_NORM: tl.constexpr, K_NORM: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < Lq
+    C = H * HEAD_DIM
+    cdt = q_ptr.dtype.element_ty
+    q_rows = q_ptr + b * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd
+    k_rows = k_ptr + b * stride_kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd
+    v_rows = v_ptr + b * stride_vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd
+    if Q_NORM:
+        ss = tl.zeros([BLOCK_M], tl.float32)
+        for h in range(H):
+            x = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            ss += tl.sum(x * x, axis=1)
+        q_rstd = tl.rsqrt(ss / C + eps)
+    if K_NORM:                                     # every key in one tile (launcher: Lk <= BLOCK_N)
+        mask_k = offs_n < Lk
+        kss = tl.zeros([BLOCK_N], tl.float32)
+        for h in range(H):
+            x = tl.load(k_rows + h * stride_kh, mask=mask_k[:, None], other=0.0).to(tl.float32)
+            kss += tl.sum(x * x, axis=1)
+        k_rstd = tl.rsqrt(kss / C + eps)
+    for h in range(H):
+        q = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0)
+        if Q_NORM:
+            wq = tl.load(qw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
+            qn = cast_rne(q.to(tl.float32) * q_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
+            q = cast_rne(qn * wq[None, :], cdt, FIX_ROUND)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for n0 in range(0, Lk, BLOCK_N):
+            mask_n = (n0 + offs_n) < Lk
+            k = tl.load(k_rows + n0 * stride_kl + h * stride_kh, mask=mask_n[:, None], other=0.0)
+            if K_NORM:
+                wk = tl.load(kw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
+                kn = cast_rne(k.to(tl.float32) * k_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
+                k = cast_rne(kn * wk[None, :], cdt, FIX_ROUND)
+            s = _dot(q, tl.trans(k.to(cdt)), IEEE) * qk_scale
+            s = tl.where(mask_n[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_rows + n0 * stride_vl + h * stride_vh, mask=mask_n[:, None], other=0.0)
+            acc = acc * alpha[:, None] + _dot(cast_rne(p, cdt, FIX_ROUND), v.to(cdt), IEEE)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + b * stride_ob + offs_m[:, None] * stride_ol + h * stride_oh + offs_d[None, :] * stride_od,
+                 cast_rne(out, o_ptr.dtype.element_ty, FIX_ROUND), mask=mask_m[:, None])

@@ -1,0 +1,110 @@
+"""Cross-attention over a short foreign stream (a session's text, a frame's audio window) with
+Wan's full-width RMSNorms of q and k fused in.
+
+    q_n = RMSNorm(q.flatten(-2)) * q_weight        (over all H * D channels; skipped if None)
+    k_n = RMSNorm(k.flatten(-2)) * k_weight        (likewise; None for keys normed beforehand)
+    out[b, i, h] = softmax_j(sm_scale * q_n[b, i, h] . k_n[b, j, h]) v[b, j, h]
+
+q: [B, Lq, H, D]; k, v: [B, Lk, H, D], any strides (views of a fused k|v GEMM's output, or a
+session's [B, H, L, D] text keys transposed). Returns [B, Lq, H, D] in q's dtype, contiguous, so
+``.flatten(2)`` feeds the output projection without a copy. The Triton kernel needs
+Lk <= 128 when it norms the keys (every key in one tile: audio windows are a few tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cross_attention", "cross_attention_ref"]
+
+_LOG2E = 1.4426950408889634
+K_NORM_MAX_KEYS = 128
+
+
+def _rms(x, w, eps):
+    B, L, H, D = x.shape
+    xf = x.float().reshape(B, L, H * D)
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
+    return y.view(B, L, H, D)
+
+
+def cross_attention_ref(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm_scale=None):
+    """Pure torch: the norms as ``lpm_rt.model.dit.RMSNorm`` computes them, then SDPA."""
+    if q_weight is not None:
+        q = _rms(q, q_weight, eps)
+    if k_weight is not None:
+        k = _rms(k, k_weight, eps)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=sm_scale)
+    return out.transpose(1, 2)
+
+
+def _cross_attention_triton(q, k, v, q_weight, k_weight, eps, sm_scale):
+    import triton
+
+    from csrc_triton import cross_attention as kern
+
+    from ._launch import configure
+    from ._triton_util import check_device, ieee_dots, interpreting
+
+    if q.dim() != 4 or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"triton cross_attention: q must be [B, Lq, H, D] fp32/fp16/bf16, got "
+                         f"{tuple(q.shape)} {q.dtype}")
+    B, Lq, H, D = q.shape
+    if k.dim() != 4 or k.shape[0] != B or k.shape[2:] != (H, D) or v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} must be [B={B}, Lk, H={H}, D={D}]")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}/{k.dtype}/{v.dtype}")
+    if D < 16 or D > 256 or D & (D - 1):
+        raise ValueError(f"triton cross_attention: head_dim {D} must be a power of two in [16, 256]")
+    Lk = k.shape[1]
+    if Lk < 1:
+        raise ValueError("cross_attention needs at least one key")
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if w is not None and tuple(w.shape) != (H * D,):
+            raise ValueError(f"{name} must be [H*D={H * D}], got {tuple(w.shape)}")
+    if k_weight is not None and Lk > K_NORM_MAX_KEYS:
+        raise ValueError(f"triton cross_attention norms at most {K_NORM_MAX_KEYS} keys (one tile), got {Lk}")
+    check_device(q, k=k, v=v, q_weight=q_weight, k_weight=k_weight)
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    dummy = q.new_empty(1)
+    bn = max(16, triton.next_power_of_2(Lk)) if k_weight is not None else min(64, max(16, triton.next_power_of_2(Lk)))
+    launch = configure(kern._cross_attn_kernel,
+                       dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
+                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
+                       dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=bn),
+                       num_warps=4 if D <= 64 else 8)
+    bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
+    if k_weight is not None and Lk > bn:
+        raise ValueError(f"cross_attention with key norms: {Lk} keys exceed the kernel's tile of {bn}")
+    launch[(triton.cdiv(Lq, bm), B)](
+        q, k, v, dummy if q_weight is None else q_weight, dummy if k_weight is None else k_weight, out,
+        Lq, Lk, H, float(eps), sm_scale * _LOG2E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride())
+    return out
+
+
+@torch.library.custom_op("lpm_rt::cross_attention", mutates_args=())
+def _cross_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: Optional[torch.Tensor],
+                        k_weight: Optional[torch.Tensor], eps: float, sm_scale: Optional[float]) -> torch.Tensor:
+    return _cross_attention_triton(q, k, v, q_weight, k_weight, eps, sm_scale)
+
+
+@_cross_attention_op.register_fake
+def _(q, k, v, q_weight, k_weight, eps, sm_scale):
+    return q.new_empty(q.shape)
+
+
+def cross_attention(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm_scale=None):
+    """Launcher: the selected backend's kernel; same contract as the ref."""
+    from . import get_backend
+
+    if get_backend() == "ref":
+        return cross_attention_ref(q, k, v, q_weight, k_weight, eps, sm_scale)
+    return torch.ops.lpm_rt.cross_attention(q, k, v, q_weight, k_weight, float(eps), sm_scale)
