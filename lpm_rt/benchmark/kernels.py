@@ -26,7 +26,8 @@ import torch
 
 from ..config import preset
 
-OPS = ("paged_attention", "fp8_linear", "norm_modulate", "cache_write")
+OPS = ("paged_attention", "fp8_linear", "norm_modulate", "cache_write", "cross_attention")
+TEXT_TOKENS = 512               # Wan2.1's text length: the longest key stream the text attention sees
 SCORES_LIMIT = 8 << 30          # ref providers materialize [H, Lq, N] fp32 scores: skip beyond this
 F8, BF16 = torch.float8_e4m3fn, torch.bfloat16
 
@@ -53,6 +54,12 @@ def production_shapes(op: str, quick: bool = False) -> list[dict]:
                 out.append(dict(base, C=m.dim))
             elif op == "cache_write":
                 out.append(dict(base, N=lq, H=m.num_heads, D=m.head_dim, page_size=s.page_size))
+            elif op == "cross_attention":
+                ka = (m.audio_context + 1) * m.audio_tokens_per_frame
+                out += [dict(base, label=base["label"] + f" text Lk={TEXT_TOKENS}", Lq=lq, kv=TEXT_TOKENS,
+                             H=m.num_heads, D=m.head_dim, k_norm=False),
+                        dict(base, label=base["label"] + f" audio Lk={ka}", B=c, Lq=tpf, kv=ka,
+                             H=m.num_heads, D=m.head_dim, k_norm=True)]
     if op == "paged_attention":                                            # decode-like: split-KV
         out.append(dict(label="lpm-17b Lq=16 over 15 frames", preset="lpm-17b", B=1, M=16, Lq=16,
                         kv=15 * 1560, H=40, D=128, page_size=120))
@@ -152,6 +159,9 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "ref-compiled", "fp8", None if big else (lambda: compiled(x8, xs, w8, ws))
         yield "triton", "fp8", triton_call(ops.fp8_linear, x8, xs, w8, ws)
         yield "triton-block128", "fp8", triton_call(ops.fp8_linear, x8, xs, wb8, wbs)
+        # bf16 activations: quantize launch + GEMM, vs the quantization inside the GEMM (QUANT_X)
+        yield "quantize+triton", "fp8-bf16in", triton_call(lambda: ops.fp8_linear(*ops.quantize_fp8_rows(x), w8, ws))
+        yield "triton-quant-in-gemm", "fp8-bf16in", triton_call(ops.fp8_linear, x, None, w8, ws)
         yield "torch-matmul-bf16", "bf16", lambda: x @ w.T
         xs2, ws2, w8t = xs[:, None].contiguous(), ws[None, :].contiguous(), w8.T
         yield "scaled_mm", "fp8", lambda: torch._scaled_mm(x8, w8t, scale_a=xs2, scale_b=ws2, out_dtype=BF16)
@@ -179,6 +189,20 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "ref-eager", "fp8", lambda: ops.cache_write_ref(*args)
         yield "ref-compiled", "fp8", lambda: compiled(*args)
         yield "triton", "fp8", triton_call(ops.cache_write, *args)
+    elif op == "cross_attention":
+        g = torch.Generator(device="cpu").manual_seed(0)
+        B, Lq, Lk, H, D = sh["B"], sh["Lq"], sh["kv"], sh["H"], sh["D"]
+        q = torch.randn(B, Lq, H, D, generator=g).to(device, BF16)
+        kv = torch.randn(B, Lk, 2, H, D, generator=g).to(device, BF16)             # a fused k|v GEMM output
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        qw, kw = (torch.ones(H * D, device=device, dtype=BF16) for _ in range(2))
+        kw = kw if sh["k_norm"] else None
+        compiled = torch.compile(ops.cross_attention_ref)
+        yield "ref-eager", "bf16", lambda: ops.cross_attention_ref(q, k, v, qw, kw)
+        yield "ref-compiled", "bf16", lambda: compiled(q, k, v, qw, kw)
+        yield "triton", "bf16", triton_call(ops.cross_attention, q, k, v, qw, kw)
+        qc, kc, vc = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)       # norms excluded:
+        yield "sdpa-alone", "bf16", lambda: torch.nn.functional.scaled_dot_product_attention(qc, kc, vc)
 
 
 def work(op, sh, precision) -> tuple[float, float]:
@@ -186,7 +210,11 @@ def work(op, sh, precision) -> tuple[float, float]:
     if op == "paged_attention":
         return attention_flops(sh), attention_bytes(sh, 2, 1 if precision.startswith("fp8") else 2)
     if op == "fp8_linear":
+        if precision == "fp8-bf16in":
+            return linear_flops(sh), linear_bytes(sh, 1) + sh["M"] * sh["K"] * 1   # x read as bf16
         return linear_flops(sh), linear_bytes(sh, 1 if precision == "fp8" else 2)
+    if op == "cross_attention":
+        return attention_flops(sh), attention_bytes(sh, 2, 2)
     if op == "norm_modulate":
         return 0.0, norm_bytes(sh, 1 if precision == "fp8" else 2)
     return 0.0, cache_write_bytes(sh, 1)
@@ -261,7 +289,8 @@ def _run_op(op, quick, peaks, shapes, device) -> list[dict]:
             flops, nbytes = work(op, sh, precision)
             sec = t["median_ms"] * 1e-3
             row.update(t, tflops=flops / sec * 1e-12 if flops else None, gbps=nbytes / sec * 1e-9)
-            peak = peaks.get("fp8_tflops" if precision == "fp8" else "bf16_tflops")    # fp8kv: bf16 MMA
+            peak = peaks.get("fp8_tflops" if precision.startswith("fp8") and precision != "fp8kv"
+                             else "bf16_tflops")                                    # fp8kv: bf16 MMA
             row["frac_peak"] = (row["tflops"] / peak if flops and peak
                                 else row["gbps"] / peaks["copy_gbps"] if not flops else None)
             rows.append(row)
@@ -301,6 +330,7 @@ def cpu_smoke(op_filter=None) -> list[str]:
         "paged_attention": lambda: ops.paged_attention(q, kp, vp, table, lens),
         "norm_modulate": lambda: ops.norm_modulate(x, sft, scl),
         "fp8_linear": lambda: ops.fp8_linear(x8, xs, w8, ws, out_dtype=torch.float32),
+        "cross_attention": lambda: ops.cross_attention(q, kp[:1], vp[:1], torch.ones(32), torch.ones(32)),
     }
     lines, prev = [], ops.get_backend()
     try:
@@ -359,10 +389,11 @@ if __name__ == "__main__":
 def provider_names(op: str) -> list[str]:
     return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8",
                                 "sdpa-flash_attention", "sdpa-cudnn_attention", "sdpa-efficient_attention"],
-            "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "torch-matmul-bf16",
-                           "scaled_mm"],
+            "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
+                           "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm"],
             "norm_modulate": ["ref-eager", "ref-compiled", "triton", "triton-fp8out"],
-            "cache_write": ["ref-eager", "ref-compiled", "triton"]}[op]
+            "cache_write": ["ref-eager", "ref-compiled", "triton"],
+            "cross_attention": ["ref-eager", "ref-compiled", "triton", "sdpa-alone"]}[op]
 
 
 def pytest_benchmark_run(benchmark, op: str, shape: dict, provider: str) -> None:

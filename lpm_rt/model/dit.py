@@ -164,7 +164,7 @@ class Block(nn.Module):
         B, N, C = x.shape
         Fr = e.shape[1]
         T = N // Fr
-        mod = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)   # (B, F, 1, 6, C)
+        mod = self._modulation(e)                                              # (B, F, 1, 6, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(3)            # each (B, F, 1, C)
 
         def modulate(h, shift, scale):                                          # h: (B, N, C)
@@ -194,7 +194,7 @@ class Block(nn.Module):
         B, N, C = x.shape
         Fr = e.shape[1]
         T = N // Fr
-        mod = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)   # (B, F, 1, 6, C)
+        mod = self._modulation(e)                                              # (B, F, 1, 6, C)
         shift1, scale1, gate1, shift2, scale2, gate2 = (m.reshape(B * Fr, 1, C) for m in mod.unbind(3))
         sa = self.self_attn
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift1, scale1, self.eps, out_fp8=True)
@@ -215,6 +215,19 @@ class Block(nn.Module):
         y = self.ffn[0](h, act="gelu_tanh")
         return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
 
+
+    def _modulation(self, e):
+        """modulation + e, fp32 [B, F, 1, 6, C]. For a memoized timestep embedding
+        (``LPMDiT.embed_timestep``: the online step's fixed noise levels) the sum is memoized
+        with it, per block and version of this block's modulation, so it costs no launch."""
+        memo = getattr(e, "_lpm_memo", None)
+        if memo is None or torch.is_grad_enabled():
+            return (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)
+        key = (id(self), self.modulation._version, self.modulation.data_ptr())
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)
+        return hit
 
     def _affine_norm(self, name: str, x):
         """An affine LayerNorm of the fp8 form: ``norm_modulate`` with e4m3 output (the pair
@@ -289,6 +302,7 @@ class LPMDiT(nn.Module):
             if len(self._time_memo) >= 64:
                 self._time_memo.clear()
             hit = self._time_memo[key] = self.embed_time(torch.full((1, frames), value, device=device))
+            hit[1]._lpm_memo = {}             # the blocks' adaLN vectors of this timestep (Block._modulation)
         return hit
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ TINY = {
     "fp8_linear": dict(label="tiny", B=1, M=5, K=128, N=24),
     "norm_modulate": dict(label="tiny", B=1, M=5, C=32),
     "cache_write": dict(label="tiny", B=1, M=16, N=16, H=2, D=16, page_size=8),
+    "cross_attention": dict(label="tiny", B=2, M=5, Lq=5, kv=6, H=2, D=16, k_norm=True),
 }
 
 
@@ -50,7 +51,8 @@ def test_every_provider_runs(op, monkeypatch):
             assert "skipped" not in r, r
         if "skipped" not in r:
             assert r["median_ms"] == 1.0 and r["gbps"] > 0 and r["frac_peak"] > 0
-            assert (r["tflops"] is not None and r["tflops"] > 0) == (op in ("paged_attention", "fp8_linear"))
+            assert (r["tflops"] is not None and r["tflops"] > 0) == (op in ("paged_attention", "fp8_linear",
+                                                                             "cross_attention"))
     assert len(calls) == sum("skipped" not in r for r in rows)
     assert H.lpm_ops().get_backend() == "ref"
 

@@ -1,4 +1,4 @@
-"""The fp8 block form is a short fixed sequence of launches, all Triton kernels but one add
+"""The fp8 block form is a short fixed sequence of launches, all of them Triton kernels
 (the refiner path of the kernels issue), and the online step's fixed-timestep embeddings are
 computed once. Counted at the torch dispatcher (``lpm_rt.benchmark.launches``)."""
 
@@ -13,8 +13,7 @@ from lpm_rt.config import KVDtype, preset
 from lpm_rt.model.dit import LPMDiT
 from lpm_rt.model.online import OnlineLPM
 
-FP8_BLOCK = [
-    "aten::add",                   # adaLN vectors: modulation + time embedding
+FP8_BLOCK = [                      # (the adaLN vectors, modulation + time embedding: memoized)
     "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3, per-token scales
     "lpm_rt::fp8_linear",          # q|k|v in one GEMM
     "lpm_rt::norm_modulate",       # RMSNorm of q and k, one launch
@@ -55,7 +54,7 @@ def test_fp8_block_is_a_fixed_sequence_of_launches(triton_backend, net):
 
 def test_plain_form_launches_twice_as_many(triton_backend):
     """The plain form (same model: separate q/k/v linears, eager norms and adaLN arithmetic):
-    measured 40."""
+    measured 39."""
     plain = block_launches(_model(fp8=False))["block"]
     assert len(plain) >= 2 * len(FP8_BLOCK), len(plain)
 
@@ -70,6 +69,12 @@ def test_timestep_embedding_is_memoized_and_follows_the_weights():
             assert net.embed_timestep(500.0, 2, "cpu") is a
         assert lc.ops == []
         assert net.embed_timestep(250.0, 2, "cpu") is not a
+        blk = net.blocks[0]
+        first = blk._modulation(a[1])
+        assert blk._modulation(a[1]) is first and torch.equal(first, blk._modulation(a[1].clone()))
+        blk.modulation.add_(1.0)                                           # the block's own weights
+        assert torch.equal(blk._modulation(a[1]), blk._modulation(a[1].clone())) and not torch.equal(
+            blk._modulation(a[1]), first)
         next(net.time_projection.parameters()).add_(0.5)                  # an in-place update
         b = net.embed_timestep(500.0, 2, "cpu")
         assert b is not a and all(torch.equal(x, y) for x, y in zip(b, want()))

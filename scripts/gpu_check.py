@@ -1,0 +1,98 @@
+"""On a CUDA GPU: an h100 artifact streamed on its own cubins (the ``aot`` backend) against the
+same weights through the JIT Triton kernels, with per-chunk times and launch counts.
+
+    python scripts/gpu_check.py build/gpu/demo-h100 --out result.json
+
+Checks that matter for the AOT issue and can only run on a GPU: the cubins load and launch with
+cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), and
+the frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps).
+Per-chunk wall time: median over the chunks after two of warm-up, CUDA-synchronized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def stream(avatar, seconds: float, sync):
+    import numpy as np
+
+    from lpm_rt.assets import default_character
+
+    sr = avatar.spec.sample_rate
+    t = np.arange(int(seconds * sr)) / sr
+    pcm = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    refs = default_character(avatar.spec.height, avatar.spec.width)
+    frames, times = [], []
+    with avatar.open_session(references=refs, prompt="calm", seed=0) as sess:
+        step = sr // 2                                                 # push in half-second pieces
+        for i in range(0, len(pcm), step):
+            sync()
+            t0 = time.perf_counter()
+            sess.push_audio(pcm[i:i + step], sr)
+            got = list(sess.frames())
+            sync()
+            if got:
+                times.append(time.perf_counter() - t0)
+            frames += [f.image for f in got]
+        sess.flush()
+        frames += [f.image for f in sess.frames()]
+    return np.stack(frames).astype(np.float32), times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifact", help="an h100 artifact directory (lpm-rt compile --target h100)")
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    cache = tempfile.mkdtemp(prefix="triton-aot-")
+    os.environ["TRITON_CACHE_DIR"] = cache                   # before triton is imported
+    import torch
+
+    import lpm_rt
+    from lpm_rt.artifact import read_manifest
+    from lpm_rt.benchmark.launches import block_launches
+    from lpm_rt.config import RuntimeConfig
+
+    if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 2
+    sync = torch.cuda.synchronize
+    res = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, artifact=args.artifact)
+    meta = read_manifest(args.artifact)
+    aot = lpm_rt.load(args.artifact)                         # GPU artifact: the aot backend
+    res["backend"] = aot.model.cfg.runtime.ops_backend
+    res["kernels_loaded"] = len(getattr(aot, "kernels", {}))
+    v_aot, t_aot = stream(aot, args.seconds, sync)
+    res["triton_cache_files_after_aot"] = sum(len(f) for _, _, f in os.walk(cache))
+    tgt = meta["target"]
+    jit = lpm_rt.load(args.artifact, runtime=RuntimeConfig(device="cuda", dtype=tgt["act_dtype"],
+                                                           kv_dtype=tgt["kv_dtype"], ops_backend="triton"))
+    v_jit, t_jit = stream(jit, args.seconds, sync)
+    diff = (v_aot - v_jit)
+    res.update(frames=len(v_aot), max_abs_diff_255=float(abs(diff).max()) if diff.size else None,
+               mean_abs_diff_255=float(abs(diff).mean()) if diff.size else None,
+               chunk_ms_aot=1e3 * statistics.median(t_aot[2:] or t_aot),
+               chunk_ms_jit=1e3 * statistics.median(t_jit[2:] or t_jit))
+    try:
+        from lpm_rt import ops
+        ops.set_backend("aot")
+        res["refiner_block_launches"] = len(block_launches(aot.model)["block"])
+    except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
+        res["refiner_block_launches"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(res, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0 if res["triton_cache_files_after_aot"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

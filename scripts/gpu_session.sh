@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU check and figure the kernels and AOT issues wait on, in one device call (the lease is
+# minutes: one prepared command, results as JSON).
+#
+#   here, on the CPU host:   bash scripts/gpu_session.sh prepare      # h100 artifacts -> build/gpu/
+#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; ~8 minutes
+#
+# The device image has its own python3 with torch, triton, cuda-python and pytest; the project
+# runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
+# a failing step does not stop the others. Results: $OUT (bench/results/gpu-<date> when unset):
+# log.txt, aot_check.json, cold_aot.json, cold_jit.json, kernels.json, stream_*.json.
+set -uo pipefail
+mode=${1:-run}
+cd "$(dirname "$0")/.."
+
+if [ "$mode" = prepare ]; then
+    set -e
+    for m in demo tiny; do
+        .venv/bin/lpm-rt compile --model "$m" --target h100 --out "build/gpu/$m-h100"
+    done
+    du -sh build/gpu
+    exit 0
+fi
+
+OUT=${OUT:-bench/results/gpu-$(date +%Y%m%d)}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TRITON_DEFAULT_FP_FUSION=1
+PY=${PY:-python3}
+step() { echo; echo "=== $* ($(date +%T))"; }
+{
+    step environment
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+    git rev-parse HEAD 2>/dev/null
+
+    step "GPU tests: production shapes against the references"
+    LPM_TEST_GPU=1 timeout 180 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
+
+    step "the artifact on its cubins vs the JIT kernels"
+    timeout 150 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
+
+    step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
+    timeout 90 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --out "$OUT/cold_aot.json"
+    timeout 150 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
+        --runs 1 --out "$OUT/cold_jit.json"
+
+    step "kernel benchmarks (quick): providers side by side, fraction of measured peaks"
+    timeout 200 $PY -m lpm_rt.cli bench kernels --quick --out "$OUT/kernels.json"
+
+    step "stream benchmark: edge-1.3b at 480P, bf16, Triton, fp8 blocks"
+    timeout 120 $PY -m lpm_rt.cli bench stream --model edge-1.3b --device cuda --dtype bf16 --kv-dtype fp8 \
+        --backend triton --fp8 --seconds 8 --out "$OUT"
+    step done
+} 2>&1 | tee "$OUT/log.txt"
