@@ -190,6 +190,8 @@ def describe(path) -> dict:
             "target": meta["target"], "quantization": {k: v for k, v in meta["quantization"].items() if k != "layers"},
             "kernels": [k["name"] for k in meta["kernels"]], "onnx": sorted(f for f in meta["files"] if f.startswith("onnx/")),
             "toolchain": meta["toolchain"], "bytes": size, "integrity": integrity,
+            "ops_backend": "aot (the kernels above, launched with cuda-python; nothing compiled)"
+            if meta["target"].get("sm") is not None else "ref (pure torch)",
             "runnable_here": integrity == "ok" and not probs, "problems": probs}
 
 
@@ -306,6 +308,10 @@ class CubinKernel:
         tensors must have the compiled element type; integers declared ``div16`` must be
         multiples of 16; constexprs may be passed only with their compiled value. Raises
         ArtifactError on any violation of the compiled contract."""
+        return self.pack_args(args) + [ctypes.c_void_p(scratch[0]), ctypes.c_void_p(scratch[1])]
+
+    def pack_args(self, args: dict) -> list:
+        """:meth:`pack` without the scratch pointers (what :meth:`launch` appends)."""
         rec = self.record
         for name, val in rec.get("constexprs", {}).items():
             if name in args and args[name] != val:
@@ -335,22 +341,24 @@ class CubinKernel:
                 if p.get("div16") and int(v) % 16:
                     raise ArtifactError(f"{rec['name']}: {name}={v} must be a multiple of 16 (compiled so)")
                 out.append(_CTYPES[ty](float(v) if ty.startswith("fp") else int(v)))
-        return out + [ctypes.c_void_p(scratch[0]), ctypes.c_void_p(scratch[1])]
+        return out
 
     def scratch_bytes(self, grid) -> tuple:
         """Bytes of (global, profile) scratch a launch over ``grid`` needs (per program x programs)."""
         n = grid[0] * grid[1] * grid[2]
         return tuple(n * int(self.record.get(k, [0, 1])[0]) for k in ("global_scratch", "profile_scratch"))
 
-    def launch(self, grid, args: dict, stream: int | None = None) -> None:
+    def launch(self, grid, args: dict, stream: int | None = None, packed: list | None = None) -> None:
         """Launch on ``stream`` (a CUstream handle as int; default: torch's current stream, so
-        the launch is ordered with torch's work and lands in a CUDA graph being captured)."""
+        the launch is ordered with torch's work and lands in a CUDA graph being captured).
+        ``packed``: :meth:`pack_args` of ``args`` when the caller already checked them."""
         cu = _cu()
         if stream is None:
             stream = torch.cuda.current_stream().cuda_stream
         grid = tuple(grid) + (1,) * (3 - len(grid))
+        core = self.pack_args(args) if packed is None else packed
         bufs = [torch.empty(b, dtype=torch.uint8, device="cuda") if b else None for b in self.scratch_bytes(grid)]
-        vals = self.pack(args, tuple(0 if b is None else b.data_ptr() for b in bufs))
+        vals = core + [ctypes.c_void_p(0 if b is None else b.data_ptr()) for b in bufs]
         params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
         _check(cu.cuLaunchKernel(self.function, *grid, *self.block, int(self.record["shared"]), stream,
                                  ctypes.addressof(params), 0), f"cuLaunchKernel({self.record['name']})")

@@ -82,11 +82,11 @@ class _Aot:
             why = []
             for k in self.candidates:
                 try:
-                    k.pack(named)                   # the compiled contract, checked before the launch
+                    packed = k.pack_args(named)     # the compiled contract, checked before the launch
                 except ArtifactError as e:
                     why.append(str(e))
                     continue
-                return k.launch(grid, named)
+                return k.launch(grid, named, packed=packed)
             raise ArtifactError(f"no kernel of the artifact accepts this call of {kernel_key(self.fn)}: "
                                 + "; ".join(why))
         return run

@@ -33,7 +33,7 @@ class InterpretedCubin(CubinKernel):
 
     launched: list
 
-    def launch(self, grid, args, stream=0):
+    def launch(self, grid, args, stream=None, packed=None):
         self.pack(args)                                    # raises outside the compiled contract
         mod, fn_name = self.record["kernel"].rsplit(".", 1)
         fn = REAL[(mod, fn_name)]
