@@ -188,6 +188,8 @@ class RuntimeConfig:
     max_sessions: int = 4              # sizes the page pool (admission control beyond it)
     ops_backend: str = "ref"           # "ref" (pure torch), "triton" (JIT) or "aot" (an artifact's cubins)
     num_threads: int = 0               # torch intra-op threads on CPU; 0 = leave torch's default
+    cuda_graphs: bool = False          # replay each session's refiner pass as one CUDA graph (CUDA only;
+                                       # elsewhere the same static-buffer path runs eagerly)
 
     def __post_init__(self):
         object.__setattr__(self, "kv_dtype", KVDtype(self.kv_dtype))

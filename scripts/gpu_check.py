@@ -4,8 +4,10 @@ same weights through the JIT Triton kernels, with per-chunk times and launch cou
     python scripts/gpu_check.py build/gpu/demo-h100 --out result.json
 
 Checks that matter for the AOT issue and can only run on a GPU: the cubins load and launch with
-cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), and
-the frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps).
+cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), the
+frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps), and the
+refiner pass captured and replayed as a CUDA graph (``runtime.cuda_graphs``) gives the eager
+frames.
 Per-chunk wall time: median over the chunks after two of warm-up, CUDA-synchronized.
 """
 
@@ -81,6 +83,15 @@ def main(argv=None) -> int:
                mean_abs_diff_255=float(abs(diff).mean()) if diff.size else None,
                chunk_ms_aot=1e3 * statistics.median(t_aot[2:] or t_aot),
                chunk_ms_jit=1e3 * statistics.median(t_jit[2:] or t_jit))
+    # the refiner pass replayed as one CUDA graph per session (runtime.cuda_graphs), on the cubins
+    try:
+        rt = aot.model.cfg.runtime.replace(cuda_graphs=True)
+        graphs = lpm_rt.load(args.artifact, runtime=rt)
+        v_g, t_g = stream(graphs, args.seconds, sync)
+        res.update(graph_max_abs_diff_255=float(abs(v_g - v_aot).max()), chunk_ms_aot_graphs=1e3 * statistics.median(
+            t_g[2:] or t_g))
+    except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
+        res["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     try:
         from lpm_rt import ops
         ops.set_backend("aot")

@@ -142,3 +142,30 @@ def test_fp8_k_smoothing_is_wired(monkeypatch):
     sq = lambda x: float(20 * torch.log10(vd.norm() / (x - vd).norm()))   # noqa: E731
     assert sq(v8) > 25 and sq(v8) >= sq(v8_plain) - 1.0, f"smoothed {sq(v8):.1f} dB vs plain {sq(v8_plain):.1f} dB"
     print(f"fp8 pages: smoothed {sq(v8):.1f} dB, plain {sq(v8_plain):.1f} dB")
+
+
+@pytest.mark.parametrize("kv", [KVDtype.FP32, KVDtype.FP8])
+def test_refiner_replay_equals_the_plain_step(kv):
+    """runtime.cuda_graphs: the refiner pass from static buffers (what a CUDA graph replays; on
+    a CPU it runs eagerly) gives the plain step's video bit for bit, chunk after chunk, across
+    RoPE re-basing (time_limit is passed), with the same static buffers reused."""
+    def run(graphs):
+        model = _model(1, kv)
+        model.cfg = model.cfg.replace(runtime=model.cfg.runtime.replace(cuda_graphs=graphs))
+        s, m = model.cfg.stream, model.cfg.model
+        C, spl = s.chunk_frames, m.vae_temporal * 1000
+        ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl
+        g = torch.Generator().manual_seed(2)
+        state = model.open_stream(torch.randn(1, m.vae_z_dim, 1, s.latent_h, s.latent_w, generator=g),
+                                  torch.tensor([0]), "smile", seed=5)
+        n = s.time_limit // C + 2
+        video = [model.step(state, torch.randn(1, C * spl + ctx, generator=g) * 0.1,
+                            torch.randn(1, C * spl + ctx, generator=g) * 0.1) for _ in range(n)]
+        replay = state.rf_replay
+        state.close()
+        return torch.cat(video, 2), replay
+
+    plain, none = run(False)
+    replayed, replay = run(True)
+    assert none is None and replay is not None and replay.graph is None       # CPU: no capture
+    assert torch.equal(plain, replayed)
