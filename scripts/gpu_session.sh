@@ -50,5 +50,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
     step "stream benchmark: edge-1.3b at 480P, bf16, Triton, fp8 blocks"
     timeout 120 $PY -m lpm_rt.cli bench stream --model edge-1.3b --device cuda --dtype bf16 --kv-dtype fp8 \
         --backend triton --fp8 --seconds 8 --out "$OUT"
+    timeout 120 $PY -m lpm_rt.cli bench stream --model edge-1.3b --device cuda --dtype bf16 --kv-dtype fp8 \
+        --backend triton --fp8 --cuda-graphs --seconds 8 --out "$OUT"
     step done
 } 2>&1 | tee "$OUT/log.txt"

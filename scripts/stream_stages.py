@@ -8,6 +8,8 @@ refiner. Each is scored two ways against the world's mouth-opening labels:
   between characters) per latent frame, at lags 0-2 latent frames (x0 later than the labels);
 * pixels: the latents decoded by the model's VAE, measured by the world's analyzer, per video
   frame, at lags 0, 2 and 4 frames.
+* amplitude, both ways: the std of the reading over the std of the true opening (correlation
+  is scale-free: a faint but well-timed mouth still correlates).
 
 The ground truth's encoder latents give both ceilings. Comparing the rows says which stage (a
 backbone step, the refiner, the decoder) drops the lip sync.
@@ -100,15 +102,22 @@ def main(argv=None) -> int:
         with torch.no_grad():
             v = vae.decode(z)
         frames = ((v[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-        return {"latent_probe_by_lag": _lags(probe.read(z, mouth[:, :z.shape[2] * T])[0].numpy(), per_latent, range(3)),
-                "pixels_by_lag": _lags(analyzer.predict(frames)["mouth_open"], labels, (0, 2, 4))}
+        read = probe.read(z, mouth[:, :z.shape[2] * T])[0].numpy()
+        seen = analyzer.predict(frames)["mouth_open"]
+        # amplitude: correlation is scale-free, so a faint but well-timed mouth scores high; the
+        # std of the reading over the true opening's std says how far the mouth actually moves
+        return {"latent_probe_by_lag": _lags(read, per_latent, range(3)),
+                "pixels_by_lag": _lags(seen, labels, (0, 2, 4)),
+                "latent_amplitude": float(np.std(read) / max(np.std(per_latent), 1e-9)),
+                "pixel_amplitude": float(np.std(seen) / max(np.std(labels), 1e-9))}
 
     res = {"model": args.model, "seconds": args.seconds, "ground_truth": score(_encode(vae, conv.render(size)[:n * T]))}
     res.update({k: score(torch.cat(v, 2)) for k, v in rec.items()})
     for k, v in res.items():
         if isinstance(v, dict):
             print(f"{k:16s} latents {json.dumps({a: round(b, 3) for a, b in v['latent_probe_by_lag'].items()})}"
-                  f"  pixels {json.dumps({a: round(b, 3) for a, b in v['pixels_by_lag'].items()})}")
+                  f"  pixels {json.dumps({a: round(b, 3) for a, b in v['pixels_by_lag'].items()})}"
+                  f"  amplitude latents {v['latent_amplitude']:.2f} pixels {v['pixel_amplitude']:.2f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)

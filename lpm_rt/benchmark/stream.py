@@ -124,21 +124,24 @@ def main(argv=None) -> int:
     p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8"), default=None, help="history page dtype")
     p.add_argument("--backend", choices=("ref", "triton"), default=None, help="ops backend")
     p.add_argument("--fp8", action="store_true", help="block linears as e4m3 GEMMs with fused epilogues")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each session's refiner pass as one CUDA graph (runtime.cuda_graphs)")
     p.add_argument("--out", default="bench/results", help="directory for the JSON result")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     runtime = None
-    if a.device or a.dtype or a.kv_dtype or a.backend:
+    if a.device or a.dtype or a.kv_dtype or a.backend or a.cuda_graphs:
         from lpm_rt.config import RuntimeConfig
         kw = {k: v for k, v in (("device", a.device), ("dtype", a.dtype), ("kv_dtype", a.kv_dtype),
-                                ("ops_backend", a.backend)) if v}
+                                ("ops_backend", a.backend), ("cuda_graphs", a.cuda_graphs)) if v}
         runtime = RuntimeConfig(**kw)
     r = run_stream_bench(a.model, a.seconds, runtime=runtime, fp8=a.fp8)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = r["runtime"]["device"].split(":")[0]
-    tag = "".join(f"_{x}" for x in (r["runtime"]["ops_backend"] if a.backend else "", "fp8" if a.fp8 else "") if x)
+    tag = "".join(f"_{x}" for x in (r["runtime"]["ops_backend"] if a.backend else "", "fp8" if a.fp8 else "",
+                                    "graphs" if a.cuda_graphs else "") if x)
     path = out / f"stream_{Path(a.model).name}_{dev}{tag}.json"
     path.write_text(json.dumps(r, indent=2))
     print(json.dumps({k: r[k] for k in ("model", "trained", "resolution", "real_time_factor", "time_to_first_frame_s",
