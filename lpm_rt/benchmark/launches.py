@@ -6,7 +6,7 @@ split-KV attention: the combine); an aten op is at least one kernel. This is the
 the fused block form's "short fixed sequence of launches": a launch costs a few microseconds of
 CPU and GPU time whatever its size, which at the refiner's small shapes is what dominates.
 
-    python -m lpm_rt.benchmark.launches [--preset tiny] [--fp8|--no-fp8] [--backend triton|ref]
+    python -m lpm_rt.benchmark.launches [--preset tiny] [--fp8|--no-fp8] [--backend triton|ref] [--out F]
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
                     help="the fp8 block form (default) or the plain one")
     ap.add_argument("--backend", default="triton", choices=("triton", "ref"))
+    ap.add_argument("--out", default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
     if args.backend == "triton" and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -115,6 +116,11 @@ def main(argv=None) -> int:
           f"{len(r['block'])} launches per block, {r['pass']} per pass")
     for op, n in collections.Counter(r["block"]).most_common():
         print(f"  {n:3d}  {op}")
+    if args.out:
+        import json
+        with open(args.out, "w") as f:
+            json.dump(dict(preset=args.preset, net=args.net, form="fp8" if args.fp8 else "plain", backend=args.backend,
+                           block=r["block"], launches_per_block=len(r["block"]), launches_per_pass=r["pass"]), f, indent=1)
     return 0
 
 
