@@ -174,13 +174,8 @@ def _norm_modulate_variants(ctx: BuildContext) -> list:
     ce = dict(BLOCK_C=triton.next_power_of_2(m.dim), RMS=False, FP8_OUT=fp8_out, FIX_ROUND=False)
     ints = dict(C=m.dim, stride_xc=1, stride_hc=1, stride_sc=1, stride_yc=1, stride_xl=m.dim, stride_yl=m.dim,
                 stride_ql=1)
-    out = [Variant(f"norm_modulate_{tgt.arch}_{act}{'_fp8out' if fp8_out else ''}_c{m.dim}",
-                   KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "norm")]
-    if fp8_out:   # the fp8 block form's RMSNorms of q and k (lpm_rt.model.fp8): act dtype out
-        out.append(Variant(f"norm_modulate_rms_{tgt.arch}_{act}_c{m.dim}", KERNELS_BY_FN["_norm_modulate_kernel"],
-                           dict(ptr, y_ptr=act), dict(ce, RMS=True, FP8_OUT=False), ints, kc.num_warps,
-                           kc.num_stages, ("eps",), "norm"))
-    return out
+    return [Variant(f"norm_modulate_{tgt.arch}_{act}{'_fp8out' if fp8_out else ''}_c{m.dim}",
+                    KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "norm")]
 
 
 def _cache_write_variants(ctx: BuildContext) -> list:
@@ -189,10 +184,11 @@ def _cache_write_variants(ctx: BuildContext) -> list:
     act, kv = _TRITON_DT[tgt.act_dtype], _TRITON_DT[tgt.kv_dtype]
     H, D, ps = m.num_heads, m.head_dim, s.page_size
     ptr = dict(k_ptr=act, v_ptr=act, cos_ptr="fp32", sin_ptr="fp32", slot_ptr="i64", kp_ptr=kv, vp_ptr=kv,
-               ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act, shift_ptr="fp32")
+               ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act, shift_ptr="fp32", qw_ptr=act, kw_ptr=act)
     fp8 = tgt.kv_dtype == "fp8"                                     # K smoothing rides on fp8 pages
+    fp8_form = any(f.startswith("fp8") for f in ctx.weight_formats)  # its q/k RMSNorms run here
     ce = dict(PAGE_SIZE=ps, BLOCK_T=triton.next_power_of_2(ps), HALF_D=D // 2, ROPE=True,
-              FP8=fp8, FIX_ROUND=False, SHIFT=fp8)
+              FP8=fp8, FIX_ROUND=False, SHIFT=fp8, QK_NORM=fp8_form)
     ints = dict(**{f"stride_{x}d": 1 for x in ("k", "v", "q", "qo", "kp", "vp", "sh")}, stride_shh=D,
                 stride_cd=1, stride_sd=1,
                 **{f"stride_{x}h": D for x in ("k", "v", "q", "qo", "kp", "vp")},
@@ -200,11 +196,12 @@ def _cache_write_variants(ctx: BuildContext) -> list:
                 stride_cn=D // 2, stride_sn=D // 2)
     # per chunk: RoPE fused, q rotated in the same launch; once per session, the reference
     # prefill writes keys it rotated itself (cos/sin are the launcher's 1x1 placeholder)
+    ints["H"] = H
     prefill = dict(ints, stride_cn=1, stride_sn=1)
     return [Variant(f"cache_write_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
-                    ptr, ce, ints, kc.num_warps, kc.num_stages, (), "cache"),
+                    ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "cache"),
             Variant(f"cache_write_prefill_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
-                    ptr, dict(ce, ROPE=False), prefill, kc.num_warps, kc.num_stages, (), "cache")]
+                    ptr, dict(ce, ROPE=False, QK_NORM=False), prefill, kc.num_warps, kc.num_stages, ("eps",), "cache")]
 
 
 def _cross_attention_variants(ctx: BuildContext) -> list:

@@ -123,7 +123,7 @@ def specs() -> list[Spec]:
     nm_ptr = {"x_ptr": "bf16", "shift_ptr": "bf16", "scale_ptr": "bf16", "y_ptr": "fp8e4nv", "ys_ptr": "fp32"}
     cw = {"k_ptr": "bf16", "v_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32", "slot_ptr": "i64",
           "kp_ptr": "fp8e4nv", "vp_ptr": "fp8e4nv", "ks_ptr": "fp32", "vs_ptr": "fp32", "q_ptr": "bf16",
-          "qo_ptr": "bf16", "shift_ptr": "fp32"}
+          "qo_ptr": "bf16", "shift_ptr": "fp32", "qw_ptr": "bf16", "kw_ptr": "bf16"}
     comb = {"part_ptr": "fp32", "lse_ptr": "fp32", "o_ptr": "bf16"}
     out = [
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
@@ -146,10 +146,11 @@ def specs() -> list[Spec]:
         Spec("csrc_triton.norm_modulate", "_norm_modulate_kernel", {**nm_ptr, "y_ptr": "fp16"},
              dict(BLOCK_C=2048, RMS=True, FP8_OUT=False, FIX_ROUND=False), 87, None, "norm_modulate fp16 (Orin)"),
         Spec("csrc_triton.cache_write", "_cache_write_kernel", cw,
-             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=True, FIX_ROUND=False, SHIFT=True), 90,
-             None, "cache_write RoPE + K smoothing + fp8", num_warps=8),
+             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=True, FIX_ROUND=False, SHIFT=True,
+                  QK_NORM=True), 90, None, "cache_write q/k RMSNorm + RoPE + K smoothing + fp8", num_warps=8),
         Spec("csrc_triton.cache_write", "_cache_write_kernel", {**cw, "kp_ptr": "fp16", "vp_ptr": "fp16", "q_ptr": "fp16", "qo_ptr": "fp16"},
-             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=False, FIX_ROUND=False, SHIFT=False), 87,
+             dict(PAGE_SIZE=120, BLOCK_T=128, HALF_D=64, ROPE=True, FP8=False, FIX_ROUND=False, SHIFT=False,
+                  QK_NORM=False), 87,
              None, "cache_write RoPE fp16 (Orin)", num_warps=8),
     ]
     ca = {n: "bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "o_ptr")}

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.cache_write import rms_rows
 from .rope import grid_positions, rope_apply, rope_cos_sin
 
 __all__ = ["block_causal_mask", "token_positions", "DenseAttention", "PagedAttention", "RefPrefill"]
@@ -48,6 +49,14 @@ def _sdpa(q, k, v, mask=None):
     return out.transpose(1, 2)
 
 
+def _qk_norm(q, k, norm):
+    """Apply an ``attend(..., norm=(q_weight, k_weight, eps))`` request in torch (module rounding)."""
+    if norm is None:
+        return q, k
+    qw, kw, eps = norm
+    return rms_rows(q.flatten(0, -3), qw, eps).view(q.shape), rms_rows(k.flatten(0, -3), kw, eps).view(k.shape)
+
+
 class DenseAttention:
     """Whole-clip attention. ``ref_rope``/``video_rope``: (cos, sin) of the reference / video
     tokens; ``mask``: [Nv, Nv] bool among video tokens or None (bidirectional)."""
@@ -58,14 +67,16 @@ class DenseAttention:
         self.mask = mask
 
     def ref(self, i):
-        def attend(q, k, v):
+        def attend(q, k, v, norm=None):
+            q, k = _qk_norm(q, k, norm)
             q, k = rope_apply(q, *self.ref_rope), rope_apply(k, *self.ref_rope)
             self.ref_kv[i] = (k, v)
             return _sdpa(q, k, v)
         return attend
 
     def video(self, i):
-        def attend(q, k, v):
+        def attend(q, k, v, norm=None):
+            q, k = _qk_norm(q, k, norm)
             q, k = rope_apply(q, *self.video_rope), rope_apply(k, *self.video_rope)
             mask = self.mask
             if i in self.ref_kv:
@@ -83,7 +94,8 @@ class PagedAttention:
     block_table [1, max_pages] int32, kv_len [1] int32 (tokens of refs + history + this chunk),
     slot_mapping [N] int64 of this chunk's tokens, rope: (cos, sin) [N, D/2];
     k_shift: [layers, H, D] K smoothing of the session's references (fp8 pools) or None.
-    One launch writes K/V and rotates q (``cache_write(q=...)``), one attends."""
+    One launch writes K/V and rotates q (``cache_write(q=...)``; with ``norm`` it RMS-norms q and k
+    first, the fp8 block form's request), one attends."""
 
     def __init__(self, pool, block_table, kv_len, slot_mapping, rope, k_shift=None):
         self.pool, self.table, self.kv_len, self.slots = pool, block_table, kv_len, slot_mapping
@@ -93,9 +105,10 @@ class PagedAttention:
     def layer(self, i):
         shift = None if self.k_shift is None else self.k_shift[i]
 
-        def attend(q, k, v):
+        def attend(q, k, v, norm=None):
             kp, vp, ks, vs = self.pool.layer(i)
-            q = ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, self.cos, self.sin, q=q[0], k_shift=shift)
+            q = ops.cache_write(k[0], v[0], kp, vp, self.slots, ks, vs, self.cos, self.sin, q=q[0], k_shift=shift,
+                                qk_norm=norm)
             return ops.paged_attention(q[None], kp, vp, self.table, self.kv_len, ks, vs)
         return attend
 
@@ -112,8 +125,9 @@ class RefPrefill:
         self.k_shift = k_shift
 
     def layer(self, i):
-        def attend(q, k, v):
+        def attend(q, k, v, norm=None):
             kp, vp, ks, vs = self.pool.layer(i)
+            q, k = _qk_norm(q, k, norm)
             q, k = rope_apply(q, self.cos, self.sin), rope_apply(k, self.cos, self.sin)
             shift = None
             if self.k_shift is not None:

@@ -66,19 +66,6 @@ class Attention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def norm_rows(self, x, rows: slice):
-        """RMSNorm of q and/or k rows ``x`` [..., R, C] (R = the rows ``rows`` selects of (q, k))
-        in one ``norm_modulate`` launch: the fp8 form's (:mod:`lpm_rt.model.fp8`), where
-        ``qk_mod_bits`` holds the norms' weights as (shift 0, scale w - 1). Else the modules."""
-        bits = getattr(self, "qk_mod_bits", None)
-        if bits is None:
-            norms = (self.norm_q, self.norm_k)[rows]
-            return torch.stack([n(x[..., i, :]) for i, n in enumerate(norms)], -2)
-        mod = bits.view(torch.float32)[rows]                                  # (R, 2, C)
-        R, C = x.shape[-2:]
-        y = ops.norm_modulate(x.reshape(-1, R, C), mod[:, 0], mod[:, 1], self.norm_q.eps, norm="rms")
-        return y.view(x.shape)
-
     def qkv(self, x, kv=None):
         kv = x if kv is None else kv
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, self.head_dim))   # (..., Lq, H, D)
@@ -99,7 +86,7 @@ class Attention(nn.Module):
         each, keys normed, laid out for :meth:`cross`. Fixed for a session's text: computed
         once, reused."""
         k, v = self._kv_raw(kv)
-        k = self.norm_rows(k[..., None, :], slice(1, 2))[..., 0, :]
+        k = self.norm_k(k)
         return (k.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2),
                 v.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2))
 
@@ -199,11 +186,9 @@ class Block(nn.Module):
         sa = self.self_attn
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift1, scale1, self.eps, out_fp8=True)
         qkv = sa.qkv_fp8(h).view(B, N, 3, C)                                   # one GEMM for q|k|v
-        qk = sa.norm_rows(qkv[:, :, :2], slice(0, 2))                          # one launch for both norms
-        q = qk[:, :, 0].unflatten(-1, (sa.heads, sa.head_dim))
-        k = qk[:, :, 1].unflatten(-1, (sa.heads, sa.head_dim))
-        v = qkv[:, :, 2].unflatten(-1, (sa.heads, sa.head_dim))
-        att = attend(q, k, v).reshape(B * Fr, T, C)
+        q, k, v = (qkv[:, :, j].unflatten(-1, (sa.heads, sa.head_dim)) for j in range(3))
+        # the RMSNorms of q and k run in the cache write (paged attention) or in torch (dense)
+        att = attend(q, k, v, norm=(sa.norm_q.weight, sa.norm_k.weight, sa.norm_q.eps)).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
         if context is not None:
             x = self.cross_attn.o(self.cross_attn.cross_heads(self._affine_norm("norm3", x), context), residual=x)

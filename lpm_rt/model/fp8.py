@@ -11,11 +11,12 @@ the FFN) for an :class:`FP8Linear` and switches the blocks to their fused form
     norm_modulate(out_fp8)  -> ffn.0 + GELU(tanh)   -> ffn.2 + gated residual
 
 The cross-attention LayerNorms run as ``norm_modulate`` too (:func:`norm_as_modulation`), so
-their e4m3 output feeds the q GEMMs, and so do the RMSNorms of q and k (one launch for both in
-self-attention: ``Attention.norm_rows``); GEMMs whose input comes from attention or the FFN quantize
-it per token inside the kernel (``fp8_linear`` with ``x_scale=None``). Everything else
-(RoPE, the cache write, attention itself) is unchanged. With the ``ref`` ops backend the GEMMs are emulated in fp32 from the same
-e4m3 values (``fp8_linear_ref``), with ``triton`` they run as FP8 tensor-core GEMMs.
+their e4m3 output feeds the q GEMMs. The self-attention's RMSNorms of q and k run in the cache
+write (``attend(..., norm=...)``), the cross-attentions' in ``ops.cross_attention``. GEMMs
+whose input comes from attention or the FFN quantize it per token inside the kernel
+(``fp8_linear`` with ``x_scale=None``). With the ``ref`` ops backend the GEMMs are emulated in
+fp32 from the same e4m3 values (``fp8_linear_ref``), with ``triton``/``aot`` they run as FP8
+tensor-core GEMMs.
 """
 
 from __future__ import annotations
@@ -110,21 +111,11 @@ def _convert_block_(blk: nn.Module, make) -> None:
     _fuse_qkv_(blk.self_attn)
     _fuse_kv_(blk.cross_attn)
     _fuse_kv_(blk.audio_attn)
-    for attn in (blk.self_attn, blk.cross_attn, blk.audio_attn):
-        attn.register_buffer("qk_mod_bits", torch.stack([_rms_as_modulation(attn.norm_q),
-                                                         _rms_as_modulation(attn.norm_k)]).view(torch.int32),
-                             persistent=False)
     for norm in ("norm3", "norm_audio"):
         mod = getattr(blk, norm)
         if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:
             blk.register_buffer(f"{norm}_mod_bits", norm_as_modulation(mod).view(torch.int32), persistent=False)
     blk.fp8 = True
-
-
-def _rms_as_modulation(norm: nn.Module) -> torch.Tensor:
-    """RMSNorm(x) * w as norm_modulate(norm="rms") rows [2, C]: shift 0, scale w - 1."""
-    w = norm.weight.detach().float()
-    return torch.stack([torch.zeros_like(w), w - 1])
 
 
 def norm_as_modulation(norm: nn.LayerNorm) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from ..model.rope import rope_apply
 
-__all__ = ["cache_write", "cache_write_ref", "FP8_MAX"]
+__all__ = ["cache_write", "cache_write_ref", "rms_rows", "FP8_MAX"]
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
@@ -47,12 +47,25 @@ def _write(x, pages, scale, slot_mapping):
     flat.view(torch.uint8).index_copy_(0, slot_mapping, q.to(pages.dtype).view(torch.uint8))
 
 
+def rms_rows(x, w, eps):
+    """Wan's RMSNorm over all H * D channels of each token, rounded as the torch module does:
+    x [N, H, D], w [H * D] -> [N, H, D] in x's dtype."""
+    N, H, D = x.shape
+    xf = x.float().reshape(N, H * D)
+    return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w).view(N, H, D)
+
+
 def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None,
-                    cos=None, sin=None, *, q=None, k_shift=None):
+                    cos=None, sin=None, *, q=None, k_shift=None, qk_norm=None):
     """k, v: [N, H, D]; pages [P, page_size, H, D]; slot_mapping: [N] int64;
     k_scale/v_scale: [P, H] fp32 for fp8 pages (written); cos/sin: [N, D/2] (RoPE on k) or None.
     q: optional [N, H, D] queries of the same tokens: returns rope(q) (a new tensor), else None.
-    k_shift: optional [H, D] fp32 subtracted from the rotated keys (K smoothing)."""
+    k_shift: optional [H, D] fp32 subtracted from the rotated keys (K smoothing).
+    qk_norm: optional (q_weight [H*D], k_weight [H*D], eps): RMSNorm q and k first (:func:`rms_rows`)."""
+    if qk_norm is not None:
+        qw, kw, eps = qk_norm
+        k = rms_rows(k, kw, eps)
+        q = rms_rows(q, qw, eps) if q is not None else None
     if cos is not None:
         k = rope_apply(k, cos, sin)
     if k_shift is not None:
@@ -64,7 +77,8 @@ def cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=
     return None
 
 
-def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=None, k_shift=None):
+def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=None, k_shift=None,
+                        q_weight=None, k_weight=None, eps=1e-6):
     import triton
 
     from csrc_triton import cache_write as kern
@@ -97,6 +111,10 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
         raise ValueError(f"q must be [N={N}, H={H}, D={D}] and needs cos/sin")
     if k_shift is not None and tuple(k_shift.shape) != (H, D):
         raise ValueError(f"k_shift must be [H={H}, D={D}]")
+    norm = k_weight is not None
+    if norm and (q is None or q_weight is None or tuple(q_weight.shape) != (H * D,)
+                 or tuple(k_weight.shape) != (H * D,) or not q_weight.is_contiguous() or not k_weight.is_contiguous()):
+        raise ValueError(f"qk_norm needs q and contiguous q/k weights [H*D={H * D}]")
     check_device(k, v=v, k_pages=k_pages, v_pages=v_pages, slot_mapping=slot_mapping,
                  k_scale=k_scale, v_scale=v_scale, cos=cos, sin=sin, q=q, k_shift=k_shift)
     q_out = torch.empty(q.shape if q is not None else (0, H, D), dtype=q.dtype if q is not None else k.dtype,
@@ -112,10 +130,12 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     sh = k_shift if k_shift is not None else dummy
     launch = configure(kern._cache_write_kernel,
                        dict(PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
-                            ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None),
+                            ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
+                            QK_NORM=norm),
                        {}, num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
-    launch[(N // page_size, H, 3 if q is not None else 2)](
-        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo, sh,
+    wq, wk = (q_weight, k_weight) if norm else (qi.new_empty(1), qi.new_empty(1))
+    launch[(N // page_size, 1 if norm else H, 3 if q is not None else 2)](
+        k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo, sh, wq, wk, H, float(eps),
         *k.stride(), *v.stride(), *qi.stride(), *qo.stride(),
         *c.stride(), *s.stride(), *k_pages.stride(), *v_pages.stride(),
         *ks.stride(), *vs.stride(), *sh.stride())
@@ -127,18 +147,20 @@ def _cache_write_op(k: torch.Tensor, v: torch.Tensor, k_pages: torch.Tensor, v_p
                     slot_mapping: torch.Tensor, k_scale: Optional[torch.Tensor],
                     v_scale: Optional[torch.Tensor], cos: Optional[torch.Tensor],
                     sin: Optional[torch.Tensor], q: Optional[torch.Tensor],
-                    k_shift: Optional[torch.Tensor]) -> torch.Tensor:
+                    k_shift: Optional[torch.Tensor], q_weight: Optional[torch.Tensor],
+                    k_weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     """Returns rope(q), or an empty [0, H, D] tensor when q is None (custom ops return tensors)."""
-    return _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift)
+    return _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift,
+                               q_weight, k_weight, eps)
 
 
 @_cache_write_op.register_fake
-def _(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift):
+def _(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift, q_weight, k_weight, eps):
     return k.new_empty(q.shape if q is not None else (0, *k.shape[1:]), dtype=q.dtype if q is not None else k.dtype)
 
 
 def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None, cos=None, sin=None,
-                *, q=None, k_shift=None):
+                *, q=None, k_shift=None, qk_norm=None):
     """Launcher: the selected backend's kernel; same contract as the ref (returns rope(q) when q
     is given, else None), except that the triton kernel writes whole pages (N a multiple of
     page_size, each page_size-group of slots one page)."""
@@ -146,7 +168,8 @@ def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None
 
     if get_backend() == "ref":
         return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q,
-                               k_shift=k_shift)
+                               k_shift=k_shift, qk_norm=qk_norm)
+    qw, kw, eps = qk_norm if qk_norm is not None else (None, None, 1e-6)
     q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,
-                                         k_shift)
+                                         k_shift, qw, kw, float(eps))
     return q_rot if q is not None else None

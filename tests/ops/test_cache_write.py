@@ -187,3 +187,47 @@ def test_k_smoothing_keeps_attention_and_sharpens_fp8(triton_backend):
     plain, smoothed = sq(outs[torch.float8_e4m3fn, False]), sq(outs[torch.float8_e4m3fn, True])
     print(f"K smoothing: fp8 attention SQNR {plain:.1f} -> {smoothed:.1f} dB")
     assert smoothed >= plain + 3.0, f"K smoothing: fp8 attention SQNR {plain:.1f} -> {smoothed:.1f} dB"
+
+
+@pytest.mark.parametrize("dtype,page_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float8_e4m3fn)])
+def test_fused_qk_norm(triton_backend, dtype, page_dtype):
+    """QK_NORM: the full-width RMSNorms of q and k in the same launch (one program walks all
+    heads). Against the reference that norms with the module's rounding, then ropes and
+    writes: calibrated for fp32 (the rotated q) and fp32 pages; fp8 pages by SQNR and code
+    agreement. Heads carry very different scales, so a per-head norm would be far off."""
+    N, H, D, P, ps = 16, 4, 16, 5, 8
+    k, v, slots, cos, sin = make_case(N, H, D, ps, P, dtype)
+    g = torch.Generator().manual_seed(5)
+    scale = torch.tensor([0.1, 1.0, 3.0, 10.0])[None, :, None]
+    k = (k.float() * scale).to(dtype)
+    q = (torch.randn(N, H, D, generator=g) * scale).to(dtype)
+    qw, kw = ((1 + 0.3 * torch.randn(H * D, generator=g)).to(dtype) for _ in range(2))
+    shift = torch.randn(H, D, generator=g) if page_dtype == torch.float8_e4m3fn else None
+    kp, vp, ks, vs = new_pages(P, ps, H, D, page_dtype)
+    rkp, rvp, rks, rvs = new_pages(P, ps, H, D, page_dtype)
+    got = cache_write(k, v, kp, vp, slots, ks, vs, cos, sin, q=q, k_shift=shift, qk_norm=(qw, kw, 1e-6))
+    want = cache_write_ref(k, v, rkp, rvp, slots, rks, rvs, cos, sin, q=q, k_shift=shift, qk_norm=(qw, kw, 1e-6))
+    dbl = cache_write_ref(k.double(), v.double(), *new_pages(P, ps, H, D, torch.float64)[:2], slots, cos=cos.double(),
+                          sin=sin.double(), q=q.double(), qk_norm=(qw.double(), kw.double(), 1e-6))
+    if dtype == torch.float32:
+        assert_calibrated(got, want, dbl, floor=1e-5, name="normed, rotated q")
+        written = written_mask(P, ps, slots)
+        assert_calibrated(kp[written], rkp[written], rkp[written].double(), floor=1e-5, name="normed k pages")
+    else:
+        assert_sqnr(got, dbl, min_db=40.0, min_cos=0.9999, name="normed, rotated q (bf16)")
+        same = (kp.view(torch.uint8) == rkp.view(torch.uint8)).float().mean().item()
+        assert same >= 0.97, f"only {same:.3f} of fp8 codes equal the reference's"
+        pg = slots.div(ps, rounding_mode="floor").unique()
+        assert_calibrated(ks[pg], rks[pg], rks[pg].double(), floor=1e-3 * rks[pg].abs().max().item(), name="k scales")
+    check_untouched(kp, written_mask(P, ps, slots))
+
+
+def test_qk_norm_launches_one_program_per_page_and_tensor(triton_backend, monkeypatch):
+    launches = spy_triton(monkeypatch, "cache_write", "_cache_write_kernel")
+    k, v, slots, cos, sin = make_case(16, 4, 16, 8, 3)
+    kp, vp, _, _ = new_pages(3, 8, 4, 16, torch.float32)
+    w = torch.ones(64)
+    cache_write(k, v, kp, vp, slots, cos=cos, sin=sin, q=k.clone(), qk_norm=(w, w, 1e-6))
+    assert launches == [(2, 1, 3)]
+    with pytest.raises(ValueError, match="qk_norm needs q"):
+        cache_write(k, v, kp, vp, slots, cos=cos, sin=sin, qk_norm=(w, w, 1e-6))

@@ -16,8 +16,7 @@ from lpm_rt.model.online import OnlineLPM
 FP8_BLOCK = [                      # (the adaLN vectors, modulation + time embedding: memoized)
     "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3, per-token scales
     "lpm_rt::fp8_linear",          # q|k|v in one GEMM
-    "lpm_rt::norm_modulate",       # RMSNorm of q and k, one launch
-    "lpm_rt::cache_write",         # RoPE, K smoothing, fp8 pages; q rotated in the same launch
+    "lpm_rt::cache_write",         # RMSNorms of q and k, RoPE, K smoothing, fp8 pages; q out too
     "lpm_rt::paged_attention",     # over [refs | history | chunk]
     "lpm_rt::fp8_linear",          # o, input quantized in the GEMM, x + gate * o
     "lpm_rt::norm_modulate_fp8",   # text-attention LayerNorm -> e4m3
