@@ -200,7 +200,6 @@ class Block(nn.Module):
         y = self.ffn[0](h, act="gelu_tanh")
         return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
 
-
     def _modulation(self, e):
         """modulation + e, fp32 [B, F, 1, 6, C]. For a memoized timestep embedding
         (``LPMDiT.embed_timestep``: the online step's fixed noise levels) the sum is memoized

@@ -37,20 +37,26 @@ def kernel_key(fn) -> str:
     return f"{fn.fn.__module__}.{fn.fn.__name__}"
 
 
-def _declared_constexprs(fn) -> list:
-    sig = inspect.signature(fn.fn)
-    return [n for n, p in sig.parameters.items() if "constexpr" in str(p.annotation)]
+_HANDLES: dict = {}                    # (kernel, semantics) -> _Aot: the hot path looks up, once matched
+
+
+def _signature(fn) -> tuple[list, list]:
+    """(declared constexpr names, runtime parameter names in order) of a kernel."""
+    params = inspect.signature(fn.fn).parameters
+    declared = [n for n, p in params.items() if "constexpr" in str(p.annotation)]
+    return declared, [n for n in params if n not in declared]
 
 
 def install(kernels: dict) -> None:
     """Make the AOT backend launch ``kernels`` ({name: CubinKernel}, from ``load_kernels``)."""
-    _CUBINS.clear()
+    uninstall()
     for k in kernels.values():
         _CUBINS.setdefault(k.record["kernel"], []).append(k)
 
 
 def uninstall() -> None:
     _CUBINS.clear()
+    _HANDLES.clear()
 
 
 def installed() -> bool:
@@ -67,12 +73,10 @@ class _Jit:
 
 
 class _Aot:
-    def __init__(self, fn, candidates: list, declared: list):
-        self.fn, self.candidates = fn, candidates
+    def __init__(self, fn, candidates: list, declared: list, names: list):
+        self.fn, self.candidates, self.names = fn, candidates, names
         first = candidates[0].record["constexprs"]
         self.constexprs = {n: first[n] for n in declared if n in first}
-        names = [n for n in inspect.signature(fn.fn).parameters if n not in declared]
-        self.names = names
 
     def __getitem__(self, grid):
         def run(*args):
@@ -102,8 +106,11 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
     if not _CUBINS:
         raise ArtifactError("ops backend 'aot' without an artifact's kernels: load a GPU artifact "
                             "(lpm_rt.load(DIR)) or select the 'triton' backend")
-    declared = _declared_constexprs(fn)
     want = {n: v for n, v in semantic.items() if n not in NUMERICS}
+    memo = (key, tuple(sorted(want.items())))
+    if memo in _HANDLES:
+        return _HANDLES[memo]
+    declared, names = _signature(fn)
     have = _CUBINS.get(key, [])
     match = [k for k in have if all(k.record["constexprs"].get(n) == v for n, v in want.items())]
     if not match:
@@ -112,4 +119,5 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
                             "recompile it for this configuration (lpm-rt compile)")
     tiles_of = lambda k: tuple(k.record["constexprs"].get(n) for n in declared)   # noqa: E731
     match = [k for k in match if tiles_of(k) == tiles_of(match[0])]            # one grid for all
-    return _Aot(fn, match, declared)
+    handle = _HANDLES[memo] = _Aot(fn, match, declared, names)
+    return handle
