@@ -77,13 +77,20 @@ def crop_batch(batch: Batch, size: int, align: int, gen: torch.Generator) -> Bat
                  batch.ref_images[..., y:y + size, x:x + size].contiguous(), batch.ref_kinds, batch.tag_ids, mouth)
 
 
+def flicker(rec: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """Mean |frame-to-frame change of ``rec`` - that of ``video``| over [B, C, T, H, W] clips:
+    zero for an error that holds still (an offset, a blur that does not change), large for a
+    decoder whose output changes between frames where the clip does not."""
+    return ((rec[:, :, 1:] - rec[:, :, :-1]) - (video[:, :, 1:] - video[:, :, :-1])).abs().mean()
+
+
 def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1,
-             edge: float = 0.0, motion: float = 0.0, mouth: float = 0.0) -> dict:
+             edge: float = 0.0, motion: float = 0.0, mouth: float = 0.0, temporal: float = 0.0) -> dict:
     """Reconstruction (L1 + MSE, optionally edge-, motion- and mouth-weighted: :func:`edge_weight`,
     :func:`motion_weight`, :func:`mouth_weight`, the last two on the clip only) of the clip and of its first reference
-    as a still clip, + the latent-scale penalty (per channel: mean^2 +
-    (var - 1)^2). ``latent_noise`` is relative to the latents' current std, so the decoder's
-    robustness margin does not depend on their scale."""
+    as a still clip, + ``temporal`` x :func:`flicker` of the reconstruction, + the latent-scale
+    penalty (per channel: mean^2 + (var - 1)^2). ``latent_noise`` is relative to the latents'
+    current std, so the decoder's robustness margin does not depend on their scale."""
     video = batch.video                                                   # (B, 3, T, H, W)
     w_motion = motion_weight(video, motion) * mouth_weight(batch.mouth, mouth, tuple(video.shape[-2:]))
     B, R = batch.ref_images.shape[:2]
@@ -101,7 +108,12 @@ def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1,
     mean = z.mean(dim=(0, 2, 3, 4))
     var = z.var(dim=(0, 2, 3, 4))
     l_reg = (mean.pow(2) + (var - 1).pow(2)).mean()
-    return {"loss": l_rec + reg * l_reg, "rec": l_rec.detach(), "latent_std": var.detach().mean().sqrt()}
+    out = {"loss": l_rec + reg * l_reg, "rec": l_rec.detach(), "latent_std": var.detach().mean().sqrt()}
+    if temporal:
+        l_flicker = flicker(rec, video)
+        out["loss"] = out["loss"] + temporal * l_flicker
+        out["flicker"] = l_flicker.detach()
+    return out
 
 
 @torch.no_grad()
@@ -261,7 +273,8 @@ def train_base(args, dist: Dist) -> int:
         if args.vae_crop and step % 4 != 3:         # crops, with a whole frame every 4th step
             batch = crop_batch(batch, args.vae_crop, cfg.model.vae_spatial, g)
         out = vae_loss(model.vae, batch, g,
-                       edge=args.vae_edge, motion=args.vae_motion, mouth=args.vae_mouth)
+                       edge=args.vae_edge, motion=args.vae_motion, mouth=args.vae_mouth,
+                       temporal=getattr(args, "vae_temporal", 0.0))
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

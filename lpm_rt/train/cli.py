@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "world's clips, which know where the mouth is")
     b.add_argument("--mouth", type=float, default=0.0,
                    help="the same weight on the latent grid in the teacher's flow loss")
+    b.add_argument("--vae-temporal", type=float, default=0.0,
+                   help="weight of a temporal-consistency term in the VAE loss: L1 between the "
+                        "reconstruction's and the clip's frame-to-frame changes (decoder flicker)")
     b.add_argument("--sync", type=float, default=0.0,
                    help="weight of a lip-sync loss: a linear probe's reading of the mouth opening from the "
                         "predicted vs the true latents (lpm_rt.train.mouth; needs the world's clips)")

@@ -150,3 +150,26 @@ def test_audio_groups_split_the_audio_path():
     assert any(n.startswith("audio_encoder.") for n in got) and any(".audio_attn.o." in n for n in got)
     assert len(audio["params"]) + len(rest["params"]) == len(list(net.parameters()))
     assert not any("audio" in names[id(p)] for p in rest["params"])
+
+
+def test_flicker_ignores_still_errors_and_sees_changing_ones():
+    from lpm_rt.train.base import flicker
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(2, 3, 8, 6, 6, generator=g).cumsum(2)             # a clip that moves
+    assert flicker(video, video) == 0
+    offset = video + 0.3 * torch.randn(2, 3, 1, 6, 6, generator=g)          # the same error every frame
+    assert flicker(offset, video) < 1e-6
+    noisy = video + 0.3 * torch.randn(video.shape, generator=g)              # a new error every frame
+    assert flicker(noisy, video) > 0.2
+
+
+def test_vae_temporal_term_is_added_and_trains():
+    cfg = preset("tiny")
+    model = OnlineLPM(cfg).init_weights(0)
+    batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
+    plain = vae_loss(model.vae, batch, torch.Generator().manual_seed(1))
+    out = vae_loss(model.vae, batch, torch.Generator().manual_seed(1), temporal=2.0)
+    assert "flicker" not in plain and out["flicker"] > 0
+    assert torch.allclose(out["loss"], plain["loss"] + 2.0 * out["flicker"])
+    lv = _fit(model.vae.parameters(), lambda g: vae_loss(model.vae, batch, g, temporal=2.0)["loss"], 15, 3e-3)
+    assert lv[-1] < 0.8 * lv[0], f"vae loss {lv[0]:.4f} -> {lv[-1]:.4f}"
