@@ -67,3 +67,32 @@ def spy_triton(monkeypatch, op: str, kernel: str) -> list:
     monkeypatch.setattr(mod, f"{op}_ref", fallback)
     monkeypatch.setattr(kern, kernel, Spy())
     return launches
+
+
+def stream_chunks(model, backend: str, n_chunks: int = 2):
+    """Stream ``n_chunks`` of seeded random speaker/listener audio through an OnlineLPM with the
+    ops ``backend`` (two reference frames, prompt "smile"), restoring the previous backend.
+    -> (velocity of every chunk's last backbone step, fp32; the decoded video)."""
+    import lpm_rt.ops as ops
+    from lpm_rt.model.audio import MEL_HOP, MEL_WIN
+
+    s, m = model.cfg.stream, model.cfg.model
+    C, spl = s.chunk_frames, m.vae_temporal * 1000
+    ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl
+    g = torch.Generator().manual_seed(1)
+    spk, lis = (torch.cat([torch.zeros(1, ctx), torch.randn(1, n_chunks * C * spl, generator=g) * 0.1], 1)
+                for _ in range(2))
+    ref_lat = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, generator=g)
+    ref_lat = ref_lat.to(model.backbone.patch_embedding.weight.dtype)
+    prev = ops.get_backend()
+    ops.set_backend(backend)
+    try:
+        state = model.open_stream(ref_lat, torch.tensor([0, 2]), "smile", seed=5)
+        cap, video = [], []
+        for c in range(n_chunks):
+            sl = slice(c * C * spl, (c + 1) * C * spl + ctx)
+            video.append(model.step(state, spk[:, sl], lis[:, sl], capture=cap))
+        state.close()
+    finally:
+        ops.set_backend(prev)
+    return torch.cat([c[1] for c in cap], 2).float(), torch.cat(video, 2)

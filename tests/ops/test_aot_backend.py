@@ -21,11 +21,10 @@ import lpm_rt
 import lpm_rt.ops as ops
 from lpm_rt.artifact import CubinKernel, _load_weights
 from lpm_rt.config import LPMConfig
-from lpm_rt.model.audio import MEL_HOP, MEL_WIN
 from lpm_rt.model.online import OnlineLPM
 from lpm_rt.ops import _launch
 
-from _checks import assert_sqnr
+from _checks import assert_sqnr, stream_chunks
 
 
 class InterpretedCubin(CubinKernel):
@@ -89,29 +88,6 @@ def _model(d, meta):
     return model.eval()
 
 
-def _stream(model, backend, n_chunks=2):
-    cfg = model.cfg
-    s, m = cfg.stream, cfg.model
-    C, spl = s.chunk_frames, m.vae_temporal * 1000
-    ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl
-    g = torch.Generator().manual_seed(1)
-    spk, lis = (torch.cat([torch.zeros(1, ctx), torch.randn(1, n_chunks * C * spl, generator=g) * 0.1], 1)
-                for _ in range(2))
-    ref_lat = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, generator=g).bfloat16()
-    prev = ops.get_backend()
-    ops.set_backend(backend)
-    try:
-        state = model.open_stream(ref_lat, torch.tensor([0, 2]), "smile", seed=5)
-        cap, video = [], []
-        for c in range(n_chunks):
-            sl = slice(c * C * spl, (c + 1) * C * spl + ctx)
-            video.append(model.step(state, spk[:, sl], lis[:, sl], capture=cap))
-        state.close()
-    finally:
-        ops.set_backend(prev)
-    return torch.cat([c[1] for c in cap], 2).float(), torch.cat(video, 2)
-
-
 def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
     """Every op of the step launches a compiled specialization, and the result is the JIT
     kernels' result up to their different tiles: summation order, where a bf16 value or an fp8
@@ -119,14 +95,14 @@ def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
     tile), so >= 60 dB; a 2 % error in one argument (the softmax scale) gives 38 dB."""
     d, meta, launched = aot_kernels
     model = _model(d, meta)
-    got, video = _stream(model, "aot")
+    got, video = stream_chunks(model, "aot")
     roles = {r["name"]: r["role"] for r in meta["kernels"]}
     used = {roles[n] for n in launched}
     assert used == {"attention", "combine", "linear", "norm", "cache", "cross_attention"}, used
     _launch.uninstall()                                 # the JIT reference: same kernels, own tiles
     for (mod, fn_name), real in REAL.items():
         setattr(importlib.import_module(mod), fn_name, real)
-    want, want_video = _stream(model, "triton")
+    want, want_video = stream_chunks(model, "triton")
     assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
     assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lpm_rt.ops as ops
 from lpm_rt.config import KVDtype, preset
-from lpm_rt.model.audio import MEL_HOP, MEL_WIN
 from lpm_rt.model.online import OnlineLPM
 
-from _checks import assert_sqnr
+from _checks import assert_sqnr, stream_chunks
 
 
 def _stream(kv, backend, n_chunks=2, fp8_linears=False):
@@ -21,25 +19,7 @@ def _stream(kv, backend, n_chunks=2, fp8_linears=False):
     model = OnlineLPM(cfg).init_weights(3).eval()
     if fp8_linears:
         model.quantize_fp8_()
-    s, m = cfg.stream, cfg.model
-    C, spl = s.chunk_frames, m.vae_temporal * 1000
-    ctx = (MEL_WIN - MEL_HOP) + m.audio_context * spl
-    g = torch.Generator().manual_seed(1)
-    spk, lis = (torch.cat([torch.zeros(1, ctx), torch.randn(1, n_chunks * C * spl, generator=g) * 0.1], 1)
-                for _ in range(2))
-    ref_lat = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, generator=g)
-    prev = ops.get_backend()
-    ops.set_backend(backend)
-    try:
-        state = model.open_stream(ref_lat, torch.tensor([0, 2]), "smile", seed=5)
-        cap = []
-        for c in range(n_chunks):
-            sl = slice(c * C * spl, (c + 1) * C * spl + ctx)
-            model.step(state, spk[:, sl], lis[:, sl], capture=cap)
-        state.close()
-    finally:
-        ops.set_backend(prev)
-    return torch.cat([c[1] for c in cap], 2)                  # velocity of every chunk's last step
+    return stream_chunks(model, backend, n_chunks)[0]         # velocity of every chunk's last step
 
 
 @pytest.mark.parametrize("kv,min_db", [(KVDtype.FP32, 100.0), (KVDtype.FP8, 60.0)])
