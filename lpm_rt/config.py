@@ -188,8 +188,8 @@ class RuntimeConfig:
     max_sessions: int = 4              # sizes the page pool (admission control beyond it)
     ops_backend: str = "ref"           # "ref" (pure torch), "triton" (JIT) or "aot" (an artifact's cubins)
     num_threads: int = 0               # torch intra-op threads on CPU; 0 = leave torch's default
-    cuda_graphs: bool = False          # replay each session's refiner pass as one CUDA graph (CUDA only;
-                                       # elsewhere the same static-buffer path runs eagerly)
+    cuda_graphs: bool = False          # replay each session's per-chunk step as one CUDA graph (CUDA with
+                                       # triton/aot ops; elsewhere the same static-buffer path runs eagerly)
 
     def __post_init__(self):
         object.__setattr__(self, "kv_dtype", KVDtype(self.kv_dtype))
@@ -199,6 +199,9 @@ class RuntimeConfig:
             raise ValueError(f"ops_backend {self.ops_backend!r} not in ref/triton/aot")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if self.cuda_graphs and self.device.startswith("cuda") and self.ops_backend == "ref":
+            raise ValueError("cuda_graphs on CUDA needs the triton or aot ops backend (the reference paged "
+                             "attention reads sequence lengths on the host, which a graph cannot capture)")
 
     def replace(self, **kw) -> "RuntimeConfig":
         return dataclasses.replace(self, **kw)

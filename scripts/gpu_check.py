@@ -6,7 +6,7 @@ same weights through the JIT Triton kernels, with per-chunk times and launch cou
 Checks that matter for the AOT issue and can only run on a GPU: the cubins load and launch with
 cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), the
 frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps), and the
-refiner pass captured and replayed as a CUDA graph (``runtime.cuda_graphs``) gives the eager
+per-chunk step (backbone and refiner) captured and replayed as a CUDA graph (``runtime.cuda_graphs``) gives the eager
 frames.
 Per-chunk wall time: median over the chunks after two of warm-up, CUDA-synchronized.
 """
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                mean_abs_diff_255=float(abs(diff).mean()) if diff.size else None,
                chunk_ms_aot=1e3 * statistics.median(t_aot[2:] or t_aot),
                chunk_ms_jit=1e3 * statistics.median(t_jit[2:] or t_jit))
-    # the refiner pass replayed as one CUDA graph per session (runtime.cuda_graphs), on the cubins
+    # the per-chunk step replayed as one CUDA graph per session (runtime.cuda_graphs), on the cubins
     try:
         rt = aot.model.cfg.runtime.replace(cuda_graphs=True)
         graphs = lpm_rt.load(args.artifact, runtime=rt)

@@ -64,3 +64,11 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     with pytest.raises(ArtifactError, match="CUDA device"):
         lpm_rt.load("tiny", runtime=RuntimeConfig(ops_backend="triton"))
     assert lpm_rt.ops.get_backend() == "ref"
+
+
+def test_cuda_graphs_on_cuda_need_kernels_that_read_lengths_on_the_device():
+    from lpm_rt.config import RuntimeConfig
+    with pytest.raises(ValueError, match="triton or aot"):
+        RuntimeConfig(device="cuda", cuda_graphs=True)
+    RuntimeConfig(device="cuda", cuda_graphs=True, ops_backend="aot")
+    RuntimeConfig(cuda_graphs=True)                  # CPU: the static-buffer path runs eagerly

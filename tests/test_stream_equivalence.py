@@ -145,10 +145,11 @@ def test_fp8_k_smoothing_is_wired(monkeypatch):
 
 
 @pytest.mark.parametrize("kv", [KVDtype.FP32, KVDtype.FP8])
-def test_refiner_replay_equals_the_plain_step(kv):
-    """runtime.cuda_graphs: the refiner pass from static buffers (what a CUDA graph replays; on
-    a CPU it runs eagerly) gives the plain step's video bit for bit, chunk after chunk, across
-    RoPE re-basing (time_limit is passed), with the same static buffers reused."""
+def test_step_replay_equals_the_plain_step(kv):
+    """runtime.cuda_graphs: the chunk's device work from static buffers (what a CUDA graph
+    replays; on a CPU it runs eagerly) gives the plain step's video bit for bit, chunk after
+    chunk, while the history ring fills and turns and across RoPE re-basing (time_limit is
+    passed), with the same static buffers reused."""
     def run(graphs):
         model = _model(1, kv)
         model.cfg = model.cfg.replace(runtime=model.cfg.runtime.replace(cuda_graphs=graphs))
@@ -161,7 +162,7 @@ def test_refiner_replay_equals_the_plain_step(kv):
         n = s.time_limit // C + 2
         video = [model.step(state, torch.randn(1, C * spl + ctx, generator=g) * 0.1,
                             torch.randn(1, C * spl + ctx, generator=g) * 0.1) for _ in range(n)]
-        replay = state.rf_replay
+        replay = state.replay
         state.close()
         return torch.cat(video, 2), replay
 

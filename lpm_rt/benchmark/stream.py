@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=("ref", "triton"), default=None, help="ops backend")
     p.add_argument("--fp8", action="store_true", help="block linears as e4m3 GEMMs with fused epilogues")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="replay each session's refiner pass as one CUDA graph (runtime.cuda_graphs)")
+                   help="replay each session's per-chunk step as one CUDA graph (runtime.cuda_graphs)")
     p.add_argument("--out", default="bench/results", help="directory for the JSON result")
     a = p.parse_args(argv)
     if a.threads:

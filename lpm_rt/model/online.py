@@ -36,35 +36,36 @@ class StreamState:
     frame: int = 0                     # latent frames streamed so far
     pos: int = 0                       # RoPE time index of the next chunk's first frame
     timer: object = None               # optional callable(stage) marking stage ends (benchmarks)
-    rf_replay: object = None           # RefinerReplay (runtime.cuda_graphs), made on the first chunk
+    replay: object = None              # StepReplay (runtime.cuda_graphs), made on the first chunk
 
     def close(self):
-        self.rf_replay = None
+        self.replay = None
         self.bb_cache.close()
         self.rf_cache.close()
 
 
-class RefinerReplay:
-    """The refiner pass of one session as a function of static buffers, so that one CUDA graph
-    replays it every chunk (``RuntimeConfig.cuda_graphs``).
+class StepReplay:
+    """One session's per-chunk step (audio front end, every backbone pass with its cache writes,
+    the refiner pass) as a function of static buffers, so that one CUDA graph replays it every
+    chunk (``RuntimeConfig.cuda_graphs``).
 
-    Per chunk, what changes is copied into static inputs: the backbone's x0, the re-noising
-    noise, the two log-mels and the chunk's RoPE tables. The refiner's cache holds
-    [refs | chunk] and never commits, so its block table, length and slot mapping are the same
-    every chunk: device copies made once. On CUDA the pass runs once eagerly (kernels compiled
-    or loaded, autotuning done, timestep embeddings memoized), is captured, and replays; the
-    output buffer is overwritten by the next chunk. Elsewhere the same static-buffer code runs
-    eagerly, which is what the CPU tests compare with the plain step."""
+    What changes per chunk is copied into static inputs before the replay: the two tracks' PCM
+    windows, the chunk's noise draws (from the session's host generator, as the plain step draws
+    them), its RoPE tables, and the backbone's block table, length and slot mapping (the history
+    ring moves; shapes do not: the table is always ``max_pages`` wide and the kernels read the
+    length on the device). The refiner's cache holds [refs | chunk] and never commits, so its
+    view is copied once. Host bookkeeping (ring commit, RoPE re-basing) and the streaming decode
+    stay outside the graph. On CUDA the step runs once eagerly (kernels compiled or loaded,
+    autotuning done, timestep embeddings memoized), is captured, and replays; the output buffer
+    is overwritten by the next chunk. Elsewhere the same static-buffer code runs eagerly, which is
+    what the CPU tests compare with the plain step."""
 
-    def __init__(self, model: "OnlineLPM", state: StreamState, x0, noise, mels, rope, capture: bool):
+    def __init__(self, model: "OnlineLPM", state: StreamState, inputs: "ChunkInputs", capture: bool):
         self.model, self.state = model, state
-        self.x0, self.noise = x0.clone(), noise.clone()
-        self.mels = tuple(m.clone() for m in mels)
-        self.cos, self.sin = (r.clone() for r in rope)
-        cache, dev = state.rf_cache, x0.device
-        table, kv_len, slots = cache.begin_chunk()
-        self.attn = PagedAttention(cache.pool, table.to(dev), kv_len.to(dev), slots.to(dev), (self.cos, self.sin),
-                                   cache.k_shift)
+        self.inputs = inputs.clone()
+        bb, rf = self.inputs.bb_view, self.inputs.rf_view
+        self.bb_attn = PagedAttention(state.bb_cache.pool, *bb, self.inputs.rope, state.bb_cache.k_shift)
+        self.rf_attn = PagedAttention(state.rf_cache.pool, *rf, self.inputs.rope, state.rf_cache.k_shift)
         self.graph = None
         self.out = self._run()                    # this chunk's result; on CUDA also the warm-up
         if capture:
@@ -75,20 +76,45 @@ class RefinerReplay:
             self.graph.replay()                   # capture does not execute: this chunk again
 
     def _run(self):
-        return self.model._refine(self.state, self.x0, self.noise, self.mels, self.attn)
+        i = self.inputs
+        return self.model._denoise(self.state, i.spk, i.lis, i.noises, i.rope, self.bb_attn, self.rf_attn)
 
-    def __call__(self, x0, noise, mels, rope) -> torch.Tensor:
-        self.x0.copy_(x0)
-        self.noise.copy_(noise)
-        for dst, src in zip(self.mels, mels):
-            dst.copy_(src)
-        self.cos.copy_(rope[0])
-        self.sin.copy_(rope[1])
+    def __call__(self, inputs: "ChunkInputs") -> torch.Tensor:
+        self.inputs.copy_(inputs, refiner_view=False)
         if self.graph is None:
             self.out = self._run()
         else:
             self.graph.replay()
         return self.out
+
+
+@dataclass
+class ChunkInputs:
+    """Everything one chunk's device work reads besides weights and pages, on the device: PCM
+    windows [1, n] of both tracks, the noise draws [backbone_steps + 1, z, C, h, w] (the last
+    one re-noises the refiner's input), RoPE (cos, sin), and each cache's (block_table, kv_len,
+    slot_mapping)."""
+    spk: torch.Tensor
+    lis: torch.Tensor
+    noises: torch.Tensor
+    rope: tuple
+    bb_view: tuple
+    rf_view: tuple
+
+    def clone(self) -> "ChunkInputs":
+        c = lambda ts: tuple(t.clone() for t in ts)          # noqa: E731
+        return ChunkInputs(self.spk.clone(), self.lis.clone(), self.noises.clone(), c(self.rope), c(self.bb_view),
+                           c(self.rf_view))
+
+    def copy_(self, src: "ChunkInputs", refiner_view: bool = True) -> None:
+        pairs = [(self.spk, src.spk), (self.lis, src.lis), (self.noises, src.noises),
+                 *zip(self.rope, src.rope), *zip(self.bb_view, src.bb_view)]
+        if refiner_view:
+            pairs += list(zip(self.rf_view, src.rf_view))
+        for dst, s in pairs:
+            if dst.shape != s.shape:
+                raise ValueError(f"chunk input of shape {tuple(s.shape)} where the replay holds {tuple(dst.shape)}")
+            dst.copy_(s, non_blocking=True)
 
 
 class OnlineLPM(nn.Module):
@@ -188,13 +214,6 @@ class OnlineLPM(nn.Module):
         return xr - sr * vr
 
     # ---- one chunk ----------------------------------------------------------------------------
-    def _paged(self, cache, rope, dev) -> PagedAttention:
-        """The chunk's view of ``cache``: block table [refs | history | chunk] and slot mapping,
-        built once per chunk (host bookkeeping, copied to the device) and shared by its passes."""
-        table, kv_len, slots = cache.begin_chunk()
-        return PagedAttention(cache.pool, table.to(dev, non_blocking=True), kv_len.to(dev, non_blocking=True),
-                              slots.to(dev, non_blocking=True), rope, cache.k_shift)
-
     def _chunk_pass(self, net, attn, x, sigma, context, audio):
         """One denoising pass of ``net`` over the chunk latents x [1, z, C, h', w'] at noise
         level ``sigma``; K/V of the chunk are (re)written into the chunk's pages."""
@@ -205,6 +224,45 @@ class OnlineLPM(nn.Module):
                              context, audio)
         return net.unpatchify(out, C, h, w)
 
+    def _chunk_inputs(self, state: StreamState, spk_audio, lis_audio) -> ChunkInputs:
+        """Host side of one chunk: the noise draws (on the session's host generator, one per use
+        and in the order of use: identical on every device), the chunk's RoPE tables and both
+        caches' views (block table [refs | history | chunk], length, slot mapping), on the device."""
+        s, m = self.cfg.stream, self.cfg.model
+        C = s.chunk_frames
+        shape = (1, m.vae_z_dim, C, s.latent_h, s.latent_w)
+        dev, dt = self.backbone.patch_embedding.weight.device, self.backbone.patch_embedding.weight.dtype
+        noises = torch.stack([torch.randn(shape, generator=state.generator) for _ in range(len(s.sigmas) + 1)])
+        h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
+        rope = tuple(r.to(dev) for r in token_positions(torch.arange(state.pos, state.pos + C), h, w,
+                                                          m.rope_dims, m.rope_theta))
+        views = (tuple(t.to(dev, non_blocking=True) for t in cache.begin_chunk())
+                 for cache in (state.bb_cache, state.rf_cache))
+        return ChunkInputs(spk_audio.to(dev), lis_audio.to(dev), noises.to(dev, dt), rope, *views)
+
+    def _denoise(self, state: StreamState, spk, lis, noises, rope, bb_attn, rf_attn, mark=None, capture=None):
+        """The chunk's device work: log-mel and audio tokens (once per network; the encoders are
+        frame-local), the backbone from pure noise -- every pass writes the chunk's K/V into its
+        pages, so the last pass (noise level history_t) leaves the noisy history behind -- then
+        the refiner's one step. Returns the refined latents [1, z, C, h, w]."""
+        mark = mark or (lambda stage: None)
+        sig, n_mels = self.cfg.stream.sigmas, self.cfg.model.n_mels
+        mels = (log_mel(spk, n_mels), log_mel(lis, n_mels))
+        bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
+        mark("audio")
+        x = noises[0]
+        for i, sigma in enumerate(sig):
+            v = self._chunk_pass(self.backbone, bb_attn, x, sigma, state.bb_context, bb_audio)
+            x0 = x - sigma * v
+            if i + 1 < len(sig):
+                x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noises[i + 1]
+            elif capture is not None:
+                capture.append((x, v))
+        mark("backbone")
+        latents = self._refine(state, x0, noises[-1], mels, rf_attn)
+        mark("refiner")
+        return latents
+
     @torch.no_grad()
     def step(self, state: StreamState, spk_audio, lis_audio, capture=None):
         """Generate one chunk.
@@ -213,54 +271,34 @@ class OnlineLPM(nn.Module):
         float32 at 24 kHz: the chunk's audio preceded by the audio context frames and the mel
         window's left context. Returns video [1, 3, frames_per_chunk, H, W] in [-1, 1].
         ``capture`` (a list) receives (input latents, velocity) of the last backbone step.
+        With ``runtime.cuda_graphs`` the device work replays from one session's static buffers
+        (:class:`StepReplay`; stages are then timed as one, "step").
         """
         s, m = self.cfg.stream, self.cfg.model
-        C, sig = s.chunk_frames, s.sigmas
-        shape = (1, m.vae_z_dim, C, s.latent_h, s.latent_w)
-        g = state.generator
-        dev, dt = self.backbone.patch_embedding.weight.device, self.backbone.patch_embedding.weight.dtype
-
-        def noise():                      # drawn on the host generator: identical on every device
-            return torch.randn(shape, generator=g).to(dev, dt)
-        # 1. audio features: log-mel once, tokens per network (encoders are frame-local);
-        #    the chunk's RoPE tables, once for both networks
-        h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
-        rope = tuple(r.to(dev) for r in token_positions(torch.arange(state.pos, state.pos + C), h, w,
-                                                          m.rope_dims, m.rope_theta))
-        mels = (log_mel(spk_audio.to(dev), m.n_mels), log_mel(lis_audio.to(dev), m.n_mels))
-        bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
+        C = s.chunk_frames
+        inputs = self._chunk_inputs(state, spk_audio, lis_audio)
         mark = state.timer or (lambda stage: None)
-        mark("audio")
-        # 2. backbone: denoise from pure noise; every pass writes the chunk's K/V into its
-        #    pages, so the last pass (noise level history_t) leaves the noisy history behind
-        x = noise()
-        attn = self._paged(state.bb_cache, rope, dev)
-        for i, sigma in enumerate(sig):
-            v = self._chunk_pass(self.backbone, attn, x, sigma, state.bb_context, bb_audio)
-            x0 = x - sigma * v
-            if i + 1 < len(sig):
-                x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise()
-            elif capture is not None:
-                capture.append((x, v))
-        # 3. advance the history ring: the chunk's pages join it, the oldest frames leave
-        state.bb_cache.commit_chunk()
-        mark("backbone")
-        # 4. refiner: one step over [refs | chunk], input re-noised to refiner_sigma
-        noise_r = noise()
-        if not self.cfg.runtime.cuda_graphs:
-            latents = self._refine(state, x0, noise_r, mels, self._paged(state.rf_cache, rope, dev))
-        elif state.rf_replay is None:             # first chunk: set up (and on CUDA capture) the replay
-            state.rf_replay = RefinerReplay(self, state, x0, noise_r, mels, rope, capture=dev.type == "cuda")
-            latents = state.rf_replay.out
+        if not self.cfg.runtime.cuda_graphs or capture is not None:
+            pool_bb, pool_rf = state.bb_cache.pool, state.rf_cache.pool
+            latents = self._denoise(
+                state, inputs.spk, inputs.lis, inputs.noises, inputs.rope,
+                PagedAttention(pool_bb, *inputs.bb_view, inputs.rope, state.bb_cache.k_shift),
+                PagedAttention(pool_rf, *inputs.rf_view, inputs.rope, state.rf_cache.k_shift), mark, capture)
         else:
-            latents = state.rf_replay(x0, noise_r, mels, rope)
+            if state.replay is None:              # first chunk: set up (and on CUDA capture) the replay
+                state.replay = StepReplay(self, state, inputs, capture=inputs.noises.device.type == "cuda")
+                latents = state.replay.out
+            else:
+                latents = state.replay(inputs)
+            mark("step")
+        # the chunk's pages join the history ring, the oldest frames leave
+        state.bb_cache.commit_chunk()
         state.frame += C
         state.pos += C
         if state.pos + C > s.time_limit:          # keep RoPE time bounded: shift the history back
             shift = state.pos - len(state.bb_cache.history)
             state.bb_cache.rebase(shift, m.rope_dims, m.rope_theta)
             state.pos -= shift
-        mark("refiner")
         # 5. streaming decode
         video = self.vae.decode(latents.to(self.vae.dec_out.weight.dtype), state.dec_cache)
         mark("vae_decode")
