@@ -62,3 +62,22 @@ def test_state_dict_only_block_linears_are_quantized():
     _, rows32 = quantize_state_dict(sd, target("cpu"))
     assert all(r["sqnr_db"] is None for r in rows32)          # fp32: lossless
     assert math.isinf(sqnr_db(sd["head.head.weight"], sd["head.head.weight"]))
+
+
+def test_step_check_measures_the_quantized_step():
+    """The compile step check (teacher-forced, the default character and the built-in
+    conversation): lossless weights with fp32 pages agree to rounding; the h100 form (fp8
+    weights and pages) is lossy but above the 25 dB floor; a 50 % error in one block's output
+    projection shows up far below it."""
+    from lpm_compile.pipeline import PARTS, resolve_model, step_sqnr
+    model, _ = resolve_model("tiny")
+    h100 = target("h100")
+    plain = {p: {k: v.detach().clone() for k, v in getattr(model, p).state_dict().items()} for p in PARTS}
+    exact = step_sqnr(model, plain, target("cpu"), chunks=3)
+    assert min(exact["velocity_db"], exact["refiner_db"], exact["video_db"]) > 100, exact
+    stored = {p: quantize_state_dict(sd, h100, prefix=f"{p}.")[0] for p, sd in plain.items()}
+    fp8 = step_sqnr(model, stored, h100, chunks=3)
+    assert 25 < fp8["velocity_db"] < 60 and 25 < fp8["refiner_db"] < 60 and 25 < fp8["video_db"] < 60, fp8
+    plain["backbone"]["blocks.0.self_attn.o.weight"] *= 1.5
+    bad = step_sqnr(model, plain, target("cpu"), chunks=3)
+    assert bad["velocity_db"] < 25, (bad, fp8)
