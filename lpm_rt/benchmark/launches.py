@@ -39,9 +39,10 @@ class LaunchCounter(TorchDispatchMode):
 
 def block_launches(model, net: str = "refiner", chunks: int = 2, seed: int = 0) -> dict:
     """Stream ``chunks`` chunks of random audio through ``model`` (an OnlineLPM) and record the
-    launches of ``net``'s last block and of its whole denoising pass (``video_pass``: embeddings,
-    blocks, head) in the last chunk.
-    -> {"block": [op, ...], "pass": n_ops}."""
+    launches of ``net``'s last block, of its whole denoising pass (``video_pass``: embeddings,
+    blocks, head) and of its per-chunk audio projections (``audio_kv``, once per chunk for all
+    passes) in the last chunk.
+    -> {"block": [op, ...], "pass": n_ops, "audio_kv": [op, ...]}."""
     from ..model.audio import MEL_HOP, MEL_WIN
 
     cfg = model.cfg
@@ -69,7 +70,8 @@ def block_launches(model, net: str = "refiner", chunks: int = 2, seed: int = 0) 
 
     saved = []
     try:
-        for mod, attr, key in ((blk, "forward", "block"), (target, "video_pass", "pass")):
+        for mod, attr, key in ((blk, "forward", "block"), (target, "video_pass", "pass"),
+                               (target, "audio_kv", "audio_kv")):
             orig, fwd = wrap(mod, attr, key)
             saved.append((mod, attr))
             setattr(mod, attr, fwd)
@@ -81,7 +83,7 @@ def block_launches(model, net: str = "refiner", chunks: int = 2, seed: int = 0) 
         for mod, attr in saved:
             delattr(mod, attr)                   # back to the class's method
         state.close()
-    return {"block": seen["block"], "pass": len(seen["pass"])}
+    return {"block": seen["block"], "pass": len(seen["pass"]), "audio_kv": seen["audio_kv"]}
 
 
 def main(argv=None) -> int:
@@ -113,14 +115,16 @@ def main(argv=None) -> int:
     finally:
         ops.set_backend(prev)
     print(f"{args.preset} {args.net}, {'fp8' if args.fp8 else 'plain'} form, {args.backend} backend: "
-          f"{len(r['block'])} launches per block, {r['pass']} per pass")
+          f"{len(r['block'])} launches per block, {r['pass']} per pass, {len(r['audio_kv'])} per chunk for the "
+          f"audio k|v of all blocks")
     for op, n in collections.Counter(r["block"]).most_common():
         print(f"  {n:3d}  {op}")
     if args.out:
         import json
         with open(args.out, "w") as f:
             json.dump(dict(preset=args.preset, net=args.net, form="fp8" if args.fp8 else "plain", backend=args.backend,
-                           block=r["block"], launches_per_block=len(r["block"]), launches_per_pass=r["pass"]), f, indent=1)
+                           block=r["block"], launches_per_block=len(r["block"]), launches_per_pass=r["pass"],
+                           audio_kv_launches_per_chunk=len(r["audio_kv"])), f, indent=1)
     return 0
 
 

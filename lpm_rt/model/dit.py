@@ -23,6 +23,7 @@ callable that applies RoPE and either runs dense masked attention (full-sequence
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,14 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
+class RawKV(NamedTuple):
+    """A foreign stream's k (before its RMSNorm, which the attention kernel fuses) and v,
+    [B, Lk, C] each: a chunk's audio projections, computed once per chunk (:meth:`LPMDiT.audio_kv`)
+    and read by every denoising pass of the chunk."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+
 class Attention(nn.Module):
     """Wan's attention projections: q, k, v, o and RMSNorm over the full width of q and k.
     ``kv_dim`` != dim makes it a cross-attention over a foreign stream (audio tokens)."""
@@ -81,6 +90,10 @@ class Attention(nn.Module):
             return kvp[..., 0, :], kvp[..., 1, :]
         return self.k(kv), self.v(kv)
 
+    def raw_kv(self, kv) -> RawKV:
+        """:class:`RawKV` of a foreign stream kv [B, Lk, kv_dim] (one GEMM in the fp8 form)."""
+        return RawKV(*self._kv_raw(kv))
+
     def kv(self, kv):
         """The keys and values of a foreign stream: kv [B, Lk, kv_dim] -> (k, v) [B, H, Lk, D]
         each, keys normed, laid out for :meth:`cross`. Fixed for a session's text: computed
@@ -93,10 +106,12 @@ class Attention(nn.Module):
     def cross_heads(self, x, kv):
         """Plain (unmasked, un-rotated) cross-attention before the output projection, q's (and
         for a raw stream k's) RMSNorm fused in (``ops.cross_attention``).
-        x: [B, Lq, C] (or the fp8 form's (e4m3, scales) pair); kv: [B, Lk, kv_dim], or its
-        precomputed :meth:`kv` pair. -> [B, Lq, C]."""
+        x: [B, Lq, C] (or the fp8 form's (e4m3, scales) pair); kv: [B, Lk, kv_dim], its
+        precomputed :meth:`kv` pair, or its :class:`RawKV` projections. -> [B, Lq, C]."""
         heads = lambda t: t.unflatten(-1, (self.heads, self.head_dim))      # noqa: E731
-        if isinstance(kv, tuple):
+        if isinstance(kv, RawKV):
+            k, v, k_weight = heads(kv.k), heads(kv.v), self.norm_k.weight
+        elif isinstance(kv, tuple):
             k, v, k_weight = kv[0].transpose(1, 2), kv[1].transpose(1, 2), None
         else:
             k, v = (heads(t) for t in self._kv_raw(kv))
@@ -134,7 +149,8 @@ class Block(nn.Module):
         """x: [B, N, C], N = F * T tokens of F frames; e: [B, F, 6, C] per-frame modulation
         (or [B, 1, 6, C] for all tokens); attend(q, k, v) -> [B, N, H, D];
         context: [B, L, C] text tokens (or this block's precomputed ``cross_attn.kv`` pair);
-        audio: [B, F, Ka, audio_dim] frame-local audio windows.
+        audio: [B, F, Ka, audio_dim] frame-local audio windows, or this block's precomputed
+        ``audio_attn.raw_kv`` of them (flattened to [B*F, Ka, C]).
 
         ``ref`` = (ref_tokens, e_ref, attend_ref): the reference tokens go through this block
         first, in the same call (their K/V feed ``attend``), and the call returns (x, ref_tokens).
@@ -168,7 +184,7 @@ class Block(nn.Module):
             x = x + self.cross_attn.cross(self.norm3(x), context)
         if audio is not None:
             h = self.norm_audio(x).view(B * Fr, T, C)                            # frame-local:
-            a = audio.flatten(0, 1)                                              # (B*F, Ka, Da)
+            a = audio if isinstance(audio, RawKV) else audio.flatten(0, 1)       # (B*F, Ka, Da)
             x = x + self.audio_attn.cross(h, a).view(B, N, C)
         x = x + gated(self.ffn(modulate(x, shift2, scale2)), gate2)
         return x
@@ -194,7 +210,8 @@ class Block(nn.Module):
             x = self.cross_attn.o(self.cross_attn.cross_heads(self._affine_norm("norm3", x), context), residual=x)
         if audio is not None:
             h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
-            x = self.audio_attn.o(self.audio_attn.cross_heads(h, audio.flatten(0, 1)),
+            a = audio if isinstance(audio, RawKV) else audio.flatten(0, 1)
+            x = self.audio_attn.o(self.audio_attn.cross_heads(h, a),
                                   residual=x.view(B * Fr, T, C)).view(B, N, C)
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
         y = self.ffn[0](h, act="gelu_tanh")
@@ -328,14 +345,21 @@ class LPMDiT(nn.Module):
         prompt is fixed, so its keys and values are computed once per session, not per pass."""
         return [blk.cross_attn.kv(context) for blk in self.blocks]
 
+    def audio_kv(self, audio) -> list:
+        """(speaker, listener) windows [B, F, Ka, Da] -> every block's audio :class:`RawKV`
+        (even blocks read the speaker, odd the listener): a chunk's audio is the same for all of
+        its denoising passes, so its projections are computed once per chunk, not per pass."""
+        return [blk.audio_attn.raw_kv(audio[i % 2].flatten(0, 1)) for i, blk in enumerate(self.blocks)]
+
     def video_pass(self, x_tokens, t, attend_for_layer, context=None, audio=None):
         """x_tokens: [B, F*T, C]; t: [B, F] (or its :meth:`embed_time` pair); context: [B, L, C]
         embedded text, the list :meth:`text_kv` made of it, or None; audio: (speaker, listener)
-        windows [B, F, Ka, Da] each, or None. Returns [B, F*T, patch_dim]."""
+        windows [B, F, Ka, Da] each, the list :meth:`audio_kv` made of them, or None.
+        Returns [B, F*T, patch_dim]."""
         e, e0 = t if isinstance(t, tuple) else self.embed_time(t)
         x = x_tokens
         for i, blk in enumerate(self.blocks):
-            a = None if audio is None else audio[i % 2]          # even: speaker, odd: listener
+            a = audio[i] if isinstance(audio, list) else None if audio is None else audio[i % 2]
             c = context[i] if isinstance(context, list) else context
             x = blk(x, e0, attend_for_layer(i), c, a)
         return self.head(x, e)

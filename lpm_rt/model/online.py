@@ -209,7 +209,7 @@ class OnlineLPM(nn.Module):
         """The refiner pass: x0 re-noised to refiner_sigma, one step over [refs | chunk]."""
         sr = self.cfg.stream.refiner_sigma
         xr = (1 - sr) * x0 + sr * noise
-        rf_audio = tuple(self.refiner.encode_audio(x) for x in mels)
+        rf_audio = self.refiner.audio_kv(tuple(self.refiner.encode_audio(x) for x in mels))
         vr = self._chunk_pass(self.refiner, attn, xr, sr, state.rf_context, rf_audio)
         return xr - sr * vr
 
@@ -241,14 +241,14 @@ class OnlineLPM(nn.Module):
         return ChunkInputs(spk_audio.to(dev), lis_audio.to(dev), noises.to(dev, dt), rope, *views)
 
     def _denoise(self, state: StreamState, spk, lis, noises, rope, bb_attn, rf_attn, mark=None, capture=None):
-        """The chunk's device work: log-mel and audio tokens (once per network; the encoders are
-        frame-local), the backbone from pure noise -- every pass writes the chunk's K/V into its
+        """The chunk's device work: log-mel, audio tokens and every block's audio k/v (once per
+        network and chunk; the encoders are frame-local), the backbone from pure noise -- every pass writes the chunk's K/V into its
         pages, so the last pass (noise level history_t) leaves the noisy history behind -- then
         the refiner's one step. Returns the refined latents [1, z, C, h, w]."""
         mark = mark or (lambda stage: None)
         sig, n_mels = self.cfg.stream.sigmas, self.cfg.model.n_mels
         mels = (log_mel(spk, n_mels), log_mel(lis, n_mels))
-        bb_audio = tuple(self.backbone.encode_audio(x) for x in mels)
+        bb_audio = self.backbone.audio_kv(tuple(self.backbone.encode_audio(x) for x in mels))
         mark("audio")
         x = noises[0]
         for i, sigma in enumerate(sig):

@@ -6,7 +6,7 @@ import torch
 
 from lpm_rt import ops
 from lpm_rt.config import preset
-from lpm_rt.model.attend import token_positions
+from lpm_rt.model.attend import PagedAttention, token_positions
 from lpm_rt.model.audio import MEL_HOP, MEL_WIN, log_mel
 from lpm_rt.model.online import OnlineLPM
 from lpm_rt.model.text import tag_context
@@ -68,7 +68,7 @@ def test_dense_step_equals_paged_reference(streamed):
                                                   *mels, k_ctx, v_ctx, valid, cos, sin)
     # the paged reference pass (writes the chunk's K/V into its pages)
     bb_audio = tuple(model.backbone.encode_audio(x_) for x_ in mels)
-    want = model._chunk_pass(model.backbone, model._paged(cache, (cos, sin), x.device), x, sigma, st.bb_context, bb_audio)
+    want = model._chunk_pass(model.backbone, PagedAttention(cache.pool, *cache.begin_chunk(), (cos, sin), cache.k_shift), x, sigma, st.bb_context, bb_audio)
     assert torch.isfinite(vel).all()
     assert rel_l2(vel, want) < 1e-4, rel_l2(vel, want)
     kc, vc = _pages_dense(cache.pool, cache.chunk_pages, m.num_heads, m.head_dim)
