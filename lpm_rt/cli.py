@@ -79,8 +79,8 @@ def _report(avatar, stats, out):
 def _load(args):
     import lpm_rt
     from .config import RuntimeConfig
-    rt = RuntimeConfig(num_threads=args.threads) if getattr(args, "threads", 0) else None
-    return lpm_rt.load(args.model, runtime=rt)
+    kw = {k: v for k, v in (("num_threads", getattr(args, "threads", 0)), ("noise", getattr(args, "noise", None))) if v}
+    return lpm_rt.load(args.model, runtime=RuntimeConfig(**kw) if kw else None)
 
 
 def cmd_demo(args):
@@ -175,6 +175,9 @@ def build_parser():
         sp.add_argument("--prompt", default="", help="prompt tags, e.g. 'smile calm'")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+        sp.add_argument("--noise", choices=("fresh", "fixed"), default=None,
+                        help="noise per chunk: 'fresh' draws (default) or one 'fixed' draw per session, which "
+                             "keeps details from changing between chunks (steadier video)")
 
     d = sub.add_parser("demo", help="the embedded default: built-in character and speech -> mp4")
     common(d)

@@ -190,6 +190,8 @@ class RuntimeConfig:
     num_threads: int = 0               # torch intra-op threads on CPU; 0 = leave torch's default
     cuda_graphs: bool = False          # replay each session's per-chunk step as one CUDA graph (CUDA with
                                        # triton/aot ops; elsewhere the same static-buffer path runs eagerly)
+    noise: str = "fresh"               # "fresh": new noise draws every chunk (as the trainer's rollouts);
+                                       # "fixed": one draw per session, reused by every chunk (steadier video)
 
     def __post_init__(self):
         object.__setattr__(self, "kv_dtype", KVDtype(self.kv_dtype))
@@ -199,6 +201,8 @@ class RuntimeConfig:
             raise ValueError(f"ops_backend {self.ops_backend!r} not in ref/triton/aot")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if self.noise not in ("fresh", "fixed"):
+            raise ValueError(f"noise {self.noise!r} not in fresh/fixed")
         if self.cuda_graphs and self.device.startswith("cuda") and self.ops_backend == "ref":
             raise ValueError("cuda_graphs on CUDA needs the triton or aot ops backend (the reference paged "
                              "attention reads sequence lengths on the host, which a graph cannot capture)")

@@ -2,10 +2,14 @@
 rendered, encoded and decoded by each VAE, then read by the world's analyzer.
 
 Per VAE: the within-clip correlation of the read opening with the labels, its amplitude (std over
-the labels' std), and the mean frame-to-frame change of the mouth box in /255 -- the rendered
-frames' own value is the real motion, anything above it is the decoder's flicker.
+the labels' std), the mean frame-to-frame change of the mouth box in /255 -- the rendered
+frames' own value is the real motion, anything above it is the decoder's flicker -- and the
+reconstruction error (mean |error| in /255 and PSNR, whole frames and the mouth box).
 
-    python scripts/vae_round_trip.py shipped out/m1 [--seconds 12] [--out vae.json]
+    python scripts/vae_round_trip.py shipped out/m1 [--seconds 12] [--character default] [--out vae.json]
+
+``--character bench`` (default): the benchmark's held-out character; ``default``: the shipped demo
+character (``lpm_rt.assets``), in a speaking clip of its own.
 
 A name is ``shipped`` (lpm_rt/assets/demo) or a run directory holding vae.safetensors.
 """
@@ -41,10 +45,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("vaes", nargs="+", help="'shipped' or run directories with vae.safetensors")
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--character", choices=("bench", "default"), default="bench")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     size = preset("demo").stream.height
-    conv = build_scenarios(0, 0.1, True, args.seconds)["scenarios"]["speaking"]
+    if args.character == "bench":
+        conv = build_scenarios(0, 0.1, True, args.seconds)["scenarios"]["speaking"]
+    else:
+        from lpm_rt.assets import DEFAULT_CHARACTER_SEED
+        from lpm_rt.world import Character, Conversation
+        conv = Conversation.generate(1, args.seconds, "speaking", "calm", character=Character.random(DEFAULT_CHARACTER_SEED))
     frames = conv.render(size)
     T = preset("demo").model.vae_temporal
     n = (len(frames) // T) * T
@@ -55,8 +65,11 @@ def main(argv=None) -> int:
     def measure(name, video):
         seen = analyzer.predict(video)["mouth_open"]
         motion = np.abs(np.diff(video[:, rows, cols].astype(np.float32), axis=0)).mean()
-        return dict(vae=name, corr=float(np.corrcoef(seen, labels)[0, 1]), amplitude=float(seen.std() / labels.std()),
-                    mouth_box_motion_255=float(motion))
+        err = video.astype(np.float32) - frames.astype(np.float32)
+        psnr = lambda e: float(10 * np.log10(255.0 ** 2 / max(float((e ** 2).mean()), 1e-12)))   # noqa: E731
+        return dict(vae=name, character=args.character, corr=float(np.corrcoef(seen, labels)[0, 1]), amplitude=float(seen.std() / labels.std()),
+                    mouth_box_motion_255=float(motion), l1_255=float(np.abs(err).mean()), psnr_db=psnr(err),
+                    mouth_l1_255=float(np.abs(err[:, rows, cols]).mean()), mouth_psnr_db=psnr(err[:, rows, cols]))
 
     res = [measure("none (rendered frames)", frames)]
     x = torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous().float()[None] / 127.5 - 1.0

@@ -49,7 +49,7 @@ def test_run_with_refs_and_wavs(tmp_path):
             c.mux(p)
     out = tmp_path / "o.mp4"
     rc = main(["run", "--model", "tiny", "--ref", str(ref), "--speaker", str(spk), "--listener", str(lis),
-               "--prompt", "smile", "--out", str(out)])
+               "--prompt", "smile", "--noise", "fixed", "--out", str(out)])
     assert rc == 0
     frames, audio, rate, _ = read_mp4(out)
     assert len(frames) == 24

@@ -170,3 +170,39 @@ def test_step_replay_equals_the_plain_step(kv):
     replayed, replay = run(True)
     assert none is None and replay is not None and replay.graph is None       # CPU: no capture
     assert torch.equal(plain, replayed)
+
+
+def test_fixed_noise_reuses_the_sessions_first_draw():
+    """runtime.noise: "fresh" draws new noise for every chunk; "fixed" draws once per session
+    (from its seed) and every chunk starts from it. The first chunk is the same either way."""
+    def run(noise, seed=5, n=3):
+        model = _model(2)
+        model.cfg = model.cfg.replace(runtime=model.cfg.runtime.replace(noise=noise))
+        s, m = model.cfg.stream, model.cfg.model
+        spl = s.chunk_frames * m.vae_temporal * 1000
+        ctx = (MEL_WIN - MEL_HOP) + m.audio_context * m.vae_temporal * 1000
+        seen, chunk_inputs = [], model._chunk_inputs
+
+        def spy(state, a, b):
+            inputs = chunk_inputs(state, a, b)
+            seen.append(inputs.noises.clone())
+            return inputs
+        model._chunk_inputs = spy
+        g = torch.Generator().manual_seed(2)
+        state = model.open_stream(torch.randn(1, m.vae_z_dim, 1, s.latent_h, s.latent_w, generator=g),
+                                  torch.tensor([0]), "smile", seed=seed)
+        video = [model.step(state, torch.randn(1, spl + ctx, generator=g) * 0.1,
+                            torch.randn(1, spl + ctx, generator=g) * 0.1) for _ in range(n)]
+        state.close()
+        return video, seen
+
+    fresh, fresh_noise = run("fresh")
+    fixed, fixed_noise = run("fixed")
+    assert all(torch.equal(fixed_noise[0], x) for x in fixed_noise[1:])
+    assert not torch.equal(fresh_noise[0], fresh_noise[1]) and torch.equal(fresh_noise[0], fixed_noise[0])
+    assert torch.equal(fresh[0], fixed[0]) and not torch.equal(fresh[1], fixed[1])
+    _, other = run("fixed", seed=6)
+    assert not torch.equal(other[0], fixed_noise[0])
+    with pytest.raises(ValueError, match="fresh/fixed"):
+        model = _model(2)
+        model.cfg.runtime.replace(noise="frozen")

@@ -37,6 +37,7 @@ class StreamState:
     pos: int = 0                       # RoPE time index of the next chunk's first frame
     timer: object = None               # optional callable(stage) marking stage ends (benchmarks)
     replay: object = None              # StepReplay (runtime.cuda_graphs), made on the first chunk
+    noises: object = None              # the session's one noise draw (runtime.noise == "fixed")
 
     def close(self):
         self.replay = None
@@ -226,19 +227,26 @@ class OnlineLPM(nn.Module):
 
     def _chunk_inputs(self, state: StreamState, spk_audio, lis_audio) -> ChunkInputs:
         """Host side of one chunk: the noise draws (on the session's host generator, one per use
-        and in the order of use: identical on every device), the chunk's RoPE tables and both
-        caches' views (block table [refs | history | chunk], length, slot mapping), on the device."""
+        and in the order of use: identical on every device; with ``runtime.noise == "fixed"`` the
+        first chunk's draws, kept for the session), the chunk's RoPE tables and both caches' views
+        (block table [refs | history | chunk], length, slot mapping), on the device."""
         s, m = self.cfg.stream, self.cfg.model
         C = s.chunk_frames
         shape = (1, m.vae_z_dim, C, s.latent_h, s.latent_w)
         dev, dt = self.backbone.patch_embedding.weight.device, self.backbone.patch_embedding.weight.dtype
-        noises = torch.stack([torch.randn(shape, generator=state.generator) for _ in range(len(s.sigmas) + 1)])
+        if state.noises is None:
+            noises = torch.stack([torch.randn(shape, generator=state.generator)
+                                  for _ in range(len(s.sigmas) + 1)]).to(dev, dt)
+            if self.cfg.runtime.noise == "fixed":     # one draw per session: every chunk starts from it
+                state.noises = noises
+        else:
+            noises = state.noises
         h, w = s.latent_h // m.patch_size[1], s.latent_w // m.patch_size[2]
         rope = tuple(r.to(dev) for r in token_positions(torch.arange(state.pos, state.pos + C), h, w,
                                                           m.rope_dims, m.rope_theta))
         views = (tuple(t.to(dev, non_blocking=True) for t in cache.begin_chunk())
                  for cache in (state.bb_cache, state.rf_cache))
-        return ChunkInputs(spk_audio.to(dev), lis_audio.to(dev), noises.to(dev, dt), rope, *views)
+        return ChunkInputs(spk_audio.to(dev), lis_audio.to(dev), noises, rope, *views)
 
     def _denoise(self, state: StreamState, spk, lis, noises, rope, bb_attn, rf_attn, mark=None, capture=None):
         """The chunk's device work: log-mel, audio tokens and every block's audio k/v (once per
