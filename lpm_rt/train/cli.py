@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dmd-steps", type=int, default=None, help="stage 2: self-rollout distribution matching")
     d.add_argument("--refiner-steps", type=int, default=None, help="stage 3: one-step refiner")
     d.add_argument("--long-steps", type=int, default=None, help="stage 4: long-horizon rollouts")
+    d.add_argument("--refiner-dmd", type=float, default=0.0,
+                   help="stage 3: weight of a distribution-matching (DMD) loss on the refiner's free-running "
+                        "outputs, with the fake score tracking them; counters the regression losses' pull of "
+                        "one-step predictions toward the mean (washed-out latents). 0: off")
     d.add_argument("--lr", type=float, default=1e-4, help="student / refiner learning rate")
     d.add_argument("--fake-lr", type=float, default=2e-4, help="fake-score model learning rate")
     d.add_argument("--fake-updates", type=int, default=2, help="fake-score updates per generator update")

@@ -221,11 +221,17 @@ def train_distill(args, dist: Dist) -> int:
         pred_free = xr_free - sr * velocity(model.refiner, xr_free, t, cond, **kw)
         l_tf = weighted_mse(pred_tf, x0_real, mw) + sync(pred_tf, x0_real)
         l_free = weighted_mse(pred_free, target_free, mw) + sync(pred_free, target_free)
-        (l_tf + l_free).backward()
+        loss, extra = l_tf + l_free, {}
+        if args.refiner_dmd > 0:                   # distribution matching on the free-running outputs
+            extra["fake_loss"] = update_fake(pred_free.detach(), cond, g, step)
+            d = dmd_loss(pred_free, teacher, fake, cond, g, args.guidance, rti)
+            loss = loss + args.refiner_dmd * d["loss"]
+            extra["refined_dmd"] = float(d["loss"].detach())
+        loss.backward()
         with torch.no_grad():
             coarse_err = F.mse_loss(coarse_tf, x0_real)
-        return {"loss": float((l_tf + l_free).detach()), "refined_tf": float(l_tf.detach()),
-                "coarse_tf": float(coarse_err), "refined_free": float(l_free.detach())}
+        return {"loss": float(loss.detach()), "refined_tf": float(l_tf.detach()),
+                "coarse_tf": float(coarse_err), "refined_free": float(l_free.detach()), **extra}
 
     def long_step(step):
         return dmd_step(step, "long", long_source, long_frames)
@@ -242,7 +248,8 @@ def train_distill(args, dist: Dist) -> int:
         STAGES, (args.init_steps, args.dmd_steps, args.refiner_steps, args.long_steps))}
     stages = [StageSpec("ode_init", n["ode_init"], args.lr, ode_step, ("student",), train_only(model.backbone)),
               StageSpec("dmd", n["dmd"], args.lr, dmd_step, ("student",), train_only(model.backbone, fake)),
-              StageSpec("refiner", n["refiner"], args.lr, refiner_step, ("refiner",), train_only(model.refiner)),
+              StageSpec("refiner", n["refiner"], args.lr, refiner_step, ("refiner",),
+                        train_only(model.refiner, *((fake,) if args.refiner_dmd > 0 else ()))),
               StageSpec("long", n["long"], args.lr, long_step, ("student",), train_only(model.backbone, fake))]
     meta = {"role": "online", "teacher": str(args.teacher), "teacher_config": tmeta.get("config")}
     return run_stages(run, args, stages, model, {"fake": fake}, optims, params, meta)
