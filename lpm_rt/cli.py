@@ -77,10 +77,18 @@ def _report(avatar, stats, out):
 
 
 def _load(args):
+    """The model with its own runtime (an artifact's target device and ops backend), plus the
+    command's --threads and --noise."""
+    import torch
+
     import lpm_rt
-    from .config import RuntimeConfig
-    kw = {k: v for k, v in (("num_threads", getattr(args, "threads", 0)), ("noise", getattr(args, "noise", None))) if v}
-    return lpm_rt.load(args.model, runtime=RuntimeConfig(**kw) if kw else None)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    avatar = lpm_rt.load(args.model)
+    if getattr(args, "noise", None):
+        cfg = avatar.model.cfg
+        avatar.model.cfg = avatar.cfg = cfg.replace(runtime=cfg.runtime.replace(noise=args.noise))
+    return avatar
 
 
 def cmd_demo(args):

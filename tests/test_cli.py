@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import lpm_rt
 from lpm_rt.cli import main
 from lpm_rt.media import read_mp4, write_wav
 
@@ -77,3 +78,11 @@ def test_bench_stream_fp8_runtime_flags(tmp_path, capsys):
     assert r["fp8_linears"] is True and r["runtime"]["ops_backend"] == "ref" and r["frames"] >= 24
     assert r["cost_per_video_second_s"] is None                # 2 s: no early/late windows
     assert r["real_time_factor"] > 0 and set(r["stage_ms_per_chunk"]) >= {"backbone", "refiner", "vae_decode"}
+
+
+def test_noise_and_threads_keep_the_models_own_runtime():
+    from lpm_rt.cli import _load, build_parser
+    args = build_parser().parse_args(["demo", "--model", "tiny", "--noise", "fixed", "--threads", "1"])
+    avatar = _load(args)
+    assert avatar.model.cfg.runtime.noise == "fixed" and avatar.cfg.runtime.noise == "fixed"
+    assert avatar.model.cfg.runtime.replace(noise="fresh") == lpm_rt.load("tiny").cfg.runtime

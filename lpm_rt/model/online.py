@@ -64,9 +64,7 @@ class StepReplay:
     def __init__(self, model: "OnlineLPM", state: StreamState, inputs: "ChunkInputs", capture: bool):
         self.model, self.state = model, state
         self.inputs = inputs.clone()
-        bb, rf = self.inputs.bb_view, self.inputs.rf_view
-        self.bb_attn = PagedAttention(state.bb_cache.pool, *bb, self.inputs.rope, state.bb_cache.k_shift)
-        self.rf_attn = PagedAttention(state.rf_cache.pool, *rf, self.inputs.rope, state.rf_cache.k_shift)
+        self.bb_attn, self.rf_attn = self.inputs.attention(state)
         self.graph = None
         self.out = self._run()                    # this chunk's result; on CUDA also the warm-up
         if capture:
@@ -81,7 +79,7 @@ class StepReplay:
         return self.model._denoise(self.state, i.spk, i.lis, i.noises, i.rope, self.bb_attn, self.rf_attn)
 
     def __call__(self, inputs: "ChunkInputs") -> torch.Tensor:
-        self.inputs.copy_(inputs, refiner_view=False)
+        self.inputs.copy_(inputs)
         if self.graph is None:
             self.out = self._run()
         else:
@@ -107,11 +105,15 @@ class ChunkInputs:
         return ChunkInputs(self.spk.clone(), self.lis.clone(), self.noises.clone(), c(self.rope), c(self.bb_view),
                            c(self.rf_view))
 
-    def copy_(self, src: "ChunkInputs", refiner_view: bool = True) -> None:
+    def attention(self, state: StreamState) -> tuple:
+        """(backbone, refiner) :class:`PagedAttention` over these views and RoPE tables."""
+        return tuple(PagedAttention(cache.pool, *view, self.rope, cache.k_shift)
+                     for cache, view in ((state.bb_cache, self.bb_view), (state.rf_cache, self.rf_view)))
+
+    def copy_(self, src: "ChunkInputs") -> None:
+        """Copy what changes between chunks (all but the refiner's view, which never does)."""
         pairs = [(self.spk, src.spk), (self.lis, src.lis), (self.noises, src.noises),
                  *zip(self.rope, src.rope), *zip(self.bb_view, src.bb_view)]
-        if refiner_view:
-            pairs += list(zip(self.rf_view, src.rf_view))
         for dst, s in pairs:
             if dst.shape != s.shape:
                 raise ValueError(f"chunk input of shape {tuple(s.shape)} where the replay holds {tuple(dst.shape)}")
@@ -250,9 +252,10 @@ class OnlineLPM(nn.Module):
 
     def _denoise(self, state: StreamState, spk, lis, noises, rope, bb_attn, rf_attn, mark=None, capture=None):
         """The chunk's device work: log-mel, audio tokens and every block's audio k/v (once per
-        network and chunk; the encoders are frame-local), the backbone from pure noise -- every pass writes the chunk's K/V into its
-        pages, so the last pass (noise level history_t) leaves the noisy history behind -- then
-        the refiner's one step. Returns the refined latents [1, z, C, h, w]."""
+        network and chunk; the encoders are frame-local), the backbone from pure noise -- every
+        pass writes the chunk's K/V into its pages, so the last pass (noise level history_t)
+        leaves the noisy history behind -- then the refiner's one step. Returns the refined
+        latents [1, z, C, h, w]."""
         mark = mark or (lambda stage: None)
         sig, n_mels = self.cfg.stream.sigmas, self.cfg.model.n_mels
         mels = (log_mel(spk, n_mels), log_mel(lis, n_mels))
@@ -287,11 +290,8 @@ class OnlineLPM(nn.Module):
         inputs = self._chunk_inputs(state, spk_audio, lis_audio)
         mark = state.timer or (lambda stage: None)
         if not self.cfg.runtime.cuda_graphs or capture is not None:
-            pool_bb, pool_rf = state.bb_cache.pool, state.rf_cache.pool
-            latents = self._denoise(
-                state, inputs.spk, inputs.lis, inputs.noises, inputs.rope,
-                PagedAttention(pool_bb, *inputs.bb_view, inputs.rope, state.bb_cache.k_shift),
-                PagedAttention(pool_rf, *inputs.rf_view, inputs.rope, state.rf_cache.k_shift), mark, capture)
+            latents = self._denoise(state, inputs.spk, inputs.lis, inputs.noises, inputs.rope,
+                                    *inputs.attention(state), mark, capture)
         else:
             if state.replay is None:              # first chunk: set up (and on CUDA capture) the replay
                 state.replay = StepReplay(self, state, inputs, capture=inputs.noises.device.type == "cuda")
