@@ -92,8 +92,8 @@ def step_sqnr(model: OnlineLPM, stored: dict, tgt: Target, chunks: int = 8, seed
     which compounds the per-step error over ``chunks`` chunks."""
     from lpm_rt.assets import builtin_conversation, default_character
     from lpm_rt.model.audio import MEL_HOP, MEL_WIN
-    from lpm_rt.session import image_to_tensor
     from lpm_rt.config import RefKind
+    from lpm_rt.session import reference_latents
 
     cfg = model.cfg
     qcfg = cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype=tgt.kv_dtype, max_sessions=1))
@@ -104,9 +104,7 @@ def step_sqnr(model: OnlineLPM, stored: dict, tgt: Target, chunks: int = 8, seed
     ref.load_state_dict(model.state_dict())
     s, m = cfg.stream, cfg.model
     images = default_character(s.height, s.width)[:s.reference_slots]
-    with torch.no_grad():
-        refs = torch.cat([ref.vae.encode_image(image_to_tensor(r.image, s.height, s.width)) for r in images], 2) \
-            if images else torch.zeros(1, m.vae_z_dim, 0, s.latent_h, s.latent_w)
+    refs = reference_latents(ref, [r.image for r in images])
     kinds = torch.tensor([int(RefKind[r.kind.upper()]) for r in images], dtype=torch.long)
     spl = s.chunk_frames * m.vae_temporal * (s.sample_rate // s.fps)
     ctx = MEL_WIN - MEL_HOP + m.audio_context * m.vae_temporal * (s.sample_rate // s.fps)

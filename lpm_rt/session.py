@@ -156,6 +156,17 @@ class Avatar:
         return f"Avatar({self.cfg.name!r}, {self.spec}, trained={self.trained}, source={self.source!r})"
 
 
+@torch.no_grad()
+def reference_latents(model, images) -> torch.Tensor:
+    """HxWx3 uint8 reference images -> the model's VAE latents [1, z, R, h, w] (R may be 0)."""
+    s, m = model.cfg.stream, model.cfg.model
+    if not images:
+        return torch.zeros(1, m.vae_z_dim, 0, s.latent_h, s.latent_w)
+    w = model.vae.dec_out.weight
+    return torch.cat([model.vae.encode_image(image_to_tensor(im, s.height, s.width).to(w.device, w.dtype))
+                      for im in images], 2)
+
+
 class Session:
     """One stream. Not thread-safe: drive it from one thread (or use :mod:`lpm_rt.aio`)."""
 
@@ -182,13 +193,7 @@ class Session:
             if p.ndim != 2 or p.shape[1] != m.text_dim or not np.isfinite(p).all():
                 raise LPMError(f"prompt embeddings must be finite [L, {m.text_dim}], got shape {p.shape}")
         model = avatar.model
-        with torch.no_grad():
-            if imgs:
-                w = model.vae.dec_out.weight
-                lat = torch.cat([model.vae.encode_image(image_to_tensor(im, s.height, s.width).to(w.device, w.dtype))
-                                 for im in imgs], 2)
-            else:
-                lat = torch.zeros(1, m.vae_z_dim, 0, s.latent_h, s.latent_w)
+        lat = reference_latents(model, imgs)
         self._state = model.open_stream(lat, torch.tensor([int(k) for k in kinds]), prompt, int(seed))
         self._tracks = {t: _Track() for t in TRACKS}
         self._chunk_samples = s.frames_per_chunk * (AUDIO_RATE // s.fps)
