@@ -116,23 +116,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sync", type=float, default=0.0,
                    help="the lip-sync loss of `train base --sync` in stage 1 and 3 (against the teacher's "
                         "or the data's latents)")
+    d.add_argument("--from", dest="from_run", default=None, metavar="DIR",
+                   help="start a new run from the newest checkpoint of another distill run (student, refiner, "
+                        "fake score and optimizer states), redoing the stages from --restart-at on")
+    d.add_argument("--restart-at", default=None, choices=("ode_init", "dmd", "refiner", "long"),
+                   help="with --from: the first stage to run again (earlier ones count as done)")
     _common(d)
     e = sub.add_parser("export", help="copy a trained model directory for shipping (fp16 weights)")
     e.add_argument("--src", required=True, help="model directory (e.g. the distill --out)")
     e.add_argument("--out", required=True, help="destination (e.g. lpm_rt/assets/demo)")
     e.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    e.add_argument("--vae-from", default=None, metavar="DIR",
+                   help="take the VAE from another model directory (a decoder fine-tuned with "
+                        "`train base --vae-freeze-encoder`); refused unless its encoder is SRC's, bit for bit")
     return ap
 
 
-def export(src, out, dtype: str = "fp16") -> dict:
+def export(src, out, dtype: str = "fp16", vae_from=None) -> dict:
     """Write ``src`` (a model directory) to ``out`` with weights cast to ``dtype``; the metadata
-    keeps how it was trained. Returns the sizes written (bytes per file)."""
+    keeps how it was trained. ``vae_from``: a model directory whose VAE replaces ``src``'s -- only
+    a decoder trained on the same latent space (identical encoder). Returns the sizes written
+    (bytes per file)."""
     from pathlib import Path
 
     from ..checkpoint import load_dir, save
     model, meta = load_dir(src)
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "files")}
     keep.update(exported_from=str(src), weights_dtype=dtype)
+    if vae_from is not None:
+        other, _ = load_dir(vae_from)
+        mine, theirs = model.vae.state_dict(), other.vae.state_dict()
+        if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+            raise ValueError(f"--vae-from {vae_from}: its VAE has a different architecture than {src}'s")
+        enc = [k for k in mine if k.startswith("enc")]
+        if not enc or any(not torch.equal(mine[k], theirs[k]) for k in enc):
+            raise ValueError(f"--vae-from {vae_from}: its encoder differs from {src}'s, so its decoder reads "
+                             "another latent space (fine-tune decoders with --vae-freeze-encoder)")
+        model.vae.load_state_dict(theirs)
+        keep.update(vae_from=str(vae_from))
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[dtype]
     d = save(model, out, extra=keep, dtype=dt)
     return {p.name: p.stat().st_size for p in sorted(Path(d).iterdir())}
@@ -143,8 +164,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "vae_freeze_encoder", False) and not args.init:
         ap.error("--vae-freeze-encoder needs --init DIR (a trained encoder to keep)")
+    if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
+        ap.error("--from DIR and --restart-at STAGE go together")
+    if args.cmd == "distill" and args.from_run is not None:
+        from pathlib import Path
+        import json
+        src = Path(args.from_run)
+        role = json.loads((src / "config.json").read_text()).get("role") if (src / "config.json").is_file() else None
+        if role != "online" or not (src / "ckpt" / "LATEST").is_file():
+            ap.error(f"--from {src}: not a distill run directory with a checkpoint (config.json role "
+                     f"'online', ckpt/LATEST)")
     if args.cmd == "export":
-        sizes = export(args.src, args.out, args.dtype)
+        try:
+            sizes = export(args.src, args.out, args.dtype, args.vae_from)
+        except ValueError as e:
+            ap.error(str(e))
         logging.getLogger("lpm_rt.train").warning("wrote %s: %.1f MB", args.out, sum(sizes.values()) / 1e6)
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -243,13 +243,25 @@ def run_stages(run: RunDir, args, stages: list, model, aux: dict, optims: dict, 
     """Run ``stages`` in order, resuming from the run directory's newest checkpoint (finished
     stages are skipped, the interrupted one continues at its step). Checkpoints hold the model,
     ``aux`` networks and all ``optims``. Returns 0 when every stage is done, 3 when stopped by
-    ``args.stop_after`` (run the same command again to resume)."""
+    ``args.stop_after`` (run the same command again to resume). A new run with ``args.from_run``
+    set starts from that run directory's newest checkpoint (model, ``aux``, ``optims``) with the
+    stages before ``args.restart_at`` counted as done."""
     state = run.read_state()
+    src = getattr(args, "from_run", None)
     if state is not None:
         run.load(model, aux, optims)
         run.truncate_metrics(lambda r: r.get("stage") in state["done"] or
                              (r.get("stage") == state["stage"] and r["step"] < state["step"]))
         log.info("resuming %s at %s step %d", run.out, state["stage"], state["step"])
+    elif src is not None:
+        names = [sp.name for sp in stages]
+        first = names.index(args.restart_at)
+        origin = RunDir(src, run.dist)
+        if origin.latest() is None:
+            raise FileNotFoundError(f"{src}: no complete checkpoint to start from")
+        was = origin.load(model, aux, optims)
+        state = {"stage": names[first], "step": 0, "done": names[:first]}
+        log.info("starting %s from %s (%s step %d), at %s", run.out, src, was["stage"], was["step"], names[first])
     else:
         state = {"stage": stages[0].name, "step": 0, "done": []}
     budget = args.stop_after

@@ -175,3 +175,50 @@ def test_refiner_dmd_matches_distributions_on_free_outputs(teacher, tmp_path):
     assert "refined_dmd" not in plain[0]
     wa, wb = (load_file(str(tmp_path / d / "refiner.safetensors")) for d in ("plain", "dmd"))
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_distill_from_a_run_redoes_its_later_stages(teacher, tmp_path):
+    """--from DIR --restart-at STAGE equals reopening STAGE in a copy of DIR's last checkpoint: the
+    same weights, step for step; the earlier stages are not run again and DIR is left as it was."""
+    import shutil
+    base = ["distill", "--teacher", str(teacher), "--long-steps", "0"] + DISTILL + COMMON
+    first = tmp_path / "first"
+    assert main(base + ["--init-steps", "1", "--dmd-steps", "1", "--refiner-steps", "1", "--out", str(first)]) == 0
+    before = {p.name: p.read_bytes() for p in first.glob("*.safetensors")}
+    redo = base + ["--init-steps", "1", "--dmd-steps", "1", "--refiner-steps", "2"]
+    manual = tmp_path / "manual"                       # the same thing by hand: reopen the refiner stage
+    shutil.copytree(first, manual)
+    ck = manual / "ckpt" / (manual / "ckpt" / "LATEST").read_text().strip()
+    (ck / "state.json").write_text(json.dumps({"stage": "refiner", "step": 0, "done": ["ode_init", "dmd"]}))
+    assert main(redo + ["--out", str(manual)]) == 0
+    again = tmp_path / "again"
+    assert main(redo + ["--from", str(first), "--restart-at", "refiner", "--out", str(again)]) == 0
+    assert [(r["stage"], r["step"]) for r in _metrics(again)] == [("refiner", 0), ("refiner", 1)]
+    for part in ("backbone", "refiner"):
+        a, b = load_file(str(manual / f"{part}.safetensors")), load_file(str(again / f"{part}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    a, f = load_file(str(again / "refiner.safetensors")), load_file(str(first / "refiner.safetensors"))
+    assert any(not torch.equal(a[k], f[k]) for k in a)
+    assert {p.name: p.read_bytes() for p in first.glob("*.safetensors")} == before
+    for bad in (["--from", str(first)], ["--restart-at", "dmd"], ["--from", str(teacher), "--restart-at", "dmd"]):
+        with pytest.raises(SystemExit):
+            main(redo + bad + ["--out", str(tmp_path / "x")])
+
+
+def test_export_takes_a_decoder_of_the_same_latent_space(teacher, tmp_path):
+    """export --vae-from: the VAE of a decoder-only fine-tune replaces SRC's; one with another
+    encoder is refused."""
+    dec = tmp_path / "dec"
+    assert main(["base", "--preset", "tiny", "--steps", "0", "--vae-steps", "2", "--vae-freeze-encoder",
+                 "--init", str(teacher), "--out", str(dec)] + COMMON) == 0
+    ship = tmp_path / "ship"
+    assert main(["export", "--src", str(teacher), "--vae-from", str(dec), "--out", str(ship), "--dtype", "fp32"]) == 0
+    got, want = load_file(str(ship / "vae.safetensors")), load_file(str(dec / "vae.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert json.loads((ship / "config.json").read_text())["vae_from"] == str(dec)
+    other = tmp_path / "other"                          # a VAE trained from scratch: another encoder
+    assert main(["base", "--preset", "tiny", "--steps", "0", "--vae-steps", "1", "--seed", "5",
+                 "--out", str(other)] + COMMON) == 0
+    with pytest.raises(SystemExit):
+        main(["export", "--src", str(teacher), "--vae-from", str(other), "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "config.json").exists()
