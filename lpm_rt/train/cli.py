@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 3: weight of a distribution-matching (DMD) loss on the refiner's free-running "
                         "outputs, with the fake score tracking them; counters the regression losses' pull of "
                         "one-step predictions toward the mean (washed-out latents). 0: off")
+    d.add_argument("--refiner-sigma", type=float, default=None,
+                   help="noise level the refiner re-noises the backbone's output to (the stream setting "
+                        "refiner_sigma; default: the teacher's config). Lower keeps more of the backbone's "
+                        "output: less washed out, less detail added")
     d.add_argument("--lr", type=float, default=1e-4, help="student / refiner learning rate")
     d.add_argument("--fake-lr", type=float, default=2e-4, help="fake-score model learning rate")
     d.add_argument("--fake-updates", type=int, default=2, help="fake-score updates per generator update")
@@ -164,6 +168,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "vae_freeze_encoder", False) and not args.init:
         ap.error("--vae-freeze-encoder needs --init DIR (a trained encoder to keep)")
+    if args.cmd == "distill" and args.refiner_sigma is not None and not 0.0 <= args.refiner_sigma < 1.0:
+        ap.error("--refiner-sigma must be in [0, 1)")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
         ap.error("--from DIR and --restart-at STAGE go together")
     if args.cmd == "distill" and args.from_run is not None:

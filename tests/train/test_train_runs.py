@@ -222,3 +222,19 @@ def test_export_takes_a_decoder_of_the_same_latent_space(teacher, tmp_path):
     with pytest.raises(SystemExit):
         main(["export", "--src", str(teacher), "--vae-from", str(other), "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_distill_refiner_sigma_overrides_the_stream_setting(teacher, tmp_path):
+    """--refiner-sigma trains the refiner at another noise level and ships it in the stream config
+    the runtime reads; out-of-range values are refused."""
+    args = ["distill", "--teacher", str(teacher), "--init-steps", "0", "--dmd-steps", "0", "--long-steps", "0",
+            "--refiner-steps", "1"] + DISTILL + COMMON
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--refiner-sigma", "0.05"]) == 0
+    sig = lambda d: json.loads((tmp_path / d / "config.json").read_text())["config"]["stream"]["refiner_sigma"]  # noqa: E731
+    assert sig("a") == json.loads((teacher / "config.json").read_text())["config"]["stream"]["refiner_sigma"] != 0.05
+    assert sig("b") == 0.05 and lpm_rt.load(str(tmp_path / "b")).model.cfg.stream.refiner_sigma == 0.05
+    wa, wb = (load_file(str(tmp_path / d / "refiner.safetensors")) for d in ("a", "b"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)          # the loss saw the other noise level
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "c"), "--refiner-sigma", "1.5"])
