@@ -28,10 +28,15 @@ $T distill --teacher "$OUT/base" --out "$OUT/online1" $W --focus 0.3 \
 $T export --src "$OUT/online1" --out "$OUT/v1" --dtype fp16
 
 # 2. The teacher, continued: motion weighting, then the audio path and the mouth, then the
-#    lip-sync loss [demo3/base, demo4, m1, m4].
+#    lip-sync loss [demo3/base, demo4, m1, m4]. The first of these was stopped at teacher step
+#    600 (of its 1500-step schedule) and the next started from the checkpoint it had published:
+#    --stop-after (steps taken in the call, exit status 3) reproduces where. It counts from where
+#    a call starts, so if that run itself is interrupted, delete $OUT/t1 and run this again.
+[ "$(cat "$OUT/t1/ckpt/LATEST" 2>/dev/null)" = teacher-0000600 ] || \
 $T base --preset demo --init "$OUT/v1" --out "$OUT/t1" $W --focus 0.5 --vae-freeze-encoder \
     --vae-steps 800 --vae-lr 2e-4 --vae-frames 2 --vae-edge 2 --vae-motion 2 --vae-pool 400 --vae-batch 4 \
-    --steps 1500 --motion 8 --batch 4 --pool 1000 --warmup 50 --ckpt-every 100 --lr-final 0.1 -v
+    --steps 1500 --motion 8 --batch 4 --pool 1000 --warmup 50 --ckpt-every 100 --lr-final 0.1 -v \
+    --stop-after 1400 || [ $? -eq 3 ]
 $T base --preset demo --init "$OUT/t1" --out "$OUT/t2" $W --focus 0.5 --vae-freeze-encoder --vae-steps 0 \
     --steps 400 --motion 8 --audio-lr-mult 10 --batch 4 --pool 400 --ckpt-every 100 -v
 $T base --preset demo --init "$OUT/t2" --out "$OUT/t3" $W --focus 0.5 --vae-freeze-encoder --vae-steps 0 \
