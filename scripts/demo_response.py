@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import lpm_rt  # noqa: E402
-from lpm_rt.config import RuntimeConfig  # noqa: E402
 from test_demo_model import _mouth, _speech, _stream  # noqa: E402  (the test's own definitions)
 
 
@@ -49,20 +47,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="preset name (demo) or model directory")
     ap.add_argument("--vae", default=None, metavar="DIR", help="decode with this model directory's VAE")
-    ap.add_argument("--noise", choices=("fresh", "fixed"), default="fresh", help="RuntimeConfig.noise")
+    ap.add_argument("--noise", choices=("fresh", "fixed"), default="fresh", help="the runtime's noise mode (RuntimeConfig.noise)")
     ap.add_argument("--no-refiner", action="store_true", help="skip the refiner (diagnostic)")
     ap.add_argument("--refiner-sigma", type=float, default=None, help="run the refiner at this noise level")
     ap.add_argument("--seconds", type=float, default=3.0, help="speech length (the test: 3)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    av = lpm_rt.load(a.model, runtime=RuntimeConfig(noise=a.noise))
+    av = lpm_rt.load(a.model)                       # its own runtime; only the noise mode changes
+    cfg = av.model.cfg
+    av.model.cfg = av.cfg = cfg.replace(runtime=cfg.runtime.replace(noise=a.noise))
     if a.vae:
         av.model.vae.load_state_dict(lpm_rt.load(a.vae).model.vae.state_dict())
     if a.no_refiner:
         av.model._refine = lambda state, x0, *rest: x0
     if a.refiner_sigma is not None:
-        av.model.cfg = replace(av.model.cfg, stream=replace(av.model.cfg.stream, refiner_sigma=a.refiner_sigma))
+        cfg = av.model.cfg
+        av.model.cfg = av.cfg = cfg.replace(stream=cfg.stream.replace(refiner_sigma=a.refiner_sigma))
     r = measure(av, a.seconds)
     print(json.dumps({"model": a.model, "vae": a.vae, "noise": a.noise, "no_refiner": a.no_refiner,
                       "refiner_sigma": av.model.cfg.stream.refiner_sigma, **{k: round(v, 3) for k, v in r.items()}}))

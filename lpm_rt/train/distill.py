@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +91,7 @@ def train_distill(args, dist: Dist) -> int:
     tmodel, tmeta = load_dir(args.teacher)
     cfg = tmodel.cfg
     if args.refiner_sigma is not None:            # the student's stream setting, not the teacher's
-        cfg = replace(cfg, stream=replace(cfg.stream, refiner_sigma=args.refiner_sigma))
+        cfg = cfg.replace(stream=cfg.stream.replace(refiner_sigma=args.refiner_sigma))
     s, m = cfg.stream, cfg.model
     teacher = tmodel.backbone.eval().requires_grad_(False)
     # default clip: every RoPE time index the stream uses (it re-bases below s.time_limit)
