@@ -114,12 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fake-updates", type=int, default=2, help="fake-score updates per generator update")
     d.add_argument("--ode-steps", type=int, default=8, help="Euler steps of the teacher's ODE (stage 1)")
     d.add_argument("--guidance", type=float, default=2.0, help="teacher CFG scale on audio + text")
+    d.add_argument("--init-guidance", type=float, default=None,
+                   help="stage 1: CFG scale of the teacher's ODE trajectories the student regresses onto "
+                        "(default: --guidance). A teacher whose mouth follows the audio only under strong "
+                        "guidance hands that response to the student here")
     d.add_argument("--long-factor", type=int, default=3, help="stage 4 rollout length in clips")
     d.add_argument("--mouth", type=float, default=0.0,
                    help="weight the mouth on the latent grid in stage 1 and 3 losses (as `train base --mouth`)")
     d.add_argument("--sync", type=float, default=0.0,
                    help="the lip-sync loss of `train base --sync` in stage 1 and 3 (against the teacher's "
                         "or the data's latents)")
+    d.add_argument("--sync-data", type=float, default=0.0,
+                   help="weight of the lip-sync loss against the data clip's mouth (not the teacher's sample) "
+                        "in stages 1 and 3, on top of --sync: the clip's audio sets its mouth opening, so "
+                        "this asks the student for the data's response where the teacher's is weaker. 0: off")
     d.add_argument("--from", dest="from_run", default=None, metavar="DIR",
                    help="start a new run from the newest checkpoint of another distill run (student, refiner, "
                         "fake score and optimizer states), redoing the stages from --restart-at on")
@@ -170,6 +178,8 @@ def main(argv=None) -> int:
         ap.error("--vae-freeze-encoder needs --init DIR (a trained encoder to keep)")
     if args.cmd == "distill" and args.refiner_sigma is not None and not 0.0 <= args.refiner_sigma < 1.0:
         ap.error("--refiner-sigma must be in [0, 1)")
+    if args.cmd == "distill" and (args.sync_data < 0 or (args.init_guidance is not None and args.init_guidance < 1.0)):
+        ap.error("--sync-data must be >= 0 and --init-guidance >= 1 (1: no guidance)")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
         ap.error("--from DIR and --restart-at STAGE go together")
     if args.cmd == "distill" and args.from_run is not None:

@@ -123,6 +123,7 @@ def train_distill(args, dist: Dist) -> int:
     grid = ode_grid(args.ode_steps, s.sigma_shift, s.sigmas)
     key = {round(float(x), 6): x for x in grid}
     rti = s.ref_time_index
+    init_guidance = args.guidance if getattr(args, "init_guidance", None) is None else args.init_guidance
 
     pool = EncodedPool(source, cfg, lambda b: encode_batch(vae, b), args.pool, dev)   # stages 1-3
 
@@ -136,17 +137,27 @@ def train_distill(args, dist: Dist) -> int:
 
     def mouth_conditions(stage, step):
         """(x0, cond, latent mouth weight, a sync-loss function) of a pool batch
-        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync). The
+        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync and
+        --sync-data: ``sync(pred, want)`` asks for ``want``'s mouth and, with --sync-data, x0's). The
         mouth positions are the data clip's: against the teacher's samples (stage 1, the refiner's
         free-running target) they are approximate, as the sampled head pose differs a little."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         x0, cond, mouth = pool.batch(idx, mouth=True)
         mw = latent_mouth_weight(m, mouth, args.mouth, (s.height, s.width))
-        if args.sync <= 0:
+        w_want, w_data = args.sync, getattr(args, "sync_data", 0.0)
+        if w_want <= 0 and w_data <= 0:
             return x0, cond, mw, lambda pred, want: 0.0
         if not probe:
             probe.append(fit_mouth_probe(pool, cfg, args.seed))
-        return x0, cond, mw, lambda pred, want: args.sync * sync_loss(probe[0], pred, want, mouth)
+
+        def sync(pred, want):
+            loss = 0.0
+            if w_want > 0:
+                loss = loss + w_want * sync_loss(probe[0], pred, want, mouth)
+            if w_data > 0:
+                loss = loss + w_data * sync_loss(probe[0], pred, x0, mouth)
+            return loss
+        return x0, cond, mw, sync
 
     def update_fake(x_gen, cond, g, step):
         """``--fake-updates`` flow-matching steps of the fake score on the student's samples."""
@@ -167,15 +178,16 @@ def train_distill(args, dist: Dist) -> int:
     def ode_step(step):
         g = step_generator(args.seed, "ode_init", step, dist.rank)
         x0_real, cond, mw, sync = mouth_conditions("ode_init", step)
-        traj, x0_t = teacher_ode(teacher, randn(x0_real.shape, g, dev), cond, grid, args.guidance, rti)
+        traj, x0_t = teacher_ode(teacher, randn(x0_real.shape, g, dev), cond, grid, init_guidance, rti)
         B, Fr = x0_real.shape[0], x0_real.shape[2]
         sig, x_q = pick_steps(s.sigmas, B, Fr, s.chunk_frames, g, [traj[key[round(x, 6)]] for x in s.sigmas])
         x_hist = traj[key[round(s.sigmas[-1], 6)]]
         v = causal_forward(model.backbone, x_hist, x_q, sig, cond, s)
         x0_pred = x_q - sig[:, None, :, None, None] * v
-        loss = weighted_mse(x0_pred, x0_t, mw) + sync(x0_pred, x0_t)
+        mse, lip = weighted_mse(x0_pred, x0_t, mw), sync(x0_pred, x0_t)
+        loss = mse + lip
         loss.backward()
-        return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), "mse": float(mse.detach()), "sync": float(lip.detach()) if torch.is_tensor(lip) else lip}
 
     # ---- 2. self-rollout distribution matching --------------------------------------------------
     def generate(cond, Fr, g, q_start=0):

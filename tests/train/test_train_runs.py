@@ -238,3 +238,47 @@ def test_distill_refiner_sigma_overrides_the_stream_setting(teacher, tmp_path):
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)          # the loss saw the other noise level
     with pytest.raises(SystemExit):
         main(args + ["--out", str(tmp_path / "c"), "--refiner-sigma", "1.5"])
+
+
+def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, monkeypatch):
+    """--init-guidance sets the CFG of the teacher trajectories stage 1 regresses onto (the other
+    stages keep --guidance); --sync-data adds the lip-sync loss against the data clip's latents,
+    where --sync asks for the teacher sample's mouth. On world clips (they know the mouth)."""
+    import lpm_rt.train.distill as D
+    seen = {"scale": [], "x0_t": [], "target": []}
+    ode, sl = D.teacher_ode, D.sync_loss
+
+    def spy_ode(net, noise, cond, grid, scale, rti):
+        seen["scale"].append(scale)
+        out = ode(net, noise, cond, grid, scale, rti)
+        seen["x0_t"].append(out[1])
+        return out
+
+    def spy_sync(probe, pred, want, mouth):
+        seen["target"].append(want)
+        return sl(probe, pred, want, mouth)
+
+    monkeypatch.setattr(D, "teacher_ode", spy_ode)
+    monkeypatch.setattr(D, "sync_loss", spy_sync)
+    args = ["distill", "--teacher", str(teacher), "--init-steps", "1", "--dmd-steps", "0", "--refiner-steps", "0",
+            "--long-steps", "0", "--guidance", "2.5", "--pool", "2"] + DISTILL + \
+        ["--batch", "1", "--frames", "4", "--warmup", "1"]
+
+    def run(name, *extra):
+        for v in seen.values():
+            v.clear()
+        assert main(args + ["--out", str(tmp_path / name), *extra]) == 0
+        return [r for r in _metrics(tmp_path / name) if r["stage"] == "ode_init"]
+
+    rec = run("teacher", "--sync", "1")
+    assert seen["scale"] == [2.5] and len(seen["target"]) == 1 and seen["target"][0] is seen["x0_t"][0]
+    assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
+    rec = run("data", "--sync-data", "2", "--init-guidance", "4")
+    assert seen["scale"] == [4.0] and len(seen["target"]) == 1
+    assert seen["target"][0].shape == seen["x0_t"][0].shape and not torch.equal(seen["target"][0], seen["x0_t"][0])
+    assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
+    assert json.loads((tmp_path / "data" / "config.json").read_text())["args"]["init_guidance"] == 4.0
+    assert run("plain")[0]["sync"] == 0.0
+    for bad in (["--sync-data", "-1"], ["--init-guidance", "0.5"]):
+        with pytest.raises(SystemExit):
+            main(args + bad + ["--out", str(tmp_path / "x")])
