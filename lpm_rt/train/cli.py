@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sync-data", type=float, default=0.0,
                    help="weight of the lip-sync loss against the data clip's mouth (not the teacher's sample) "
                         "in stages 1 and 3, on top of --sync: the clip's audio sets its mouth opening, so "
-                        "this asks the student for the data's response where the teacher's is weaker. 0: off")
+                        "this asks the student for the data's response where the teacher's is weaker. In units of "
+                        "the opening's variance over the data, not the batch's. 0: off")
     d.add_argument("--from", dest="from_run", default=None, metavar="DIR",
                    help="start a new run from the newest checkpoint of another distill run (student, refiner, "
                         "fake score and optimizer states), redoing the stages from --restart-at on")

@@ -155,7 +155,7 @@ def train_distill(args, dist: Dist) -> int:
             if w_want > 0:
                 loss = loss + w_want * sync_loss(probe[0], pred, want, mouth)
             if w_data > 0:
-                loss = loss + w_data * sync_loss(probe[0], pred, x0, mouth)
+                loss = loss + w_data * sync_loss(probe[0], pred, x0, mouth, norm=probe[0].var)
             return loss
         return x0, cond, mw, sync
 

@@ -76,7 +76,7 @@ class MouthProbe:
     def __init__(self, size: tuple, temporal: int, k: int = 3):
         self.size, self.temporal, self.k = tuple(size), int(temporal), int(k)
         self.mu = self.sd = self.w = None
-        self.b = 0.0
+        self.b, self.var = 0.0, None
 
     def features(self, z: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:
         """z: [B, C, F, h, w] latents, mouth [B, F * temporal, 3] -> [B, F, C * k * k]."""
@@ -105,6 +105,7 @@ class MouthProbe:
         A = Xn.T @ Xn + lam * torch.eye(X.shape[1], dtype=X.dtype)
         self.w = torch.linalg.solve(A, Xn.T @ (Y - Y.mean()))
         self.b = float(Y.mean())
+        self.var = float(Y.var())                      # the opening's variance over the fitting clips
         self.mu, self.sd, self.w = self.mu.float(), self.sd.float(), self.w.float()
         return self
 
@@ -116,8 +117,13 @@ class MouthProbe:
         return ((x - self.mu.to(x)) / self.sd.to(x)) @ self.w.to(x) + self.b
 
 
-def sync_loss(probe: MouthProbe, x0_pred: torch.Tensor, x0: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:
+def sync_loss(probe: MouthProbe, x0_pred: torch.Tensor, x0: torch.Tensor, mouth: torch.Tensor,
+              norm: float | None = None) -> torch.Tensor:
     """Mean squared difference of the probe's reading of predicted and true latents, in units of
-    the true reading's variance over the batch (scale-free: 1 is as bad as ignoring the mouth)."""
+    the true reading's variance over the batch (scale-free: 1 is as bad as ignoring the mouth), or
+    of ``norm`` when given (e.g. ``probe.var``, the opening's variance over the data: a batch of
+    quiet clips has almost no variance of its own, and dividing by it turns the probe's noise on
+    them into the largest loss of the run)."""
     want = probe.read(x0, mouth).detach()
-    return (probe.read(x0_pred, mouth) - want).pow(2).mean() / want.var().clamp_min(1e-4)
+    var = want.var().clamp_min(1e-4) if norm is None else max(float(norm), 1e-4)
+    return (probe.read(x0_pred, mouth) - want).pow(2).mean() / var

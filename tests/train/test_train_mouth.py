@@ -6,7 +6,7 @@ import torch
 
 from lpm_rt.config import preset
 from lpm_rt.train.base import crop_batch, weighted_mse
-from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight, mouth_weight, sync_loss
+from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight, latent_opening, mouth_weight, sync_loss
 from lpm_rt.train.data import Clip, WorldSource, collate
 from lpm_rt.world import Character, Scene
 from lpm_rt.world.render import FaceState, draw, landmarks
@@ -183,3 +183,23 @@ def test_audio_gap_script_runs_and_reports_every_track():
     for k in ("right", "rolled", "silence"):
         assert res[k]["frame"] > 0 and res[k]["mouth"] > 0 and -1 <= res[k]["lip_sync"] <= 1
     assert -1 <= res["probe_on_data"] <= 1 and np.isfinite(res["gap_mouth"])
+
+
+def test_sync_loss_in_units_of_the_data_variance():
+    """norm=probe.var divides by the opening's variance over the fitting clips, not the batch's:
+    on a batch of quiet clips (mouth still) the batch form blows up, the data form does not."""
+    g = torch.Generator().manual_seed(1)
+    n, size, T = 8, (64, 64), 4
+    mouth = torch.zeros(n, 8, 3)
+    mouth[..., :2] = 32.0
+    mouth[..., 2] = torch.rand(n, 8, generator=g)
+    z = torch.randn(n, 4, 2, 8, 8, generator=g)
+    z[:, 0, :, 3:5, 3:5] += mouth[:, ::4, 2].view(n, 2, 1, 1) * 3
+    probe = MouthProbe(size, T).fit([z], [mouth], lam=1.0)
+    assert probe.var == pytest.approx(float(latent_opening(mouth, T).var()))
+    quiet = z[:1].repeat(n, 1, 1, 1, 1) + 0.01 * torch.randn(z.shape, generator=g)   # the same still clip
+    quiet[:, 0, :, 3:5, 3:5] = 0.2
+    pred = quiet + 0.05 * torch.randn(quiet.shape, generator=g)
+    err = float((probe.read(pred, mouth) - probe.read(quiet, mouth)).pow(2).mean())
+    assert float(sync_loss(probe, pred, quiet, mouth, norm=probe.var)) == pytest.approx(err / probe.var, rel=1e-5)
+    assert float(sync_loss(probe, pred, quiet, mouth)) > 10 * float(sync_loss(probe, pred, quiet, mouth, norm=probe.var))

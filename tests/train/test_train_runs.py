@@ -242,10 +242,10 @@ def test_distill_refiner_sigma_overrides_the_stream_setting(teacher, tmp_path):
 
 def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, monkeypatch):
     """--init-guidance sets the CFG of the teacher trajectories stage 1 regresses onto (the other
-    stages keep --guidance); --sync-data adds the lip-sync loss against the data clip's latents,
+    stages keep --guidance); --sync-data adds the lip-sync loss against the data clip's latents (in units of the data's variance),
     where --sync asks for the teacher sample's mouth. On world clips (they know the mouth)."""
     import lpm_rt.train.distill as D
-    seen = {"scale": [], "x0_t": [], "target": []}
+    seen = {"scale": [], "x0_t": [], "target": [], "norm": []}
     ode, sl = D.teacher_ode, D.sync_loss
 
     def spy_ode(net, noise, cond, grid, scale, rti):
@@ -254,9 +254,10 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
         seen["x0_t"].append(out[1])
         return out
 
-    def spy_sync(probe, pred, want, mouth):
+    def spy_sync(probe, pred, want, mouth, norm=None):
         seen["target"].append(want)
-        return sl(probe, pred, want, mouth)
+        seen["norm"].append((norm, probe.var))
+        return sl(probe, pred, want, mouth, norm=norm)
 
     monkeypatch.setattr(D, "teacher_ode", spy_ode)
     monkeypatch.setattr(D, "sync_loss", spy_sync)
@@ -272,9 +273,11 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
 
     rec = run("teacher", "--sync", "1")
     assert seen["scale"] == [2.5] and len(seen["target"]) == 1 and seen["target"][0] is seen["x0_t"][0]
+    assert seen["norm"][0][0] is None                       # --sync: the batch's variance, as in `train base`
     assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
     rec = run("data", "--sync-data", "2", "--init-guidance", "4")
     assert seen["scale"] == [4.0] and len(seen["target"]) == 1
+    assert seen["norm"][0][0] == seen["norm"][0][1] > 0     # --sync-data: the data's variance
     assert seen["target"][0].shape == seen["x0_t"][0].shape and not torch.equal(seen["target"][0], seen["x0_t"][0])
     assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
     assert json.loads((tmp_path / "data" / "config.json").read_text())["args"]["init_guidance"] == 4.0
