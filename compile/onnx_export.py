@@ -40,6 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lpm_rt import ops
+from lpm_rt.model.audio import LOG_MEL_SILENCE
+from lpm_rt.model.dit import GuidedKV
 from lpm_rt.model.rope import rope_apply
 
 __all__ = ["ChunkStep", "RefPass", "VaeDecode", "example_inputs", "export_all", "int8_weight_dq", "OPSET", "rel_l2"]
@@ -76,8 +78,9 @@ class _DenseNet(nn.Module):
         return e, self.net.time_projection(e).unflatten(-1, (6, self.net.cfg.dim))
 
     @staticmethod
-    def block(blk, x, e, attend, context=None, text_bias=None, audio=None):
-        """``lpm_rt.model.dit.Block.forward`` with a key mask on the text cross-attention."""
+    def block(blk, x, e, attend, context=None, text_bias=None, audio=None, guidance=None):
+        """``lpm_rt.model.dit.Block.forward`` with a key mask on the text cross-attention;
+        ``guidance`` = (silent audio windows, gain): the stream's audio guidance (``GuidedKV``)."""
         B, N, C = x.shape
         Fr = e.shape[1]
         T = N // Fr
@@ -98,7 +101,11 @@ class _DenseNet(nn.Module):
             x = x + blk.cross_attn.o(_sdpa(q, k, v, text_bias).flatten(2))
         if audio is not None:
             h = blk.norm_audio(x).view(B * Fr, T, C)
-            x = x + blk.audio_attn.cross(h, audio.flatten(0, 1)).view(B, N, C)
+            a = audio.flatten(0, 1)
+            if guidance is not None and guidance[1] != 1.0:
+                att = blk.audio_attn
+                a = GuidedKV(att.raw_kv(a), att.raw_kv(guidance[0].flatten(0, 1)), guidance[1])
+            x = x + blk.audio_attn.cross(h, a).view(B, N, C)
         return x + gated(blk.ffn(modulate(x, shift2, scale2)), gate2)
 
     def unpatchify(self, x, frames, h, w):                        # [1, F*h*w, patch_dim] -> [1, z, F, H, W]
@@ -109,7 +116,13 @@ class _DenseNet(nn.Module):
 
 
 class ChunkStep(_DenseNet):
-    """One denoising pass of ``net`` over a chunk with dense [refs | history] K/V (see module doc)."""
+    """One denoising pass of ``net`` over a chunk with dense [refs | history] K/V (see module doc).
+    ``guidance`` = (speaker, listener) gains of the stream's audio guidance (``StreamConfig``),
+    baked into the graph with silence's log-mel as a constant."""
+
+    def __init__(self, net, guidance=(1.0, 1.0)):
+        super().__init__(net)
+        self.guidance = tuple(float(g) for g in guidance)
 
     def forward(self, latents, timestep, text, text_valid, mel_speaker, mel_listener,
                 k_ctx, v_ctx, ctx_valid, rope_cos, rope_sin):
@@ -122,6 +135,9 @@ class ChunkStep(_DenseNet):
         context = net.embed_text(text)
         text_bias = ((1.0 - text_valid) * NEG).view(1, 1, 1, -1)
         audio = (net.encode_audio(mel_speaker), net.encode_audio(mel_listener))
+        null = None
+        if self.guidance != (1.0, 1.0):
+            null = net.encode_audio(torch.full_like(mel_speaker, LOG_MEL_SILENCE))
         kv_bias = torch.cat([(1.0 - ctx_valid) * NEG, ctx_valid.new_zeros(N)]).view(1, 1, 1, -1)
         k_new, v_new = [], []
         for i, blk in enumerate(net.blocks):
@@ -132,7 +148,8 @@ class ChunkStep(_DenseNet):
                 kk = torch.cat([k_ctx[i].unsqueeze(0), k], 1)                     # (1, Nc + N, H, D)
                 vv = torch.cat([v_ctx[i].unsqueeze(0), v], 1)
                 return _sdpa(q, kk, vv, kv_bias)
-            x = self.block(blk, x, e0, attend, context, text_bias, audio[i % 2])
+            g = None if null is None else (null, self.guidance[i % 2])
+            x = self.block(blk, x, e0, attend, context, text_bias, audio[i % 2], g)
         out = net.head(x, e)
         return self.unpatchify(out, Fr, h, w), torch.stack(k_new), torch.stack(v_new)
 
@@ -304,7 +321,8 @@ def export_all(model, out_dir, log=lambda m: None, int8_weights: dict | None = N
         for net in ("backbone", "refiner"):
             dit = getattr(model, net).float().eval()
             w8 = (int8_weights or {}).get(net)
-            graphs[f"{net}_step"] = _export_one(ChunkStep(dit), example_inputs(cfg, "step", net), _OUTPUTS["step"],
+            guidance = (cfg.stream.speaker_guidance, cfg.stream.listener_guidance)
+            graphs[f"{net}_step"] = _export_one(ChunkStep(dit, guidance), example_inputs(cfg, "step", net), _OUTPUTS["step"],
                                                 out / f"{net}_step.onnx", w8)
             graphs[f"{net}_refs"] = _export_one(RefPass(dit), example_inputs(cfg, "refs", net), _OUTPUTS["refs"],
                                                 out / f"{net}_refs.onnx", w8)

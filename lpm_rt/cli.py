@@ -78,7 +78,7 @@ def _report(avatar, stats, out):
 
 def _load(args):
     """The model with its own runtime (an artifact's target device and ops backend), plus the
-    command's --threads and --noise."""
+    command's --threads, --noise and --speaker-guidance / --listener-guidance."""
     import torch
 
     import lpm_rt
@@ -88,6 +88,14 @@ def _load(args):
     if getattr(args, "noise", None):
         cfg = avatar.model.cfg
         avatar.model.cfg = avatar.cfg = cfg.replace(runtime=cfg.runtime.replace(noise=args.noise))
+    gains = {f"{k}_guidance": getattr(args, f"{k}_guidance", None) for k in ("speaker", "listener")}
+    gains = {k: v for k, v in gains.items() if v is not None}
+    if gains:
+        cfg = avatar.model.cfg
+        try:
+            avatar.model.cfg = avatar.cfg = cfg.replace(stream=cfg.stream.replace(**gains))
+        except ValueError as e:
+            raise SystemExit(f"lpm-rt: {e}")
     return avatar
 
 
@@ -186,6 +194,11 @@ def build_parser():
         sp.add_argument("--noise", choices=("fresh", "fixed"), default=None,
                         help="noise per chunk: 'fresh' draws (default) or one 'fixed' draw per session, which "
                              "keeps details from changing between chunks (steadier video)")
+        sp.add_argument("--speaker-guidance", type=float, default=None, metavar="G",
+                        help="audio guidance on the avatar's own speech: its audio-driven motion (the mouth) "
+                             "scaled by G against silence's (default: the model's setting; 1: off)")
+        sp.add_argument("--listener-guidance", type=float, default=None, metavar="G",
+                        help="the same on the user's speech (default: the model's setting)")
 
     d = sub.add_parser("demo", help="the embedded default: built-in character and speech -> mp4")
     common(d)

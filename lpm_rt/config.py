@@ -99,7 +99,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """How a session streams the online model."""
+    """How a session streams the online model.
+
+    ``speaker_guidance`` / ``listener_guidance``: classifier-free guidance on each audio track,
+    applied where the networks read it (:class:`lpm_rt.model.dit.GuidedKV`): every audio
+    cross-attention's output becomes a0 + g (a - a0), a0 its output with a silent chunk. A
+    distilled online model has no guidance of its own, and its teacher's mouth follows speech
+    fully only under guidance; g > 1 gives back what distillation lost. Costs one more
+    attention over the chunk's few audio tokens per guided block; silence stays silence."""
 
     height: int
     width: int
@@ -115,6 +122,8 @@ class StreamConfig:
     page_size: int = 16                # tokens per KV page; must divide tokens per latent frame
     ref_time_index: int = -8           # RoPE time index of reference tokens (outside video range)
     rebase_period: int = 0             # latent frames between RoPE re-basings (0: max(history, chunk))
+    speaker_guidance: float = 1.0      # audio guidance in the speaker cross-attention (1: off, see below)
+    listener_guidance: float = 1.0     # the same in the listener cross-attention
 
     # derived (the model's patch/VAE strides are needed: set by LPMConfig)
     latent_h: int = field(init=False, default=0)
@@ -136,6 +145,8 @@ class StreamConfig:
             raise ValueError(f"sample_rate {self.sample_rate} must be a multiple of fps {self.fps}")
         if not 0.0 < self.sigma_min_step <= 1.0 or not 0.0 <= self.refiner_sigma < 1.0:
             raise ValueError("sigma_min_step in (0, 1], refiner_sigma in [0, 1)")
+        if not (0.0 <= self.speaker_guidance <= 20.0 and 0.0 <= self.listener_guidance <= 20.0):
+            raise ValueError("speaker_guidance and listener_guidance must be in [0, 20] (1: off)")
         s = self.backbone_steps
         lin = [1.0 - i * (1.0 - self.sigma_min_step) / max(s - 1, 1) for i in range(s)]
         if s == 1:

@@ -86,3 +86,16 @@ def test_noise_and_threads_keep_the_models_own_runtime():
     avatar = _load(args)
     assert avatar.model.cfg.runtime.noise == "fixed" and avatar.cfg.runtime.noise == "fixed"
     assert avatar.model.cfg.runtime.replace(noise="fresh") == lpm_rt.load("tiny").cfg.runtime
+
+
+def test_guidance_flags_set_the_stream_and_refuse_bad_values():
+    from lpm_rt.cli import _load, build_parser
+    p = build_parser()
+    avatar = _load(p.parse_args(["run", "--model", "tiny", "--speaker", "x.wav", "--out", "y.mp4",
+                                 "--speaker-guidance", "2.5"]))
+    s = avatar.model.cfg.stream
+    assert s.speaker_guidance == 2.5 and s.listener_guidance == 1.0 and avatar.cfg.stream == s
+    assert avatar.cfg.replace(stream=s.replace(speaker_guidance=1.0)) == lpm_rt.load("tiny").cfg
+    assert _load(p.parse_args(["demo", "--model", "tiny"])).cfg.stream.speaker_guidance == 1.0
+    with pytest.raises(SystemExit, match="guidance"):
+        _load(p.parse_args(["demo", "--model", "tiny", "--listener-guidance", "-2"]))

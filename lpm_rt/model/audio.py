@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["AUDIO_RATE", "MEL_HOP", "MEL_WIN", "Resampler", "log_mel", "AudioEncoder", "audio_windows"]
+__all__ = ["AUDIO_RATE", "LOG_MEL_SILENCE", "MEL_HOP", "MEL_WIN", "Resampler", "log_mel", "AudioEncoder", "audio_windows"]
 
 AUDIO_RATE = 24000
 MEL_HOP = 250
@@ -105,6 +105,9 @@ def _mel_filterbank(n_mels: int, sr: int = AUDIO_RATE, n_fft: int = MEL_NFFT) ->
 
 
 _FB_CACHE: dict = {}
+
+
+LOG_MEL_SILENCE = float(torch.log(torch.tensor(1e-5)))   # log_mel of digital silence, every bin (float32)
 
 
 def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:

@@ -63,6 +63,18 @@ class RawKV(NamedTuple):
     v: torch.Tensor
 
 
+class GuidedKV(NamedTuple):
+    """Audio guidance in one cross-attention: the chunk's :class:`RawKV`, that of silence and the
+    gain g. The attention output is a0 + g (a - a0), a0 the output with silence: classifier-free
+    guidance on this cross-attention's features. The output projection is affine, so this is the
+    block's audio residual with its audio-dependent part scaled by g (g = 1: the plain
+    attention; silent audio gives silence's output whatever g). A distilled student has no
+    guidance of its own: its teacher's mouth follows the audio fully only under guidance."""
+    kv: RawKV
+    null: RawKV
+    gain: float
+
+
 class Attention(nn.Module):
     """Wan's attention projections: q, k, v, o and RMSNorm over the full width of q and k.
     ``kv_dim`` != dim makes it a cross-attention over a foreign stream (audio tokens)."""
@@ -107,7 +119,10 @@ class Attention(nn.Module):
         """Plain (unmasked, un-rotated) cross-attention before the output projection, q's (and
         for a raw stream k's) RMSNorm fused in (``ops.cross_attention``).
         x: [B, Lq, C] (or the fp8 form's (e4m3, scales) pair); kv: [B, Lk, kv_dim], its
-        precomputed :meth:`kv` pair, or its :class:`RawKV` projections. -> [B, Lq, C]."""
+        precomputed :meth:`kv` pair, its :class:`RawKV` projections, or a :class:`GuidedKV`
+        (two attentions, combined). -> [B, Lq, C]."""
+        if isinstance(kv, GuidedKV):
+            return torch.lerp(self.cross_heads(x, kv.null), self.cross_heads(x, kv.kv), kv.gain)
         heads = lambda t: t.unflatten(-1, (self.heads, self.head_dim))      # noqa: E731
         if isinstance(kv, RawKV):
             k, v, k_weight = heads(kv.k), heads(kv.v), self.norm_k.weight
@@ -184,7 +199,7 @@ class Block(nn.Module):
             x = x + self.cross_attn.cross(self.norm3(x), context)
         if audio is not None:
             h = self.norm_audio(x).view(B * Fr, T, C)                            # frame-local:
-            a = audio if isinstance(audio, RawKV) else audio.flatten(0, 1)       # (B*F, Ka, Da)
+            a = audio if isinstance(audio, (RawKV, GuidedKV)) else audio.flatten(0, 1)       # (B*F, Ka, Da)
             x = x + self.audio_attn.cross(h, a).view(B, N, C)
         x = x + gated(self.ffn(modulate(x, shift2, scale2)), gate2)
         return x
@@ -210,7 +225,7 @@ class Block(nn.Module):
             x = self.cross_attn.o(self.cross_attn.cross_heads(self._affine_norm("norm3", x), context), residual=x)
         if audio is not None:
             h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
-            a = audio if isinstance(audio, RawKV) else audio.flatten(0, 1)
+            a = audio if isinstance(audio, (RawKV, GuidedKV)) else audio.flatten(0, 1)
             x = self.audio_attn.o(self.audio_attn.cross_heads(h, a),
                                   residual=x.view(B * Fr, T, C)).view(B, N, C)
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)

@@ -17,8 +17,8 @@ import torch.nn as nn
 from ..cache import PagePool, StreamCache
 from ..config import LPMConfig
 from .attend import PagedAttention, RefPrefill, token_positions
-from .audio import log_mel
-from .dit import LPMDiT
+from .audio import AUDIO_RATE, MEL_HOP, MEL_WIN, log_mel
+from .dit import GuidedKV, LPMDiT
 from .text import tag_context
 from .vae import VAE, DecoderCache
 
@@ -38,6 +38,7 @@ class StreamState:
     timer: object = None               # optional callable(stage) marking stage ends (benchmarks)
     replay: object = None              # StepReplay (runtime.cuda_graphs), made on the first chunk
     noises: object = None              # the session's one noise draw (runtime.noise == "fixed")
+    null_audio: object = None          # (backbone, refiner): every block's audio K/V of silence (guidance)
 
     def close(self):
         self.replay = None
@@ -186,6 +187,8 @@ class OnlineLPM(nn.Module):
                             raise
             state.bb_context = self.backbone.text_kv(self.backbone.embed_text(self._text(self.backbone, prompt)))
             state.rf_context = self.refiner.text_kv(self.refiner.embed_text(self._text(self.refiner, prompt)))
+            if (s.speaker_guidance, s.listener_guidance) != (1.0, 1.0):
+                state.null_audio = self._null_audio()
         except Exception:
             state.close()
             raise
@@ -208,11 +211,33 @@ class OnlineLPM(nn.Module):
                      token_positions(s.ref_time_index - torch.arange(R), h, w, m.rope_dims, m.rope_theta))
         net.ref_pass(net.embed_refs(ref_latents, ref_kinds), RefPrefill(pool, slots, rope, k_shift).layer)
 
+    def _null_audio(self) -> tuple:
+        """Every block's audio K/V of a silent chunk, per network: the unconditional side of audio
+        guidance (:class:`~lpm_rt.model.dit.GuidedKV`). The same computation as a chunk of
+        digital silence, so a silent track gives exactly silence's output at any gain."""
+        s, m = self.cfg.stream, self.cfg.model
+        n = (MEL_WIN - MEL_HOP) + (m.audio_context + s.chunk_frames) * m.vae_temporal * (AUDIO_RATE // s.fps)
+        dev = self.backbone.patch_embedding.weight.device
+        mel = log_mel(torch.zeros(1, n, device=dev), m.n_mels)
+        with torch.no_grad():
+            return tuple(net.audio_kv((net.encode_audio(mel),) * 2) for net in (self.backbone, self.refiner))
+
+    def _audio_kv(self, net, mels, null) -> list:
+        """``net``'s per-block audio K/V of the chunk, guided (``speaker_guidance`` in the blocks
+        that read the speaker, ``listener_guidance`` in the others) where the gain is not 1."""
+        kvs = net.audio_kv(tuple(net.encode_audio(x) for x in mels))
+        if null is None:
+            return kvs
+        s = self.cfg.stream
+        gains = (s.speaker_guidance, s.listener_guidance)
+        return [kv if gains[i % 2] == 1.0 else GuidedKV(kv, n, gains[i % 2])
+                for i, (kv, n) in enumerate(zip(kvs, null))]
+
     def _refine(self, state: StreamState, x0, noise, mels, attn) -> torch.Tensor:
         """The refiner pass: x0 re-noised to refiner_sigma, one step over [refs | chunk]."""
         sr = self.cfg.stream.refiner_sigma
         xr = (1 - sr) * x0 + sr * noise
-        rf_audio = self.refiner.audio_kv(tuple(self.refiner.encode_audio(x) for x in mels))
+        rf_audio = self._audio_kv(self.refiner, mels, state.null_audio and state.null_audio[1])
         vr = self._chunk_pass(self.refiner, attn, xr, sr, state.rf_context, rf_audio)
         return xr - sr * vr
 
@@ -259,7 +284,7 @@ class OnlineLPM(nn.Module):
         mark = mark or (lambda stage: None)
         sig, n_mels = self.cfg.stream.sigmas, self.cfg.model.n_mels
         mels = (log_mel(spk, n_mels), log_mel(lis, n_mels))
-        bb_audio = self.backbone.audio_kv(tuple(self.backbone.encode_audio(x) for x in mels))
+        bb_audio = self._audio_kv(self.backbone, mels, state.null_audio and state.null_audio[0])
         mark("audio")
         x = noises[0]
         for i, sigma in enumerate(sig):

@@ -8,6 +8,7 @@ from lpm_rt import ops
 from lpm_rt.config import preset
 from lpm_rt.model.attend import PagedAttention, token_positions
 from lpm_rt.model.audio import MEL_HOP, MEL_WIN, log_mel
+from lpm_rt.model.dit import GuidedKV
 from lpm_rt.model.online import OnlineLPM
 from lpm_rt.model.text import tag_context
 
@@ -64,11 +65,12 @@ def test_dense_step_equals_paged_reference(streamed):
     text_pad[:, :Lt] = text
     text_valid = (torch.arange(m.text_len) < Lt).float()
     cos, sin = token_positions(torch.arange(st.pos, st.pos + C), h, w, m.rope_dims, m.rope_theta)
-    vel, k_new, v_new = ChunkStep(model.backbone)(x, torch.tensor([1000.0 * sigma]), text_pad, text_valid,
-                                                  *mels, k_ctx, v_ctx, valid, cos, sin)
+    args = (x, torch.tensor([1000.0 * sigma]), text_pad, text_valid, *mels, k_ctx, v_ctx, valid, cos, sin)
+    vel, k_new, v_new = ChunkStep(model.backbone)(*args)
     # the paged reference pass (writes the chunk's K/V into its pages)
     bb_audio = tuple(model.backbone.encode_audio(x_) for x_ in mels)
-    want = model._chunk_pass(model.backbone, PagedAttention(cache.pool, *cache.begin_chunk(), (cos, sin), cache.k_shift), x, sigma, st.bb_context, bb_audio)
+    view = cache.begin_chunk()
+    want = model._chunk_pass(model.backbone, PagedAttention(cache.pool, *view, (cos, sin), cache.k_shift), x, sigma, st.bb_context, bb_audio)
     assert torch.isfinite(vel).all()
     assert rel_l2(vel, want) < 1e-4, rel_l2(vel, want)
     kc, vc = _pages_dense(cache.pool, cache.chunk_pages, m.num_heads, m.head_dim)
@@ -79,10 +81,19 @@ def test_dense_step_equals_paged_reference(streamed):
     kr, vr = RefPass(model.backbone)(ref_lat, torch.tensor([0, 1, 0]), (torch.arange(R * T) < 2 * T).float(), rcos, rsin)
     kp, vp = _pages_dense(cache.pool, cache.ref_pages, m.num_heads, m.head_dim)
     assert rel_l2(kr[:, :2 * T], kp) < 1e-5 and rel_l2(vr[:, :2 * T], vp) < 1e-5
+    # audio guidance (last: it rewrites the chunk's pages): the graph's constant silence == the runtime's silent chunk
+    gains = (2.0, 1.5)
+    guided = [GuidedKV(kv, n, gains[i % 2]) for i, (kv, n) in
+              enumerate(zip(model.backbone.audio_kv(bb_audio), model._null_audio()[0]))]
+    want_g = model._chunk_pass(model.backbone, PagedAttention(cache.pool, *view, (cos, sin), cache.k_shift), x, sigma, st.bb_context, guided)
+    vel_g = ChunkStep(model.backbone, gains)(*args)[0]
+    assert rel_l2(vel_g, want_g) < 1e-4, rel_l2(vel_g, want_g)
+    assert rel_l2(want_g, want) > 1e-2                                   # guidance changed it
 
 
 def test_export_checker_static_shapes_and_ort_parity(tmp_path):
     cfg = preset("tiny")
+    cfg = cfg.replace(stream=cfg.stream.replace(speaker_guidance=2.0))      # the guided step graphs
     model = OnlineLPM(cfg).init_weights(0).eval()
     rep = export_all(model, tmp_path)
     assert rep["opset"] == OPSET >= 17

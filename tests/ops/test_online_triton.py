@@ -12,9 +12,10 @@ from lpm_rt.model.online import OnlineLPM
 from _checks import assert_sqnr, stream_chunks
 
 
-def _stream(kv, backend, n_chunks=2, fp8_linears=False):
+def _stream(kv, backend, n_chunks=2, fp8_linears=False, guidance=(1.0, 1.0)):
     cfg = preset("tiny")
-    cfg = cfg.replace(stream=cfg.stream.replace(backbone_steps=1, history_frames=1),
+    cfg = cfg.replace(stream=cfg.stream.replace(backbone_steps=1, history_frames=1, speaker_guidance=guidance[0],
+                                                listener_guidance=guidance[1]),
                       runtime=cfg.runtime.replace(kv_dtype=kv, max_sessions=1))
     model = OnlineLPM(cfg).init_weights(3).eval()
     if fp8_linears:
@@ -42,6 +43,18 @@ def test_fp8_linears_in_the_model(triton_backend):
     got = _stream(KVDtype.FP32, "triton", fp8_linears=True)
     assert_sqnr(got, want, min_db=60.0, min_cos=0.9999)
     assert_sqnr(want, full, min_db=25.0, min_cos=0.999)
+
+
+def test_audio_guidance_triton_matches_ref(triton_backend):
+    """Audio guidance (two audio cross-attentions per block, combined) in the FP8 block form:
+    the Triton kernels match the reference to summation order, as unguided (>= 60 dB), while
+    guidance itself moves the output far more than that."""
+    want = _stream(KVDtype.FP32, "ref", fp8_linears=True, guidance=(2.0, 1.5))
+    got = _stream(KVDtype.FP32, "triton", fp8_linears=True, guidance=(2.0, 1.5))
+    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999)
+    plain = _stream(KVDtype.FP32, "ref", fp8_linears=True)
+    with pytest.raises(AssertionError):
+        assert_sqnr(plain, want, min_db=40.0, min_cos=0.0)
 
 
 def test_fp8_linear_module_survives_dtype_casts():
