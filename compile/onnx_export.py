@@ -321,7 +321,7 @@ def export_all(model, out_dir, log=lambda m: None, int8_weights: dict | None = N
         for net in ("backbone", "refiner"):
             dit = getattr(model, net).float().eval()
             w8 = (int8_weights or {}).get(net)
-            guidance = (cfg.stream.speaker_guidance, cfg.stream.listener_guidance)
+            guidance = (cfg.stream.speaker_guidance, cfg.stream.listener_guidance) if net == "backbone" else (1.0, 1.0)
             graphs[f"{net}_step"] = _export_one(ChunkStep(dit, guidance), example_inputs(cfg, "step", net), _OUTPUTS["step"],
                                                 out / f"{net}_step.onnx", w8)
             graphs[f"{net}_refs"] = _export_one(RefPass(dit), example_inputs(cfg, "refs", net), _OUTPUTS["refs"],

@@ -102,11 +102,12 @@ class StreamConfig:
     """How a session streams the online model.
 
     ``speaker_guidance`` / ``listener_guidance``: classifier-free guidance on each audio track,
-    applied where the networks read it (:class:`lpm_rt.model.dit.GuidedKV`): every audio
+    applied where the backbone reads it (:class:`lpm_rt.model.dit.GuidedKV`): every audio
     cross-attention's output becomes a0 + g (a - a0), a0 its output with a silent chunk. A
     distilled online model has no guidance of its own, and its teacher's mouth follows speech
     fully only under guidance; g > 1 gives back what distillation lost. Costs one more
-    attention over the chunk's few audio tokens per guided block; silence stays silence."""
+    attention over the chunk's few audio tokens per guided backbone block; silence stays
+    silence."""
 
     height: int
     width: int

@@ -84,7 +84,7 @@ def test_dense_step_equals_paged_reference(streamed):
     # audio guidance (last: it rewrites the chunk's pages): the graph's constant silence == the runtime's silent chunk
     gains = (2.0, 1.5)
     guided = [GuidedKV(kv, n, gains[i % 2]) for i, (kv, n) in
-              enumerate(zip(model.backbone.audio_kv(bb_audio), model._null_audio()[0]))]
+              enumerate(zip(model.backbone.audio_kv(bb_audio), model._null_audio()))]
     want_g = model._chunk_pass(model.backbone, PagedAttention(cache.pool, *view, (cos, sin), cache.k_shift), x, sigma, st.bb_context, guided)
     vel_g = ChunkStep(model.backbone, gains)(*args)[0]
     assert rel_l2(vel_g, want_g) < 1e-4, rel_l2(vel_g, want_g)
