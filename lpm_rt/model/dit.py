@@ -121,18 +121,22 @@ class Attention(nn.Module):
         x: [B, Lq, C] (or the fp8 form's (e4m3, scales) pair); kv: [B, Lk, kv_dim], its
         precomputed :meth:`kv` pair, its :class:`RawKV` projections, or a :class:`GuidedKV`
         (two attentions, combined). -> [B, Lq, C]."""
-        if isinstance(kv, GuidedKV):
-            return torch.lerp(self.cross_heads(x, kv.null), self.cross_heads(x, kv.kv), kv.gain)
         heads = lambda t: t.unflatten(-1, (self.heads, self.head_dim))      # noqa: E731
-        if isinstance(kv, RawKV):
-            k, v, k_weight = heads(kv.k), heads(kv.v), self.norm_k.weight
-        elif isinstance(kv, tuple):
-            k, v, k_weight = kv[0].transpose(1, 2), kv[1].transpose(1, 2), None
-        else:
-            k, v = (heads(t) for t in self._kv_raw(kv))
-            k_weight = self.norm_k.weight
-        out = ops.cross_attention(heads(self.q(x)), k, v, self.norm_q.weight, k_weight, self.norm_q.eps)
-        return out.flatten(2)
+        q = heads(self.q(x))
+
+        def attend(kv):
+            if isinstance(kv, RawKV):
+                k, v, k_weight = heads(kv.k), heads(kv.v), self.norm_k.weight
+            elif isinstance(kv, tuple):
+                k, v, k_weight = kv[0].transpose(1, 2), kv[1].transpose(1, 2), None
+            else:
+                k, v = (heads(t) for t in self._kv_raw(kv))
+                k_weight = self.norm_k.weight
+            return ops.cross_attention(q, k, v, self.norm_q.weight, k_weight, self.norm_q.eps).flatten(2)
+
+        if isinstance(kv, GuidedKV):                   # one q, two attentions, one lerp
+            return torch.lerp(attend(kv.null), attend(kv.kv), kv.gain)
+        return attend(kv)
 
     def cross(self, x, kv):
         """:meth:`cross_heads` then the output projection."""
