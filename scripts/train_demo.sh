@@ -68,4 +68,6 @@ $T distill $D --from "$OUT/refiner1" --restart-at refiner --out "$OUT/refiner2" 
 $T distill $D --from "$OUT/refiner2" --restart-at refiner --out "$OUT/online" \
     --refiner-steps 200 --long-steps 0 --guidance 3 --refiner-dmd 10 --refiner-sigma 0.1 --ckpt-every 50
 
-$T export --src "$OUT/online" --vae-from "$OUT/dec3" --out lpm_rt/assets/demo --dtype fp16
+# 5. Shipped with audio guidance on the speaker track in the backbone (StreamConfig.speaker_guidance;
+#    chosen on LPM-Bench-mini: bench/results/demo_guidance/guidance.json).
+$T export --src "$OUT/online" --vae-from "$OUT/dec3" --out lpm_rt/assets/demo --dtype fp16 --speaker-guidance 2

@@ -68,7 +68,7 @@ def test_shipped_demo_is_trained_and_renders_the_reference(streams):
 
 @pytest.mark.xfail(strict=True, reason="issue #6: the shipped demo model responds to audio too faintly "
                                        "(lower-face motion 1.48 vs 1.21 / 255 in silence, 1.22x where the "
-                                       "test asks 1.5x; they differ by 4.1 / 255, the test asks 4)")
+                                       "test asks 1.5x; they differ by 4.1 / 255)")
 def test_shipped_demo_responds_to_unseen_speech(streams):
     motion = lambda v: float(np.abs(np.diff(_mouth(v), axis=0)).mean())           # noqa: E731
     diff = float(np.abs(_mouth(streams["talk"]) - _mouth(streams["quiet"])).mean())

@@ -142,14 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vae-from", default=None, metavar="DIR",
                    help="take the VAE from another model directory (a decoder fine-tuned with "
                         "`train base --vae-freeze-encoder`); refused unless its encoder is SRC's, bit for bit")
+    e.add_argument("--speaker-guidance", type=float, default=None, metavar="G",
+                   help="ship with this audio guidance on the speaker track (StreamConfig.speaker_guidance; "
+                        "default: SRC's setting)")
+    e.add_argument("--listener-guidance", type=float, default=None, metavar="G",
+                   help="the same on the listener track")
     return ap
 
 
-def export(src, out, dtype: str = "fp16", vae_from=None) -> dict:
+def export(src, out, dtype: str = "fp16", vae_from=None, stream: dict | None = None) -> dict:
     """Write ``src`` (a model directory) to ``out`` with weights cast to ``dtype``; the metadata
     keeps how it was trained. ``vae_from``: a model directory whose VAE replaces ``src``'s -- only
-    a decoder trained on the same latent space (identical encoder). Returns the sizes written
-    (bytes per file)."""
+    a decoder trained on the same latent space (identical encoder). ``stream``: StreamConfig
+    settings to ship with (e.g. ``speaker_guidance``). Returns the sizes written (bytes per file)."""
     from pathlib import Path
 
     from ..checkpoint import load_dir, save
@@ -167,6 +172,8 @@ def export(src, out, dtype: str = "fp16", vae_from=None) -> dict:
                              "another latent space (fine-tune decoders with --vae-freeze-encoder)")
         model.vae.load_state_dict(theirs)
         keep.update(vae_from=str(vae_from))
+    if stream:
+        model.cfg = model.cfg.replace(stream=model.cfg.stream.replace(**stream))
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[dtype]
     d = save(model, out, extra=keep, dtype=dt)
     return {p.name: p.stat().st_size for p in sorted(Path(d).iterdir())}
@@ -193,7 +200,9 @@ def main(argv=None) -> int:
                      f"'online', ckpt/LATEST)")
     if args.cmd == "export":
         try:
-            sizes = export(args.src, args.out, args.dtype, args.vae_from)
+            gains = {f"{k}_guidance": getattr(args, f"{k}_guidance") for k in ("speaker", "listener")}
+            sizes = export(args.src, args.out, args.dtype, args.vae_from,
+                           {k: v for k, v in gains.items() if v is not None})
         except ValueError as e:
             ap.error(str(e))
         logging.getLogger("lpm_rt.train").warning("wrote %s: %.1f MB", args.out, sum(sizes.values()) / 1e6)

@@ -285,3 +285,18 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
     for bad in (["--sync-data", "-1"], ["--init-guidance", "0.5"]):
         with pytest.raises(SystemExit):
             main(args + bad + ["--out", str(tmp_path / "x")])
+
+
+def test_export_ships_stream_guidance(teacher, tmp_path):
+    """export --speaker-guidance/--listener-guidance write the stream settings the runtime reads;
+    the weights are the plain export's, byte for byte; bad values are refused."""
+    plain, guided = tmp_path / "plain", tmp_path / "guided"
+    assert main(["export", "--src", str(teacher), "--out", str(plain)]) == 0
+    assert main(["export", "--src", str(teacher), "--out", str(guided), "--speaker-guidance", "2",
+                 "--listener-guidance", "1.5"]) == 0
+    s = lpm_rt.load(str(guided)).cfg.stream
+    assert (s.speaker_guidance, s.listener_guidance) == (2.0, 1.5)
+    assert lpm_rt.load(str(plain)).cfg.stream.speaker_guidance == 1.0
+    assert all((plain / f).read_bytes() == (guided / f).read_bytes() for f in ("backbone.safetensors", "refiner.safetensors"))
+    with pytest.raises(SystemExit):
+        main(["export", "--src", str(teacher), "--out", str(tmp_path / "bad"), "--speaker-guidance", "-1"])
