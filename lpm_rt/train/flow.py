@@ -18,14 +18,13 @@ Three ways to run a network over a clip:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, StreamConfig
-from ..model.audio import AUDIO_RATE, MEL_HOP
+from ..model.audio import AUDIO_RATE, LOG_MEL_SILENCE, MEL_HOP
 from ..model.attend import DenseAttention, token_positions
 from ..model.rope import rope_apply
 
@@ -33,7 +32,7 @@ __all__ = ["Cond", "randn", "add_noise", "sample_sigma", "velocity", "guided_vel
            "ode_grid", "causal_forward", "two_copy_mask", "KVRollout", "rollout", "Rollout",
            "SILENCE_MEL"]
 
-SILENCE_MEL = math.log(1e-5)     # log-mel of digital silence (lpm_rt.model.audio.log_mel)
+SILENCE_MEL = LOG_MEL_SILENCE    # log-mel of digital silence: the unconditional audio of guidance
 
 
 @dataclass
