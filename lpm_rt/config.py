@@ -53,6 +53,7 @@ class ModelConfig:
     n_mels: int = 80
     audio_tokens_per_frame: int = 4  # audio tokens per latent frame
     audio_context: int = 1           # extra past latent frames each frame's audio attention sees
+    audio_window_pos: bool = False   # a learned embedding per audio-window slot (see AudioEncoder)
     num_ref_kinds: int = len(RefKind)
     qk_norm: bool = True
     cross_attn_norm: bool = True

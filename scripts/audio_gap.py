@@ -15,7 +15,7 @@ of other clips) reads the mouth opening from the x0 the teacher predicts at a hi
 where it cannot see the mouth; the within-clip correlation of that reading with the world's
 label, under each audio track.
 
-    python scripts/audio_gap.py --model runs/base [--clips 8] [--out gap.json]
+    python scripts/audio_gap.py --model runs/base [--clips 8] [--voice espeak] [--out gap.json]
 """
 
 from __future__ import annotations
@@ -36,17 +36,23 @@ from lpm_rt.train.flow import SILENCE_MEL, Cond, add_noise, randn, velocity
 HELD_OUT = 900_000_000          # clip indices far above any training run's
 
 
-def _within_corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Correlation of [B, F] readings after removing each clip's mean (identity is not lip sync)."""
+def _within_corr(a: torch.Tensor, b: torch.Tensor, lag: int = 0) -> float:
+    """Correlation of [B, F] readings after removing each clip's mean (identity is not lip sync);
+    ``lag`` > 0: ``a`` read ``lag`` latent frames after ``b`` (a mouth that trails the audio), < 0 before."""
+    if lag > 0:
+        a, b = a[:, lag:], b[:, :-lag]
+    elif lag < 0:
+        a, b = a[:, :lag], b[:, -lag:]
     a, b = (x - x.mean(1, keepdim=True) for x in (a.double(), b.double()))
     return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
 
 
 @torch.no_grad()
-def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9), seed: int = 0) -> dict:
+def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9), seed: int = 0,
+              voice: str = "synth") -> dict:
     cfg = model.cfg
     s = cfg.stream
-    src = WorldSource(cfg, clip_frames(cfg, frames), modes=("speaking",), voice="synth")
+    src = WorldSource(cfg, clip_frames(cfg, frames), modes=("speaking",), voice=voice)
     batch = collate([src.clip(HELD_OUT + seed * 1000 + i) for i in range(clips)], cfg)
     x0, cond = encode_batch(model.vae, batch)
     fit = [collate([src.clip(HELD_OUT + 500 + seed * 1000 + i)], cfg) for i in range(4 * clips)]
@@ -65,7 +71,10 @@ def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9
         c = Cond(cond.tag_ids, (mel, lis), cond.refs, cond.ref_kinds)
         xs = add_noise(x0, noise, torch.full((clips,), sg))
         v = velocity(net, xs, torch.full((clips, frames), 1000.0 * sg), c, ref_time_index=s.ref_time_index)
-        out[name]["lip_sync"] = _within_corr(probe.read(xs - sg * v, batch.mouth), opening)
+        read = probe.read(xs - sg * v, batch.mouth)
+        out[name]["lip_sync"] = _within_corr(read, opening)
+        out[name]["lip_sync_by_lag"] = {str(k): _within_corr(read, opening, k) for k in (-1, 0, 1)} \
+            if name == "right" else None
     out["probe_on_data"] = _within_corr(probe.read(x0, batch.mouth), opening)
     for sg in sigmas:
         sig = torch.full((clips,), sg)
@@ -78,7 +87,7 @@ def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9
             out[name]["mouth"] += float((bump * err).mean() / bump.expand_as(err).mean()) / len(sigmas)
     for part in ("frame", "mouth"):
         out[f"gap_{part}"] = (out["rolled"][part] - out["right"][part]) / out["rolled"][part]
-    out.update(clips=clips, frames=frames, sigmas=list(sigmas))
+    out.update(clips=clips, frames=frames, sigmas=list(sigmas), voice=voice)
     return out
 
 
@@ -88,13 +97,17 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=8, help="held-out speaking clips")
     ap.add_argument("--frames", type=int, default=8, help="latent frames per clip")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--voice", choices=("synth", "espeak"), default="synth", help="speech of the clips")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     model, _ = load_dir(a.model)
-    res = audio_gap(model, a.clips, a.frames, seed=a.seed)
+    res = audio_gap(model, a.clips, a.frames, seed=a.seed, voice=a.voice)
     for k in ("right", "rolled", "silence"):
         print(f"{k:8s} frame {res[k]['frame']:.4f}  mouth {res[k]['mouth']:.4f}  lip sync {res[k]['lip_sync']:+.3f}")
+    lags = res["right"]["lip_sync_by_lag"]
+    print("lip sync (right track) by lag, latent frames (> 0: the mouth trails the audio): "
+          + "  ".join(f"{k}: {v:+.3f}" for k, v in lags.items()))
     print(f"probe on the data's own latents (the ceiling): {res['probe_on_data']:+.3f}")
     print(f"relative gap (rolled - right) / rolled: frame {res['gap_frame']:+.4f}  mouth {res['gap_mouth']:+.4f}")
     if a.out:

@@ -14,7 +14,7 @@ refiner. Each is scored two ways against the world's mouth-opening labels:
 The ground truth's encoder latents give both ceilings. Comparing the rows says which stage (a
 backbone step, the refiner, the decoder) drops the lip sync.
 
-    python scripts/stream_stages.py --model demo [--out stages.json]
+    python scripts/stream_stages.py --model demo [--voice espeak] [--out stages.json]
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="demo", help="model to stream (as lpm_rt.load takes it)")
     ap.add_argument("--seconds", type=float, default=12.0, help="length of the speaking scenario")
+    ap.add_argument("--voice", choices=("synth", "espeak"), default="synth",
+                    help="speech of the scenario (and of the probe's fitting clips): the world's "
+                         "synthesizer or espeak-ng")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -63,14 +66,14 @@ def main(argv=None) -> int:
     T = model.cfg.model.vae_temporal
     Z, M = [], []
     for seed in range(6):                                   # the probe: other characters and scenes
-        c = Conversation.generate(100 + seed, args.seconds, "speaking", "calm",
+        c = Conversation.generate(100 + seed, args.seconds, "speaking", "calm", voice_backend=args.voice,
                                   character=Character.random(1_000_003 + seed), scene=Scene.random(2_000_003 + seed))
         n = (c.num_frames // T) * T
         Z.append(_encode(vae, c.render(size)[:n]))
         M.append(_mouth(c, n, size))
     probe = MouthProbe((size, size), T).fit(Z, M)
 
-    data = build_scenarios(0, 0.1, True, args.seconds)
+    data = build_scenarios(0, 0.1, True, args.seconds, voice=args.voice)
     conv, refs = data["scenarios"]["speaking"], data["references"]
     rec, chunk_pass = {}, model._chunk_pass
 
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
                 "latent_amplitude": float(np.std(read) / max(np.std(per_latent), 1e-9)),
                 "pixel_amplitude": float(np.std(seen) / max(np.std(labels), 1e-9))}
 
-    res = {"model": args.model, "seconds": args.seconds, "ground_truth": score(_encode(vae, conv.render(size)[:n * T]))}
+    res = {"model": args.model, "seconds": args.seconds, "voice": args.voice, "ground_truth": score(_encode(vae, conv.render(size)[:n * T]))}
     res.update({k: score(torch.cat(v, 2)) for k, v in rec.items()})
     for k, v in res.items():
         if isinstance(v, dict):

@@ -123,7 +123,15 @@ def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
 
 class AudioEncoder(nn.Module):
     """Log-mel of one latent frame (16 mel frames) -> ``audio_tokens_per_frame`` tokens.
-    Names: ``audio_encoder.proj.{0,2}``, ``audio_encoder.pos``."""
+    Names: ``audio_encoder.proj.{0,2}``, ``audio_encoder.pos`` and, with
+    ``ModelConfig.audio_window_pos``, ``audio_encoder.window``.
+
+    ``pos`` says which token of its frame a token is, not which frame: audio cross-attention is
+    un-rotated, so without ``window`` a frame's window (its own tokens and ``audio_context``
+    earlier frames') is a bag in which the frame's own audio and its context look alike, and
+    what reads it follows a blend of both (measured: the mouth trails espeak-ng speech by about
+    a latent frame). ``window`` [audio_context + 1, audio_dim] is added per slot, oldest first;
+    it starts at zero, so a model without it is unchanged until trained."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -135,6 +143,8 @@ class AudioEncoder(nn.Module):
         self.proj = nn.Sequential(nn.Linear(self.group * cfg.n_mels, cfg.audio_dim), nn.GELU(approximate="tanh"),
                                   nn.Linear(cfg.audio_dim, cfg.audio_dim))
         self.pos = nn.Parameter(torch.zeros(cfg.audio_tokens_per_frame, cfg.audio_dim))
+        if cfg.audio_window_pos:
+            self.window = nn.Parameter(torch.zeros(cfg.audio_context + 1, cfg.audio_dim))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: [B, F * mel_per_frame, n_mels] -> tokens [B, F, A, audio_dim]."""
@@ -145,11 +155,12 @@ class AudioEncoder(nn.Module):
         return self.proj(x.to(self.pos.dtype)) + self.pos
 
 
-def audio_windows(tokens: torch.Tensor, context: int) -> torch.Tensor:
+def audio_windows(tokens: torch.Tensor, context: int, slot: torch.Tensor | None = None) -> torch.Tensor:
     """tokens: [B, context + F, A, Da] (the first ``context`` frames precede the clip)
-    -> [B, F, (context + 1) * A, Da]: each frame's own tokens plus the previous ``context`` frames'."""
-    if context == 0:
-        return tokens
+    -> [B, F, (context + 1) * A, Da]: each frame's own tokens plus the previous ``context`` frames',
+    oldest first; ``slot`` [context + 1, Da] (``AudioEncoder.window``) is added per frame slot."""
     Fr = tokens.shape[1] - context
     win = torch.stack([tokens[:, c:c + Fr] for c in range(context + 1)], dim=2)  # (B, F, ctx+1, A, Da)
+    if slot is not None:
+        win = win + slot[:, None].to(win.dtype)
     return win.flatten(2, 3)

@@ -399,7 +399,8 @@ class LPMDiT(nn.Module):
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: [B, (context + F) * 16, n_mels] (leading context frames first) -> windows
         [B, F, (context + 1) * A, audio_dim] for the frame-local audio attention."""
-        return audio_windows(self.audio_encoder(mel), self.cfg.audio_context)
+        return audio_windows(self.audio_encoder(mel), self.cfg.audio_context,
+                             getattr(self.audio_encoder, "window", None))
 
     def forward(self, x, t, context, audio_mel=None, refs=None, ref_kinds=None,
                 chunk_frames=None, window=None, frame_offset=0, ref_time_index=-8):
@@ -444,6 +445,8 @@ class LPMDiT(nn.Module):
                     p.zero_()
                 else:
                     p.fill_(1.0)
+            if hasattr(self.audio_encoder, "window"):
+                self.audio_encoder.window.zero_()          # starts as the plain window
             for blk in self.blocks:
                 blk.audio_attn.o.weight.mul_(0.1)
             self.head.head.weight.mul_(0.1)

@@ -222,15 +222,20 @@ def train_base(args, dist: Dist) -> int:
     vae_frames, vae_batch = args.vae_frames or frames, args.vae_batch or args.batch
     vae_source = source if vae_frames == frames else \
         make_source(cfg, clip_frames(cfg, vae_frames), args.data, args.source, **world)
-    torch.manual_seed(args.seed)
-    model = OnlineLPM(cfg).init_weights(args.seed)
+    src = None
     if args.init:                                   # warm start (weights only; optimizers start fresh)
         from ..checkpoint import load_dir
         src, _ = load_dir(args.init)
-        if src.cfg.model != cfg.model:
+    slots = getattr(args, "audio_window_pos", False) or (src is not None and src.cfg.model.audio_window_pos)
+    cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=slots))
+    torch.manual_seed(args.seed)
+    model = OnlineLPM(cfg).init_weights(args.seed)
+    if src is not None:
+        if src.cfg.model.replace(audio_window_pos=slots) != cfg.model:
             raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
         model.vae.load_state_dict(src.vae.state_dict())
-        model.backbone.load_state_dict(src.backbone.state_dict())
+        # a source without audio-window slots: they start at zero (init_weights), all else loads
+        model.backbone.load_state_dict({**model.backbone.state_dict(), **src.backbone.state_dict()})
     model = model.to(dist.device)
     broadcast_module(model, dist)
     maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-freeze-encoder", action="store_true",
                    help="train only the VAE's decoder: the latent space stays, so DiTs trained on it stay "
                         "valid (with --init: sharpen a model's decoder without retraining its backbone)")
+    b.add_argument("--audio-window-pos", action="store_true",
+                   help="a learned embedding per audio-window slot (ModelConfig.audio_window_pos), so audio "
+                        "attention can tell a frame's own audio from the previous frame's; with --init from a "
+                        "model without it, the slots start at zero and everything else loads")
     b.add_argument("--audio-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the teacher's audio path (encoder, audio cross-attention)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
@@ -129,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "in stages 1 and 3, on top of --sync: the clip's audio sets its mouth opening, so "
                         "this asks the student for the data's response where the teacher's is weaker. In units of "
                         "the opening's variance over the data, not the batch's. 0: off")
+    d.add_argument("--audio-window-pos", action="store_true",
+                   help="give the student (backbone and refiner) a learned embedding per audio-window slot "
+                        "(ModelConfig.audio_window_pos), so its audio attention can tell a frame's own audio "
+                        "from the previous frame's; starts at zero, also with --from a run without it")
+    d.add_argument("--audio-lr-mult", type=float, default=1.0,
+                   help="learning-rate multiplier of the student backbone's audio path (as `train base "
+                        "--audio-lr-mult`); e.g. for the zero-initialised --audio-window-pos embeddings")
     d.add_argument("--from", dest="from_run", default=None, metavar="DIR",
                    help="start a new run from the newest checkpoint of another distill run (student, refiner, "
                         "fake score and optimizer states), redoing the stages from --restart-at on")
@@ -188,6 +199,8 @@ def main(argv=None) -> int:
         ap.error("--refiner-sigma must be in [0, 1)")
     if args.cmd == "distill" and (args.sync_data < 0 or (args.init_guidance is not None and args.init_guidance < 1.0)):
         ap.error("--sync-data must be >= 0 and --init-guidance >= 1 (1: no guidance)")
+    if args.cmd in ("base", "distill") and args.audio_lr_mult <= 0:
+        ap.error("--audio-lr-mult must be > 0")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
         ap.error("--from DIR and --restart-at STAGE go together")
     if args.cmd == "distill" and args.from_run is not None:

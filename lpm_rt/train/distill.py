@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_dir
 from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
-from .base import encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
+from .base import audio_groups, encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
 from .mouth import latent_mouth_weight, sync_loss
 from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, allreduce_grads, broadcast_module, maybe_fsdp
@@ -90,6 +90,10 @@ def dmd_loss(x_gen, teacher, fake, cond: Cond, gen: torch.Generator, guidance: f
 def train_distill(args, dist: Dist) -> int:
     tmodel, tmeta = load_dir(args.teacher)
     cfg = tmodel.cfg
+    if getattr(args, "audio_window_pos", False) and not cfg.model.audio_window_pos:
+        # the student gets audio-window slot embeddings its teacher lacks (zero at the start)
+        cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=True))
+        args.new_params = ("audio_encoder.window",)
     if args.refiner_sigma is not None:            # the student's stream setting, not the teacher's
         cfg = cfg.replace(stream=cfg.stream.replace(refiner_sigma=args.refiner_sigma))
     s, m = cfg.stream, cfg.model
@@ -103,7 +107,11 @@ def train_distill(args, dist: Dist) -> int:
     long_source = make_source(cfg, clip_frames(cfg, long_frames), args.data, args.source, **world)
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg)
-    model.backbone.load_state_dict(teacher.state_dict())
+    own, src = model.backbone.state_dict(), teacher.state_dict()
+    extra = sorted(set(own) - set(src))
+    if extra != sorted(getattr(args, "new_params", ())):                  # only what this run adds
+        raise KeyError(f"the teacher's backbone lacks {extra}")
+    model.backbone.load_state_dict({**own, **src})
     model.vae.load_state_dict(tmodel.vae.state_dict())
     init_refiner(model.refiner, teacher)
     dev = dist.device
@@ -115,7 +123,9 @@ def train_distill(args, dist: Dist) -> int:
         maybe_fsdp(net, dist, args.fsdp)
     vae = model.vae.eval().requires_grad_(False)
     run = RunDir(args.out, dist)
-    optims = {"student": torch.optim.AdamW(model.backbone.parameters(), lr=args.lr, weight_decay=0.0),
+    mult = getattr(args, "audio_lr_mult", 1.0)
+    student = model.backbone.parameters() if mult == 1.0 else audio_groups(model.backbone, mult)
+    optims = {"student": torch.optim.AdamW(student, lr=args.lr, weight_decay=0.0),
               "fake": torch.optim.AdamW(fake.parameters(), lr=args.fake_lr, weight_decay=0.0),
               "refiner": torch.optim.AdamW(model.refiner.parameters(), lr=args.lr, weight_decay=0.0)}
     params = {"student": list(model.backbone.parameters()), "fake": list(fake.parameters()),

@@ -170,17 +170,29 @@ class RunDir:
         shutil.copyfile(d / "config.json", self.out / ".config.json.tmp")
         os.replace(self.out / ".config.json.tmp", self.out / "config.json")
 
-    def load(self, model, aux: dict, optims: dict) -> dict:
-        """Restore model parts, aux nets and optimizers from the newest checkpoint -> its state."""
+    def load(self, model, aux: dict, optims: dict, new_ok=()) -> dict:
+        """Restore model parts, aux nets and optimizers from the newest checkpoint -> its state.
+        ``new_ok``: names of parameters ``model`` may have and the checkpoint lack (a part the new
+        run adds, e.g. ``audio_encoder.window``); they keep their initial values, and the
+        optimizers then start afresh (their saved states index the checkpoint's parameters)."""
         d = self.latest()
         loaded, _ = checkpoint.load_dir(d)
+        added = []
         for part in checkpoint.PARTS:
-            load_full_state_dict(getattr(model, part), getattr(loaded, part).state_dict())
+            sd = getattr(loaded, part).state_dict()
+            own = getattr(model, part).state_dict()
+            new = [k for k in own if k not in sd and any(k.endswith(n) for n in new_ok)]
+            added += [f"{part}.{k}" for k in new]
+            load_full_state_dict(getattr(model, part), {**sd, **{k: own[k] for k in new}})
         for k, net in aux.items():
             load_full_state_dict(net, load_file(str(d / f"aux_{k}.safetensors")))
-        for k, opt in optims.items():
-            optim_from_tensors(opt, load_file(str(d / f"optim_{k}.safetensors")),
-                               json.loads((d / f"optim_{k}.json").read_text()))
+        if added:
+            log.info("%s: new parameters %s start from their initial values; optimizers start afresh",
+                     d, ", ".join(added))
+        else:
+            for k, opt in optims.items():
+                optim_from_tensors(opt, load_file(str(d / f"optim_{k}.safetensors")),
+                                   json.loads((d / f"optim_{k}.json").read_text()))
         return json.loads((d / "state.json").read_text())
 
 
@@ -259,7 +271,7 @@ def run_stages(run: RunDir, args, stages: list, model, aux: dict, optims: dict, 
         origin = RunDir(src, run.dist)
         if origin.latest() is None:
             raise FileNotFoundError(f"{src}: no complete checkpoint to start from")
-        was = origin.load(model, aux, optims)
+        was = origin.load(model, aux, optims, new_ok=getattr(args, "new_params", ()))
         state = {"stage": names[first], "step": 0, "done": names[:first]}
         log.info("starting %s from %s (%s step %d), at %s", run.out, src, was["stage"], was["step"], names[first])
     else:

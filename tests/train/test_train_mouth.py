@@ -179,10 +179,17 @@ def test_audio_gap_script_runs_and_reports_every_track():
     spec = importlib.util.spec_from_file_location("audio_gap", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    res = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=2, sigmas=(0.5,))
+    res = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=3, sigmas=(0.5,))
     for k in ("right", "rolled", "silence"):
         assert res[k]["frame"] > 0 and res[k]["mouth"] > 0 and -1 <= res[k]["lip_sync"] <= 1
     assert -1 <= res["probe_on_data"] <= 1 and np.isfinite(res["gap_mouth"])
+    lags = res["right"]["lip_sync_by_lag"]
+    assert set(lags) == {"-1", "0", "1"} and lags["0"] == res["right"]["lip_sync"]
+    # lag > 0: the reading trails the labels (a late mouth peaks there), < 0: it leads
+    ref = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    late = torch.cat([torch.zeros(3, 1), ref[:, :-1]], 1)
+    assert mod._within_corr(late, ref, 1) == pytest.approx(1.0) and mod._within_corr(late, ref, -1) < 0.5
+    assert mod._within_corr(ref[:, 1:], ref[:, :-1], -1) == pytest.approx(1.0)
 
 
 def test_sync_loss_in_units_of_the_data_variance():

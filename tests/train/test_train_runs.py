@@ -300,3 +300,50 @@ def test_export_ships_stream_guidance(teacher, tmp_path):
     assert all((plain / f).read_bytes() == (guided / f).read_bytes() for f in ("backbone.safetensors", "refiner.safetensors"))
     with pytest.raises(SystemExit):
         main(["export", "--src", str(teacher), "--out", str(tmp_path / "bad"), "--speaker-guidance", "-1"])
+
+
+def test_distill_adds_audio_window_slots_to_a_run_without_them(teacher, tmp_path):
+    """--audio-window-pos on a run --from one without the slot embeddings: every other weight
+    comes over as it was, the slots start at zero, optimizers start afresh, the trained slots are
+    saved and the model loads and streams; --audio-lr-mult speeds up the audio path."""
+    base = ["distill", "--teacher", str(teacher), "--long-steps", "0", "--dmd-steps", "0"] + DISTILL + COMMON
+    first = tmp_path / "first"
+    assert main(base + ["--init-steps", "1", "--refiner-steps", "0", "--out", str(first)]) == 0
+    again = tmp_path / "again"
+    assert main(base + ["--init-steps", "1", "--refiner-steps", "0", "--from", str(first), "--restart-at", "dmd",
+                        "--audio-window-pos", "--out", str(again)]) == 0
+    cfg = json.loads((again / "config.json").read_text())["config"]["model"]
+    assert cfg["audio_window_pos"] is True
+    for part in ("backbone", "refiner"):
+        a, f = load_file(str(again / f"{part}.safetensors")), load_file(str(first / f"{part}.safetensors"))
+        assert set(a) - set(f) == {"audio_encoder.window"} and not a["audio_encoder.window"].any()
+        assert all(torch.equal(a[k], f[k]) for k in f), part          # nothing trained: dmd and refiner 0 steps
+    trained = tmp_path / "trained"                       # stage 1 redone: the slots learn
+    assert main(base + ["--init-steps", "2", "--refiner-steps", "0", "--from", str(first), "--restart-at", "ode_init",
+                        "--audio-window-pos", "--audio-lr-mult", "10", "--out", str(trained)]) == 0
+    slow = tmp_path / "slow"
+    assert main(base + ["--init-steps", "2", "--refiner-steps", "0", "--from", str(first), "--restart-at", "ode_init",
+                        "--audio-window-pos", "--out", str(slow)]) == 0
+    w, w1 = (load_file(str(d / "backbone.safetensors"))["audio_encoder.window"] for d in (trained, slow))
+    assert w1.abs().max() > 0 and w.abs().max() > 5 * w1.abs().max()    # Adam: steps ~ the learning rate
+    assert lpm_rt.load(str(trained)).model.cfg.model.audio_window_pos
+    assert len(_stream(trained)) > 0
+    fresh = tmp_path / "fresh"                           # and straight from the teacher
+    assert main(base + ["--init-steps", "1", "--refiner-steps", "0", "--audio-window-pos", "--out", str(fresh)]) == 0
+    assert "audio_encoder.window" in load_file(str(fresh / "backbone.safetensors"))
+
+
+def test_base_init_adds_audio_window_slots(teacher, tmp_path):
+    """train base --init DIR --audio-window-pos: DIR's weights load, the slots start at zero and
+    train; a later --init from that model keeps them without the flag."""
+    slots = tmp_path / "slots"
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--audio-window-pos", "--vae-steps", "0",
+                 "--steps", "0", "--out", str(slots)] + COMMON) == 0
+    a, t = load_file(str(slots / "backbone.safetensors")), load_file(str(teacher / "backbone.safetensors"))
+    assert set(a) - set(t) == {"audio_encoder.window"} and not a["audio_encoder.window"].any()
+    assert all(torch.equal(a[k], t[k]) for k in t)
+    more = tmp_path / "more"
+    assert main(["base", "--preset", "tiny", "--init", str(slots), "--vae-steps", "0", "--steps", "2",
+                 "--out", str(more)] + COMMON) == 0
+    assert json.loads((more / "config.json").read_text())["config"]["model"]["audio_window_pos"] is True
+    assert load_file(str(more / "backbone.safetensors"))["audio_encoder.window"].abs().max() > 0
