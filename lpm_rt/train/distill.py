@@ -93,6 +93,7 @@ def train_distill(args, dist: Dist) -> int:
     if getattr(args, "audio_window_pos", False) and not cfg.model.audio_window_pos:
         # the student gets audio-window slot embeddings its teacher lacks (zero at the start)
         cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=True))
+    if cfg.model.audio_window_pos:        # a --from run without them: they start as the teacher's (or 0)
         args.new_params = ("audio_encoder.window",)
     if args.refiner_sigma is not None:            # the student's stream setting, not the teacher's
         cfg = cfg.replace(stream=cfg.stream.replace(refiner_sigma=args.refiner_sigma))
@@ -109,7 +110,7 @@ def train_distill(args, dist: Dist) -> int:
     model = OnlineLPM(cfg)
     own, src = model.backbone.state_dict(), teacher.state_dict()
     extra = sorted(set(own) - set(src))
-    if extra != sorted(getattr(args, "new_params", ())):                  # only what this run adds
+    if not set(extra) <= set(getattr(args, "new_params", ())):            # only what this run adds
         raise KeyError(f"the teacher's backbone lacks {extra}")
     model.backbone.load_state_dict({**own, **src})
     model.vae.load_state_dict(tmodel.vae.state_dict())

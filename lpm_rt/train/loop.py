@@ -173,21 +173,24 @@ class RunDir:
     def load(self, model, aux: dict, optims: dict, new_ok=()) -> dict:
         """Restore model parts, aux nets and optimizers from the newest checkpoint -> its state.
         ``new_ok``: names of parameters ``model`` may have and the checkpoint lack (a part the new
-        run adds, e.g. ``audio_encoder.window``); they keep their initial values, and the
+        run adds, e.g. ``audio_encoder.window``); they keep the values they have, and the
         optimizers then start afresh (their saved states index the checkpoint's parameters)."""
         d = self.latest()
         loaded, _ = checkpoint.load_dir(d)
         added = []
-        for part in checkpoint.PARTS:
-            sd = getattr(loaded, part).state_dict()
-            own = getattr(model, part).state_dict()
+
+        def load_into(name, net, sd):
+            own = net.state_dict()
             new = [k for k in own if k not in sd and any(k.endswith(n) for n in new_ok)]
-            added += [f"{part}.{k}" for k in new]
-            load_full_state_dict(getattr(model, part), {**sd, **{k: own[k] for k in new}})
+            added.extend(f"{name}.{k}" for k in new)
+            load_full_state_dict(net, {**sd, **{k: own[k] for k in new}})
+
+        for part in checkpoint.PARTS:
+            load_into(part, getattr(model, part), getattr(loaded, part).state_dict())
         for k, net in aux.items():
-            load_full_state_dict(net, load_file(str(d / f"aux_{k}.safetensors")))
+            load_into(k, net, load_file(str(d / f"aux_{k}.safetensors")))
         if added:
-            log.info("%s: new parameters %s start from their initial values; optimizers start afresh",
+            log.info("%s: new parameters %s keep the values they had before it; optimizers start afresh",
                      d, ", ".join(added))
         else:
             for k, opt in optims.items():

@@ -331,6 +331,18 @@ def test_distill_adds_audio_window_slots_to_a_run_without_them(teacher, tmp_path
     fresh = tmp_path / "fresh"                           # and straight from the teacher
     assert main(base + ["--init-steps", "1", "--refiner-steps", "0", "--audio-window-pos", "--out", str(fresh)]) == 0
     assert "audio_encoder.window" in load_file(str(fresh / "backbone.safetensors"))
+    slotted = tmp_path / "slotted"                       # a teacher with trained slots, a --from run without
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--audio-window-pos", "--vae-steps", "0",
+                 "--steps", "2", "--out", str(slotted)] + COMMON) == 0
+    tw = load_file(str(slotted / "backbone.safetensors"))["audio_encoder.window"]
+    follow = tmp_path / "follow"
+    redo = ["distill", "--teacher", str(slotted)] + base[3:]
+    assert main(redo + ["--init-steps", "1", "--refiner-steps", "0", "--from", str(first), "--restart-at", "dmd",
+                        "--out", str(follow)]) == 0
+    b = load_file(str(follow / "backbone.safetensors"))
+    assert tw.abs().max() > 0 and torch.equal(b["audio_encoder.window"], tw)      # the teacher's slots
+    f = load_file(str(first / "backbone.safetensors"))
+    assert all(torch.equal(b[k], f[k]) for k in f)                                  # the rest: --from's
 
 
 def test_base_init_adds_audio_window_slots(teacher, tmp_path):
