@@ -93,8 +93,12 @@ def test_dense_step_equals_paged_reference(streamed):
 
 def test_export_checker_static_shapes_and_ort_parity(tmp_path):
     cfg = preset("tiny")
-    cfg = cfg.replace(stream=cfg.stream.replace(speaker_guidance=2.0))      # the guided step graphs
+    cfg = cfg.replace(stream=cfg.stream.replace(speaker_guidance=2.0),       # the guided step graphs,
+                      model=cfg.model.replace(audio_window_pos=True))         # with audio-window slots
     model = OnlineLPM(cfg).init_weights(0).eval()
+    with torch.no_grad():
+        for net in (model.backbone, model.refiner):
+            net.audio_encoder.window.normal_(generator=torch.Generator().manual_seed(1))
     rep = export_all(model, tmp_path)
     assert rep["opset"] == OPSET >= 17
     assert set(rep["graphs"]) == {"backbone_step", "refiner_step", "backbone_refs", "refiner_refs", "vae_decode"}
