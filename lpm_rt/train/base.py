@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..config import preset
 from ..model.online import OnlineLPM
 from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_source
-from .dist import Dist, broadcast_module, maybe_fsdp
+from .dist import Dist, broadcast_module, load_full_state_dict, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
 from .mouth import MouthProbe, latent_mouth_weight, mouth_weight, require_mouth, sync_loss
@@ -235,7 +235,7 @@ def train_base(args, dist: Dist) -> int:
             raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
         model.vae.load_state_dict(src.vae.state_dict())
         # a source without audio-window slots: they start at zero (init_weights), all else loads
-        model.backbone.load_state_dict({**model.backbone.state_dict(), **src.backbone.state_dict()})
+        load_full_state_dict(model.backbone, src.backbone.state_dict(), new_ok=("audio_encoder.window",))
     model = model.to(dist.device)
     broadcast_module(model, dist)
     maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters

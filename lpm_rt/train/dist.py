@@ -129,16 +129,22 @@ def full_state_dict(module: torch.nn.Module) -> dict:
 
 
 @torch.no_grad()
-def load_full_state_dict(module: torch.nn.Module, sd: dict) -> None:
+def load_full_state_dict(module: torch.nn.Module, sd: dict, new_ok=()) -> list:
     """Load whole tensors (e.g. from safetensors) into ``module``, sharded entries included (each
-    rank keeps its shard). Strict: every key must be present."""
+    rank keeps its shard). Strict: every key must be present, except those ending in one of
+    ``new_ok`` (parameters a run adds to a model that lacks them, e.g. ``audio_encoder.window``):
+    they keep their values. Returns those keys."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
+    new = [k for k in own if k not in sd and k.endswith(tuple(new_ok))] if new_ok else []
+    missing = sorted(set(own) - set(sd) - set(new))
     if missing:
         raise KeyError(f"state dict lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     for k, v in own.items():
+        if k in new:
+            continue
         v_local = v.to_local() if _is_sharded(v) else v
         v_local.copy_(shard_like(sd[k].to(v.dtype), v))
+    return new
 
 
 def shard_like(full: torch.Tensor, ref) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..model.online import OnlineLPM
 from .base import audio_groups, encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
 from .mouth import latent_mouth_weight, sync_loss
 from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
-from .dist import Dist, allreduce_grads, broadcast_module, maybe_fsdp
+from .dist import Dist, allreduce_grads, broadcast_module, load_full_state_dict, maybe_fsdp
 from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
                    teacher_ode, velocity)
 from .loop import RunDir, StageSpec, lr_at, run_stages, step_generator
@@ -108,11 +108,7 @@ def train_distill(args, dist: Dist) -> int:
     long_source = make_source(cfg, clip_frames(cfg, long_frames), args.data, args.source, **world)
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg)
-    own, src = model.backbone.state_dict(), teacher.state_dict()
-    extra = sorted(set(own) - set(src))
-    if not set(extra) <= set(getattr(args, "new_params", ())):            # only what this run adds
-        raise KeyError(f"the teacher's backbone lacks {extra}")
-    model.backbone.load_state_dict({**own, **src})
+    load_full_state_dict(model.backbone, teacher.state_dict(), getattr(args, "new_params", ()))
     model.vae.load_state_dict(tmodel.vae.state_dict())
     init_refiner(model.refiner, teacher)
     dev = dist.device

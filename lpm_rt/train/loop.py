@@ -178,17 +178,12 @@ class RunDir:
         d = self.latest()
         loaded, _ = checkpoint.load_dir(d)
         added = []
-
-        def load_into(name, net, sd):
-            own = net.state_dict()
-            new = [k for k in own if k not in sd and any(k.endswith(n) for n in new_ok)]
-            added.extend(f"{name}.{k}" for k in new)
-            load_full_state_dict(net, {**sd, **{k: own[k] for k in new}})
-
         for part in checkpoint.PARTS:
-            load_into(part, getattr(model, part), getattr(loaded, part).state_dict())
+            new = load_full_state_dict(getattr(model, part), getattr(loaded, part).state_dict(), new_ok)
+            added += [f"{part}.{k}" for k in new]
         for k, net in aux.items():
-            load_into(k, net, load_file(str(d / f"aux_{k}.safetensors")))
+            new = load_full_state_dict(net, load_file(str(d / f"aux_{k}.safetensors")), new_ok)
+            added += [f"{k}.{n}" for n in new]
         if added:
             log.info("%s: new parameters %s keep the values they had before it; optimizers start afresh",
                      d, ", ".join(added))
