@@ -1,6 +1,6 @@
 #!/bin/sh
 # Trains the shipped demo model (lpm_rt/assets/demo) from scratch on the synthetic world, on CPU
-# (2 cores: about 8.5 hours in all). Every run checkpoints and resumes: if interrupted, run this
+# (2 cores: about 10 hours in all). Every run checkpoints and resumes: if interrupted, run this
 # script again with the same OUT; finished runs return at once.
 #   sh scripts/train_demo.sh [OUT]        (default OUT: out/demo_model)
 # Needs espeak-ng: the program on PATH or the espeakng-loader wheel (pip install -e ".[speech]");
@@ -68,6 +68,27 @@ $T distill $D --from "$OUT/refiner1" --restart-at refiner --out "$OUT/refiner2" 
 $T distill $D --from "$OUT/refiner2" --restart-at refiner --out "$OUT/online" \
     --refiner-steps 200 --long-steps 0 --guidance 3 --refiner-dmd 10 --refiner-sigma 0.1 --ckpt-every 50
 
-# 5. Shipped with audio guidance on the speaker track in the backbone (StreamConfig.speaker_guidance;
-#    chosen on LPM-Bench-mini: bench/results/demo_guidance/guidance.json).
-$T export --src "$OUT/online" --vae-from "$OUT/dec3" --out lpm_rt/assets/demo --dtype fp16 --speaker-guidance 2
+# 5. Exported with audio guidance on the speaker track in the backbone (StreamConfig.speaker_guidance;
+#    chosen on LPM-Bench-mini: bench/results/demo_guidance/guidance.json). This was the shipped
+#    model until 2026-12-02 [v2].
+$T export --src "$OUT/online" --vae-from "$OUT/dec3" --out "$OUT/v2" --dtype fp16 --speaker-guidance 2
+
+# 6. Audio-window slot embeddings (ModelConfig.audio_window_pos: a frame's own audio told apart
+#    from the previous frame's), from that model: a slotted teacher warm-started from its backbone,
+#    then its student re-distilled from it (stage 1 + DMD) and the refiner redone, twice (the first
+#    at the teacher's refiner_sigma 0.2, the second back at the shipped 0.1). About 1.2 hours
+#    [ts, ts2, s1, s2; bench/results/demo_window_student/].
+$T base --preset demo --init "$OUT/v2" --out "$OUT/wteacher1" $W --focus 0.5 --audio-window-pos \
+    --vae-freeze-encoder --vae-steps 0 --steps 800 --mouth 10 --sync 0.5 --audio-lr-mult 5 --lr 2e-4 \
+    --batch 4 --pool 300 --warmup 20 --lr-final 0.2 --ckpt-every 100 -v
+$T base --preset demo --init "$OUT/wteacher1" --out "$OUT/wteacher" $W --focus 0.5 --seed 1 \
+    --vae-freeze-encoder --vae-steps 0 --steps 600 --mouth 10 --sync 0.5 --audio-lr-mult 10 --lr 1e-4 \
+    --batch 4 --pool 300 --warmup 20 --lr-final 0.2 --ckpt-every 100 -v
+D="--teacher $OUT/wteacher $W --focus 0.5 --steps 100 --init-steps 150 --dmd-steps 60 --refiner-steps 200 \
+   --long-steps 0 --sync 1.0 --mouth 10 --batch 2 --pool 200 --warmup 20 --lr-final 0.2 --guidance 3 \
+   --refiner-dmd 10 --audio-lr-mult 10 --ckpt-every 50 -v"
+$T distill $D --student "$OUT/v2" --out "$OUT/wdistill"
+$T distill $D --from "$OUT/wdistill" --restart-at refiner --refiner-sigma 0.1 --out "$OUT/wonline"
+
+# 7. Shipped, with the same speaker guidance.
+$T export --src "$OUT/wonline" --out lpm_rt/assets/demo --dtype fp16 --speaker-guidance 2

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--audio-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the student backbone's audio path (as `train base "
                         "--audio-lr-mult`); e.g. for the zero-initialised --audio-window-pos embeddings")
+    d.add_argument("--student", default=None, metavar="DIR",
+                   help="start the student's backbone and refiner from this online model directory (e.g. "
+                        "an export such as lpm_rt/assets/demo) instead of from the teacher; its VAE must encode "
+                        "video as the teacher's does (the same latent space; an fp16 export of it passes). "
+                        "The fake score still starts as the teacher")
     d.add_argument("--from", dest="from_run", default=None, metavar="DIR",
                    help="start a new run from the newest checkpoint of another distill run (student, refiner, "
                         "fake score and optimizer states), redoing the stages from --restart-at on")
@@ -203,6 +208,8 @@ def main(argv=None) -> int:
         ap.error("--audio-lr-mult must be > 0")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
         ap.error("--from DIR and --restart-at STAGE go together")
+    if args.cmd == "distill" and args.from_run is not None and args.student is not None:
+        ap.error("--student DIR starts a new run; --from DIR continues another one's weights: give one")
     if args.cmd == "distill" and args.from_run is not None:
         from pathlib import Path
         import json
@@ -243,7 +250,11 @@ def main(argv=None) -> int:
                 args.vae_steps = args.steps
             from .base import train_base
             return train_base(args, d)
+        from ..errors import ArtifactError
         from .distill import train_distill
-        return train_distill(args, d)
+        try:
+            return train_distill(args, d)
+        except ArtifactError as e:                   # a teacher or --student that cannot be used
+            ap.error(str(e))
     finally:
         D.shutdown(d)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_dir
+from ..errors import ArtifactError
 from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
 from .base import audio_groups, encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
@@ -51,6 +52,24 @@ def init_refiner(refiner: LPMDiT, teacher: LPMDiT) -> None:
     own = refiner.state_dict()
     src = {k: v for k, v in teacher.state_dict().items() if k in own and v.shape == own[k].shape}
     refiner.load_state_dict({**own, **src})
+
+
+def start_student(model: OnlineLPM, src, tmodel: OnlineLPM, new_ok=()) -> None:
+    """Load the backbone and refiner of the online model directory ``src`` into ``model`` (a
+    student about to be distilled from ``tmodel``). Refused unless ``src`` encodes video exactly
+    as the teacher does: a student on another latent space would learn from a teacher it cannot
+    read."""
+    smodel, _ = load_dir(src)
+    cfg = tmodel.cfg.model
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(1, 3, cfg.vae_temporal, 4 * cfg.vae_spatial, 4 * cfg.vae_spatial, generator=g) * 2 - 1
+    with torch.no_grad():
+        want, got = tmodel.vae.encode(clip), smodel.vae.encode(clip)
+    # an fp16 export of the teacher's encoder passes (~1e-3); another encoder is off by O(1)
+    if want.shape != got.shape or (got - want).norm() > 1e-2 * want.norm():
+        raise ArtifactError(f"--student {src}: its VAE encoder is not the teacher's (another latent space)")
+    for part in ("backbone", "refiner"):
+        load_full_state_dict(getattr(model, part), getattr(smodel, part).state_dict(), new_ok)
 
 
 def pick_steps(sigmas, B: int, frames: int, chunk: int, gen: torch.Generator, inputs=None):
@@ -111,6 +130,8 @@ def train_distill(args, dist: Dist) -> int:
     load_full_state_dict(model.backbone, teacher.state_dict(), getattr(args, "new_params", ()))
     model.vae.load_state_dict(tmodel.vae.state_dict())
     init_refiner(model.refiner, teacher)
+    if getattr(args, "student", None):
+        start_student(model, args.student, tmodel, getattr(args, "new_params", ()))
     dev = dist.device
     teacher, model = teacher.to(dev), model.to(dev)
     fake = copy.deepcopy(teacher).requires_grad_(True)

@@ -359,3 +359,45 @@ def test_base_init_adds_audio_window_slots(teacher, tmp_path):
                  "--out", str(more)] + COMMON) == 0
     assert json.loads((more / "config.json").read_text())["config"]["model"]["audio_window_pos"] is True
     assert load_file(str(more / "backbone.safetensors"))["audio_encoder.window"].abs().max() > 0
+
+
+def test_distill_student_starts_from_an_online_model(teacher, tmp_path):
+    """--student DIR: the backbone and refiner start as DIR's (here an fp16 export of a distilled
+    run), the fake score as the teacher; slots a slotless DIR lacks come from the slotted teacher;
+    a DIR on another latent space, or with --from, is refused."""
+    base = ["distill", "--long-steps", "0", "--dmd-steps", "0"] + DISTILL + COMMON
+    first = tmp_path / "first"
+    assert main(base + ["--teacher", str(teacher), "--init-steps", "2", "--refiner-steps", "2",
+                        "--out", str(first)]) == 0
+    ship = tmp_path / "ship"
+    assert main(["export", "--src", str(first), "--out", str(ship), "--dtype", "fp16"]) == 0
+    slotted = tmp_path / "slotted"
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--audio-window-pos", "--vae-steps", "0",
+                 "--steps", "2", "--out", str(slotted)] + COMMON) == 0
+    again = tmp_path / "again"                           # nothing trained: the published model is the start
+    assert main(base + ["--teacher", str(slotted), "--init-steps", "0", "--refiner-steps", "0", "--student", str(ship),
+                        "--out", str(again)]) == 0
+    tw = load_file(str(slotted / "backbone.safetensors"))
+    for part in ("backbone", "refiner"):
+        got, want = load_file(str(again / f"{part}.safetensors")), load_file(str(ship / f"{part}.safetensors"))
+        assert set(got) - set(want) == {"audio_encoder.window"}
+        assert all(torch.equal(got[k], want[k].float()) for k in want), part
+        t = load_file(str(teacher / "backbone.safetensors"))
+        assert any(not torch.equal(got[k], t[k]) for k in want if k in t), part    # not the teacher's
+    assert torch.equal(load_file(str(again / "backbone.safetensors"))["audio_encoder.window"],
+                       tw["audio_encoder.window"])
+    fake = load_file(str(again / "ckpt" / (again / "ckpt" / "LATEST").read_text() / "aux_fake.safetensors"))
+    assert all(torch.equal(fake[k], tw[k]) for k in tw)
+    trained = tmp_path / "trained"                       # and it trains from there
+    assert main(base + ["--teacher", str(slotted), "--init-steps", "1", "--refiner-steps", "0", "--student", str(ship),
+                        "--out", str(trained)]) == 0
+    assert len(_stream(trained)) > 0
+    other = tmp_path / "other"                           # a VAE from scratch: another latent space
+    assert main(["base", "--preset", "tiny", "--steps", "1", "--vae-steps", "1", "--seed", "5",
+                 "--out", str(other)] + COMMON) == 0
+    with pytest.raises(SystemExit):
+        main(base + ["--teacher", str(other), "--init-steps", "1", "--student", str(ship), "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad" / "config.json").exists()
+    with pytest.raises(SystemExit):
+        main(base + ["--teacher", str(teacher), "--student", str(ship), "--from", str(first), "--restart-at", "dmd",
+                     "--out", str(tmp_path / "bad2")])
