@@ -56,9 +56,10 @@ def init_refiner(refiner: LPMDiT, teacher: LPMDiT) -> None:
 
 def start_student(model: OnlineLPM, src, tmodel: OnlineLPM, new_ok=()) -> None:
     """Load the backbone and refiner of the online model directory ``src`` into ``model`` (a
-    student about to be distilled from ``tmodel``). Refused unless ``src`` encodes video exactly
-    as the teacher does: a student on another latent space would learn from a teacher it cannot
-    read."""
+    student about to be distilled from ``tmodel``). Refused unless ``src``'s VAE encodes a clip as
+    the teacher's does, up to an fp16 export's rounding: a student on another latent space would
+    learn from a teacher it cannot read. Keys of ``new_ok`` that ``src`` lacks keep their values
+    (the teacher's, loaded before)."""
     smodel, _ = load_dir(src)
     cfg = tmodel.cfg.model
     g = torch.Generator().manual_seed(0)
