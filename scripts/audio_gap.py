@@ -15,7 +15,11 @@ of other clips) reads the mouth opening from the x0 the teacher predicts at a hi
 where it cannot see the mouth; the within-clip correlation of that reading with the world's
 label, under each audio track.
 
-    python scripts/audio_gap.py --model runs/base [--clips 8] [--voice espeak] [--out gap.json]
+``--track listener`` asks the same of the listener track on the world's listening clips, whose
+character nods on the partner's stressed syllables: the tracks vary the partner's audio, and a
+:class:`~lpm_rt.train.mouth.HeadProbe` reads the head's vertical position (``head_sync``).
+
+    python scripts/audio_gap.py --model runs/base [--clips 8] [--voice espeak] [--track listener] [--out gap.json]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from lpm_rt.checkpoint import load_dir
 import numpy as np
 
 from lpm_rt.train.base import encode_batch
-from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight, latent_opening
+from lpm_rt.train.mouth import HeadProbe, MouthProbe, latent_mouth_weight
 from lpm_rt.train.data import WorldSource, clip_frames, collate
 from lpm_rt.train.flow import SILENCE_MEL, Cond, add_noise, randn, velocity
 
@@ -49,64 +53,76 @@ def _within_corr(a: torch.Tensor, b: torch.Tensor, lag: int = 0) -> float:
 
 @torch.no_grad()
 def audio_gap(model, clips: int = 8, frames: int = 8, sigmas=(0.3, 0.5, 0.7, 0.9), seed: int = 0,
-              voice: str = "synth") -> dict:
+              voice: str = "synth", track: str = "speaker") -> dict:
+    if track not in ("speaker", "listener"):
+        raise ValueError("track must be speaker or listener")
     cfg = model.cfg
     s = cfg.stream
-    src = WorldSource(cfg, clip_frames(cfg, frames), modes=("speaking",), voice=voice)
+    listen = track == "listener"
+    kind, key = (HeadProbe, "head_sync") if listen else (MouthProbe, "lip_sync")
+    src = WorldSource(cfg, clip_frames(cfg, frames), modes=("listening" if listen else "speaking",), voice=voice)
     batch = collate([src.clip(HELD_OUT + seed * 1000 + i) for i in range(clips)], cfg)
     x0, cond = encode_batch(model.vae, batch)
     fit = [collate([src.clip(HELD_OUT + 500 + seed * 1000 + i)], cfg) for i in range(4 * clips)]
-    probe = MouthProbe((s.height, s.width), cfg.model.vae_temporal).fit(
+    probe = kind((s.height, s.width), cfg.model.vae_temporal).fit(
         [encode_batch(model.vae, b)[0] for b in fit], [b.mouth for b in fit])
-    opening = latent_opening(batch.mouth, cfg.model.vae_temporal)                    # (B, F)
+    label = probe.target(batch.mouth)                                              # (B, F)
     bump = latent_mouth_weight(cfg.model, batch.mouth, 1.0, (s.height, s.width)) - 1.0     # (B, 1, F, h, w)
     spk, lis = cond.mels
-    tracks = {"right": spk, "rolled": spk.roll(1, 0), "silence": torch.full_like(spk, SILENCE_MEL)}
+    mine = lis if listen else spk                          # the track under test; the other stays
+
+    def both(mel):
+        return (spk, mel) if listen else (mel, lis)
+    tracks = {"right": mine, "rolled": mine.roll(1, 0), "silence": torch.full_like(mine, SILENCE_MEL)}
     net = model.backbone.eval()
     g = torch.Generator().manual_seed(seed)
     noise = randn(x0.shape, g, x0.device)
     out = {k: {"frame": 0.0, "mouth": 0.0} for k in tracks}
-    for name, mel in tracks.items():                       # lip sync of the x0 predicted at sigma 0.9
+    for name, mel in tracks.items():                       # lip (head) sync of the x0 predicted at sigma 0.9
         sg = 0.9
-        c = Cond(cond.tag_ids, (mel, lis), cond.refs, cond.ref_kinds)
+        c = Cond(cond.tag_ids, both(mel), cond.refs, cond.ref_kinds)
         xs = add_noise(x0, noise, torch.full((clips,), sg))
         v = velocity(net, xs, torch.full((clips, frames), 1000.0 * sg), c, ref_time_index=s.ref_time_index)
         read = probe.read(xs - sg * v, batch.mouth)
-        out[name]["lip_sync"] = _within_corr(read, opening)
-        out[name]["lip_sync_by_lag"] = {str(k): _within_corr(read, opening, k) for k in (-1, 0, 1)} \
+        out[name][key] = _within_corr(read, label)
+        out[name][f"{key}_by_lag"] = {str(k): _within_corr(read, label, k) for k in (-1, 0, 1)} \
             if name == "right" else None
-    out["probe_on_data"] = _within_corr(probe.read(x0, batch.mouth), opening)
+    out["probe_on_data"] = _within_corr(probe.read(x0, batch.mouth), label)
     for sg in sigmas:
         sig = torch.full((clips,), sg)
         xs = add_noise(x0, noise, sig)
         t = torch.full((clips, frames), 1000.0 * sg)
         for name, mel in tracks.items():
-            c = Cond(cond.tag_ids, (mel, lis), cond.refs, cond.ref_kinds)
+            c = Cond(cond.tag_ids, both(mel), cond.refs, cond.ref_kinds)
             err = (velocity(net, xs, t, c, ref_time_index=s.ref_time_index) - (noise - x0)).pow(2)
             out[name]["frame"] += float(err.mean()) / len(sigmas)
             out[name]["mouth"] += float((bump * err).mean() / bump.expand_as(err).mean()) / len(sigmas)
     for part in ("frame", "mouth"):
         out[f"gap_{part}"] = (out["rolled"][part] - out["right"][part]) / out["rolled"][part]
-    out.update(clips=clips, frames=frames, sigmas=list(sigmas), voice=voice)
+    out.update(clips=clips, frames=frames, sigmas=list(sigmas), voice=voice, track=track)
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a `train base` run directory (its backbone is the teacher)")
-    ap.add_argument("--clips", type=int, default=8, help="held-out speaking clips")
+    ap.add_argument("--clips", type=int, default=8, help="held-out speaking (listening) clips")
     ap.add_argument("--frames", type=int, default=8, help="latent frames per clip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--voice", choices=("synth", "espeak"), default="synth", help="speech of the clips")
+    ap.add_argument("--track", choices=("speaker", "listener"), default="speaker",
+                    help="the audio track under test: the speaker's (lip sync, speaking clips) or the "
+                         "listener's (head motion, listening clips)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     model, _ = load_dir(a.model)
-    res = audio_gap(model, a.clips, a.frames, seed=a.seed, voice=a.voice)
+    res = audio_gap(model, a.clips, a.frames, seed=a.seed, voice=a.voice, track=a.track)
+    key = "head_sync" if a.track == "listener" else "lip_sync"
     for k in ("right", "rolled", "silence"):
-        print(f"{k:8s} frame {res[k]['frame']:.4f}  mouth {res[k]['mouth']:.4f}  lip sync {res[k]['lip_sync']:+.3f}")
-    lags = res["right"]["lip_sync_by_lag"]
-    print("lip sync (right track) by lag, latent frames (> 0: the mouth trails the audio): "
+        print(f"{k:8s} frame {res[k]['frame']:.4f}  mouth {res[k]['mouth']:.4f}  {key} {res[k][key]:+.3f}")
+    lags = res["right"][f"{key}_by_lag"]
+    print(f"{key} (right track) by lag, latent frames (> 0: the reading trails the audio): "
           + "  ".join(f"{k}: {v:+.3f}" for k, v in lags.items()))
     print(f"probe on the data's own latents (the ceiling): {res['probe_on_data']:+.3f}")
     print(f"relative gap (rolled - right) / rolled: frame {res['gap_frame']:+.4f}  mouth {res['gap_mouth']:+.4f}")

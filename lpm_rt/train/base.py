@@ -28,7 +28,7 @@ from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_
 from .dist import Dist, broadcast_module, load_full_state_dict, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
 from .loop import RunDir, StageSpec, run_stages, step_generator
-from .mouth import MouthProbe, latent_mouth_weight, mouth_weight, require_mouth, sync_loss
+from .mouth import HeadProbe, MouthProbe, latent_mouth_weight, mouth_weight, require_mouth, sync_loss
 
 __all__ = ["train_base", "vae_loss", "crop_batch", "motion_weight", "weighted_mse", "teacher_loss", "encode_batch", "drop_conditions", "normalize_latents"]
 
@@ -162,11 +162,14 @@ def drop_conditions(cond: Cond, gen: torch.Generator, p_text: float, p_audio: fl
 
 def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int, shift: float = 1.0,
                  motion: float = 0.0, mouth_w: torch.Tensor | float = 1.0, sync: float = 0.0,
-                 probe: MouthProbe | None = None, mouth: torch.Tensor | None = None) -> dict:
+                 probe: MouthProbe | None = None, mouth: torch.Tensor | None = None,
+                 nod: float = 0.0, head: HeadProbe | None = None) -> dict:
     """Flow matching: || v(x_sigma, 1000 sigma) - (noise - x0) ||^2, one sigma per clip;
     ``motion`` > 0 weights latent positions by :func:`motion_weight` of x0 (what moves: the
     mouth the audio drives), ``mouth_w`` by a latent-grid :func:`mouth_weight`; ``sync`` > 0 adds
-    ``sync`` * :func:`sync_loss` of the predicted x0 (``probe`` and the clips' ``mouth`` needed)."""
+    ``sync`` * :func:`sync_loss` of the predicted x0 (``probe`` and the clips' ``mouth`` needed);
+    ``nod`` > 0 adds ``nod`` * the same loss with the :class:`HeadProbe` ``head``, in units of the
+    head position's variance over the data (a batch of still heads has almost none)."""
     B, Fr = x0.shape[0], x0.shape[2]
     sigma = sample_sigma(B, gen, shift).to(x0.device)
     noise = randn(x0.shape, gen, x0.device)
@@ -174,11 +177,18 @@ def teacher_loss(net, x0, cond: Cond, gen: torch.Generator, ref_time_index: int,
     v = velocity(net, x_s, (1000.0 * sigma)[:, None].expand(B, Fr), cond, ref_time_index=ref_time_index)
     w = motion_weight(x0, motion) * mouth_w
     out = {"loss": weighted_mse(v, noise - x0, w)}
-    if sync > 0:
+    if sync > 0 or nod > 0:
         require_mouth(mouth)
-        l_sync = sync_loss(probe, x_s - sigma.view(-1, 1, 1, 1, 1) * v, x0, mouth)
-        out["flow"], out["sync"] = out["loss"].detach(), l_sync.detach()
-        out["loss"] = out["loss"] + sync * l_sync
+        x0_pred = x_s - sigma.view(-1, 1, 1, 1, 1) * v
+        out["flow"] = out["loss"].detach()
+        if sync > 0:
+            l_sync = sync_loss(probe, x0_pred, x0, mouth)
+            out["sync"] = l_sync.detach()
+            out["loss"] = out["loss"] + sync * l_sync
+        if nod > 0:
+            l_nod = sync_loss(head, x0_pred, x0, mouth, norm=head.var)
+            out["nod"] = l_nod.detach()
+            out["loss"] = out["loss"] + nod * l_nod
     return out
 
 
@@ -189,13 +199,31 @@ def weighted_mse(pred, target, w: torch.Tensor | float = 1.0) -> torch.Tensor:
     return (w * (pred - target).pow(2)).mean() / w.expand_as(pred[:, :1]).mean()
 
 
-def fit_mouth_probe(pool: EncodedPool, cfg, seed: int, clips: int = 64) -> MouthProbe:
-    """A :class:`MouthProbe` fitted on ``clips`` of ``pool``'s encoder latents (held apart from the
-    step indices by a fixed offset, drawn the same on every rank and resume)."""
+def fit_mouth_probe(pool: EncodedPool, cfg, seed: int, clips: int = 64, kind=MouthProbe) -> MouthProbe:
+    """A :class:`MouthProbe` (or ``kind``, e.g. :class:`HeadProbe`) fitted on ``clips`` of
+    ``pool``'s encoder latents (held apart from the step indices by a fixed offset, drawn the same
+    on every rank and resume)."""
     items = [pool.batch([seed * 7919 + 10_000 + i], mouth=True) for i in range(clips)]
     s = cfg.stream
-    probe = MouthProbe((s.height, s.width), cfg.model.vae_temporal)
+    probe = kind((s.height, s.width), cfg.model.vae_temporal)
     return probe.fit([it[0] for it in items], [it[2] for it in items])
+
+
+def widen_audio_window(sd: dict, context: int) -> dict:
+    """``sd`` (a backbone's or refiner's state dict) for a model whose audio window holds
+    ``context`` + 1 latent frames: an ``audio_encoder.window`` of fewer slots keeps its slots as
+    the newest ones (a frame's own audio last) and its oldest slot is repeated for the earlier
+    frames, so a window widened from [previous | own] starts out reading the added frames as it
+    read the previous one. Other entries pass through; a wider window than ``context`` is refused."""
+    out = dict(sd)
+    for k, w in sd.items():
+        if not k.endswith("audio_encoder.window"):
+            continue
+        n = context + 1
+        if w.shape[0] > n:
+            raise ValueError(f"{k}: {w.shape[0]} audio-window slots, more than audio_context {context} holds")
+        out[k] = torch.cat([w[:1].expand(n - w.shape[0], -1), w], 0)
+    return out
 
 
 AUDIO_PARTS = ("audio_encoder.", ".audio_attn.", ".norm_audio.")
@@ -227,15 +255,22 @@ def train_base(args, dist: Dist) -> int:
         from ..checkpoint import load_dir
         src, _ = load_dir(args.init)
     slots = getattr(args, "audio_window_pos", False) or (src is not None and src.cfg.model.audio_window_pos)
-    cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=slots))
+    ctx = getattr(args, "audio_context", None)
+    ctx = ctx if ctx is not None else (src.cfg.model.audio_context if src is not None else cfg.model.audio_context)
+    cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=slots, audio_context=ctx))
+    if src is not None and ctx < src.cfg.model.audio_context:
+        raise ValueError(f"--audio-context {ctx}: --init {args.init} reads {src.cfg.model.audio_context} frames "
+                         "of context already (a window can widen, not shrink)")
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg).init_weights(args.seed)
     if src is not None:
-        if src.cfg.model.replace(audio_window_pos=slots) != cfg.model:
+        if src.cfg.model.replace(audio_window_pos=slots, audio_context=ctx) != cfg.model:
             raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
         model.vae.load_state_dict(src.vae.state_dict())
-        # a source without audio-window slots: they start at zero (init_weights), all else loads
-        load_full_state_dict(model.backbone, src.backbone.state_dict(), new_ok=("audio_encoder.window",))
+        # a source without audio-window slots: they start at zero (init_weights), all else loads;
+        # a narrower window than --audio-context's is widened (widen_audio_window)
+        load_full_state_dict(model.backbone, widen_audio_window(src.backbone.state_dict(), ctx),
+                             new_ok=("audio_encoder.window",))
     model = model.to(dist.device)
     broadcast_module(model, dist)
     maybe_fsdp(model.backbone, dist, args.fsdp)                 # before the optimizers see its parameters
@@ -252,14 +287,14 @@ def train_base(args, dist: Dist) -> int:
     # the teacher's clips, encoded once per pool slot (the VAE is frozen by then)
     pool = EncodedPool(source, cfg, lambda b: encode_batch(model.vae, b), args.pool, dist.device)
 
-    probe: list = []
+    probes: dict = {}
 
-    def mouth_probe():                              # fitted once on the pool's encoder latents
-        if args.sync <= 0:
+    def fitted(kind, weight):                       # fitted once on the pool's encoder latents
+        if weight <= 0:
             return None
-        if not probe:
-            probe.append(fit_mouth_probe(pool, cfg, args.seed))
-        return probe[0]
+        if kind not in probes:
+            probes[kind] = fit_mouth_probe(pool, cfg, args.seed, kind=kind)
+        return probes[kind]
 
     vae_clips: dict = {}
 
@@ -290,7 +325,8 @@ def train_base(args, dist: Dist) -> int:
         cond = drop_conditions(cond, g, args.p_drop_text, args.p_drop_audio, args.p_drop_refs)
         mw = latent_mouth_weight(cfg.model, mouth, args.mouth, (s.height, s.width))
         out = teacher_loss(model.backbone, x0, cond, g, s.ref_time_index, args.shift, args.motion, mw,
-                           args.sync, mouth_probe(), mouth)
+                           args.sync, fitted(MouthProbe, args.sync), mouth,
+                           getattr(args, "nod", 0.0), fitted(HeadProbe, getattr(args, "nod", 0.0)))
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sync", type=float, default=0.0,
                    help="weight of a lip-sync loss: a linear probe's reading of the mouth opening from the "
                         "predicted vs the true latents (lpm_rt.train.mouth; needs the world's clips)")
+    b.add_argument("--nod", type=float, default=0.0,
+                   help="weight of a head-motion loss: the same kind of probe reading the head's vertical "
+                        "position (the listener's nods) from predicted vs true latents (needs the world's clips)")
     b.add_argument("--vae-crop", type=int, default=0,
                    help="train the VAE on random CROPxCROP crops around the frame centre (a whole frame "
                         "every 4th step); 0: whole frames")
@@ -90,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a learned embedding per audio-window slot (ModelConfig.audio_window_pos), so audio "
                         "attention can tell a frame's own audio from the previous frame's; with --init from a "
                         "model without it, the slots start at zero and everything else loads")
+    b.add_argument("--audio-context", type=int, default=None,
+                   help="earlier latent frames each frame's audio attention reads (ModelConfig.audio_context; "
+                        "default: the preset's, or --init's). A listener's nod lands ~0.5 s after the partner's "
+                        "stressed syllable, past a 1-frame window. With --init from a narrower window, its "
+                        "slot embeddings are widened (the oldest repeated)")
     b.add_argument("--audio-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the teacher's audio path (encoder, audio cross-attention)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
@@ -127,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight the mouth on the latent grid in stage 1 and 3 losses (as `train base --mouth`)")
     d.add_argument("--sync", type=float, default=0.0,
                    help="the lip-sync loss of `train base --sync` in stage 1 and 3 (against the teacher's "
+                        "or the data's latents)")
+    d.add_argument("--nod", type=float, default=0.0,
+                   help="the head-motion loss of `train base --nod` in stage 1 and 3 (against the teacher's "
                         "or the data's latents)")
     d.add_argument("--sync-data", type=float, default=0.0,
                    help="weight of the lip-sync loss against the data clip's mouth (not the teacher's sample) "
@@ -204,6 +215,10 @@ def main(argv=None) -> int:
         ap.error("--refiner-sigma must be in [0, 1)")
     if args.cmd == "distill" and (args.sync_data < 0 or (args.init_guidance is not None and args.init_guidance < 1.0)):
         ap.error("--sync-data must be >= 0 and --init-guidance >= 1 (1: no guidance)")
+    if args.cmd == "base" and args.audio_context is not None and args.audio_context < 0:
+        ap.error("--audio-context must be >= 0")
+    if args.cmd in ("base", "distill") and (args.sync < 0 or args.nod < 0):
+        ap.error("--sync and --nod must be >= 0 (0: off)")
     if args.cmd in ("base", "distill") and args.audio_lr_mult <= 0:
         ap.error("--audio-lr-mult must be > 0")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):

@@ -33,8 +33,8 @@ from ..checkpoint import load_dir
 from ..errors import ArtifactError
 from ..model.dit import LPMDiT
 from ..model.online import OnlineLPM
-from .base import audio_groups, encode_batch, fit_mouth_probe, teacher_loss, weighted_mse
-from .mouth import latent_mouth_weight, sync_loss
+from .base import audio_groups, encode_batch, fit_mouth_probe, teacher_loss, weighted_mse, widen_audio_window
+from .mouth import HeadProbe, MouthProbe, latent_mouth_weight, sync_loss
 from .data import EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, allreduce_grads, broadcast_module, load_full_state_dict, maybe_fsdp
 from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, randn, rollout,
@@ -59,7 +59,8 @@ def start_student(model: OnlineLPM, src, tmodel: OnlineLPM, new_ok=()) -> None:
     student about to be distilled from ``tmodel``). Refused unless ``src``'s VAE encodes a clip as
     the teacher's does, up to an fp16 export's rounding: a student on another latent space would
     learn from a teacher it cannot read. Keys of ``new_ok`` that ``src`` lacks keep their values
-    (the teacher's, loaded before)."""
+    (the teacher's, loaded before); a narrower audio window than the teacher's is widened
+    (:func:`~lpm_rt.train.base.widen_audio_window`)."""
     smodel, _ = load_dir(src)
     cfg = tmodel.cfg.model
     g = torch.Generator().manual_seed(0)
@@ -69,8 +70,12 @@ def start_student(model: OnlineLPM, src, tmodel: OnlineLPM, new_ok=()) -> None:
     # an fp16 export of the teacher's encoder passes (~1e-3); another encoder is off by O(1)
     if want.shape != got.shape or (got - want).norm() > 1e-2 * want.norm():
         raise ArtifactError(f"--student {src}: its VAE encoder is not the teacher's (another latent space)")
+    if smodel.cfg.model.audio_context > cfg.audio_context:
+        raise ArtifactError(f"--student {src}: its audio window ({smodel.cfg.model.audio_context} frames of context) "
+                            f"is wider than the teacher's ({cfg.audio_context})")
     for part in ("backbone", "refiner"):
-        load_full_state_dict(getattr(model, part), getattr(smodel, part).state_dict(), new_ok)
+        sd = widen_audio_window(getattr(smodel, part).state_dict(), cfg.audio_context)
+        load_full_state_dict(getattr(model, part), sd, new_ok)
 
 
 def pick_steps(sigmas, B: int, frames: int, chunk: int, gen: torch.Generator, inputs=None):
@@ -162,29 +167,35 @@ def train_distill(args, dist: Dist) -> int:
             return pool.batch(idx)
         return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
 
-    probe: list = []                               # the --sync probe, fitted once on the pool
+    probes: dict = {}                              # the --sync / --nod probes, fitted once on the pool
+
+    def probe(kind):
+        if kind not in probes:
+            probes[kind] = fit_mouth_probe(pool, cfg, args.seed, kind=kind)
+        return probes[kind]
 
     def mouth_conditions(stage, step):
         """(x0, cond, latent mouth weight, a sync-loss function) of a pool batch
-        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync and
-        --sync-data: ``sync(pred, want)`` asks for ``want``'s mouth and, with --sync-data, x0's). The
-        mouth positions are the data clip's: against the teacher's samples (stage 1, the refiner's
-        free-running target) they are approximate, as the sampled head pose differs a little."""
+        (:func:`latent_mouth_weight`, 1.0 without --mouth; the sync loss 0 without --sync,
+        --sync-data and --nod: ``sync(pred, want)`` asks for ``want``'s mouth (and head, with
+        --nod) and, with --sync-data, x0's). The mouth positions are the data clip's: against the
+        teacher's samples (stage 1, the refiner's free-running target) they are approximate, as the
+        sampled head pose differs a little."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         x0, cond, mouth = pool.batch(idx, mouth=True)
         mw = latent_mouth_weight(m, mouth, args.mouth, (s.height, s.width))
-        w_want, w_data = args.sync, getattr(args, "sync_data", 0.0)
-        if w_want <= 0 and w_data <= 0:
+        w_want, w_data, w_nod = args.sync, getattr(args, "sync_data", 0.0), getattr(args, "nod", 0.0)
+        if w_want <= 0 and w_data <= 0 and w_nod <= 0:
             return x0, cond, mw, lambda pred, want: 0.0
-        if not probe:
-            probe.append(fit_mouth_probe(pool, cfg, args.seed))
 
         def sync(pred, want):
             loss = 0.0
             if w_want > 0:
-                loss = loss + w_want * sync_loss(probe[0], pred, want, mouth)
+                loss = loss + w_want * sync_loss(probe(MouthProbe), pred, want, mouth)
             if w_data > 0:
-                loss = loss + w_data * sync_loss(probe[0], pred, x0, mouth, norm=probe[0].var)
+                loss = loss + w_data * sync_loss(probe(MouthProbe), pred, x0, mouth, norm=probe(MouthProbe).var)
+            if w_nod > 0:
+                loss = loss + w_nod * sync_loss(probe(HeadProbe), pred, want, mouth, norm=probe(HeadProbe).var)
             return loss
         return x0, cond, mw, sync
 

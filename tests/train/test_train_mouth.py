@@ -6,7 +6,7 @@ import torch
 
 from lpm_rt.config import preset
 from lpm_rt.train.base import crop_batch, weighted_mse
-from lpm_rt.train.mouth import MouthProbe, latent_mouth_weight, latent_opening, mouth_weight, sync_loss
+from lpm_rt.train.mouth import HeadProbe, MouthProbe, latent_mouth_weight, latent_opening, mouth_weight, sync_loss
 from lpm_rt.train.data import Clip, WorldSource, collate
 from lpm_rt.world import Character, Scene
 from lpm_rt.world.render import FaceState, draw, landmarks
@@ -110,7 +110,7 @@ def test_pool_returns_the_clips_mouths():
         assert len(pool.batch([4], mouth=False)) == 2
 
 
-@pytest.mark.parametrize("opt", ["--mouth", "--sync"])
+@pytest.mark.parametrize("opt", ["--mouth", "--sync", "--nod"])
 def test_mouth_options_need_clips_that_know_the_mouth(tmp_path, opt):
     from lpm_rt.train import main
     args = ["base", "--preset", "tiny", "--steps", "1", "--vae-steps", "0", "--out", str(tmp_path / "r"),
@@ -153,6 +153,50 @@ def test_mouth_probe_reads_the_opening_from_encoder_latents():
     assert z2.grad.abs().sum() > 0                                       # differentiable in the prediction
 
 
+def _nodding_clips(g, n, look=0.0):
+    """Latents of a blob (the face) that moves up and down by dy per latent frame, at a position
+    that differs per clip, plus per-clip 'looks' (a constant offset of size ``look``); the mouth
+    labels move with it, opening unrelated."""
+    Fr = 3
+    base = 20 + 24 * torch.rand(n, 1, 2, generator=g)                         # (x, y) per clip, pixels
+    dy = 8 * torch.rand(n, Fr, generator=g) - 4                                # +-4 px, one per latent frame
+    mouth = torch.zeros(n, Fr * 4, 3)
+    mouth[..., :2] = base
+    mouth[..., 1] += dy.repeat_interleave(4, 1)
+    mouth[..., 2] = torch.rand(n, Fr * 4, generator=g)
+    c = (torch.arange(8) + 0.5) * 8 - 0.5                                      # cell centres, pixels
+    y = mouth[:, ::4, 1]                                                       # (n, F)
+    d2 = (c.view(1, 1, 1, 8) - base[:, :, None, None, 0]) ** 2 + (c.view(1, 1, 8, 1) - y[..., None, None]) ** 2
+    blob = torch.exp(-d2 / (2 * 6.0 ** 2))                                     # (n, F, 8, 8)
+    z = torch.randn(n, 4, Fr, 8, 8, generator=g) * 0.05 + look * torch.randn(n, 4, 1, 8, 8, generator=g)
+    z[:, 0] += blob
+    return z, mouth, dy - dy.mean(1, keepdim=True)
+
+
+def test_head_probe_reads_the_head_position_within_a_clip():
+    """A probe fitted on some clips reads how far the head is above or below its clip mean in
+    others: sampled at the clip's mean position, relative to the clip's mean latent (so a clip's
+    own looks cancel); the mouth opening does not enter it."""
+    g = torch.Generator().manual_seed(0)
+    fit = [_nodding_clips(g, 8) for _ in range(4)]
+    probe = HeadProbe((64, 64), 4).fit([f[0] for f in fit], [f[1] for f in fit])
+    assert probe.var == pytest.approx(float(torch.cat([f[2].flatten() for f in fit]).var()), rel=1e-5)
+    z, mouth, want = _nodding_clips(g, 16, look=1.0)
+    got = probe.read(z, mouth)
+    assert got.shape == want.shape
+    r = float(torch.corrcoef(torch.stack([got.flatten(), want.flatten()]))[0, 1])
+    assert r > 0.9
+    assert got.mean(1).abs().max() < 1e-3                                      # relative to the clip's mean
+    moved = mouth.clone()
+    moved[..., 2] = torch.rand(moved[..., 2].shape, generator=g)               # another opening: same reading
+    assert torch.allclose(probe.read(z, moved), got, atol=1e-5)
+    elsewhere = probe.read(z, mouth.roll(1, 0)).flatten()                      # read at another clip's head
+    assert float(torch.corrcoef(torch.stack([elsewhere, want.flatten()]))[0, 1]) < r - 0.25
+    still = z.mean(2, keepdim=True).expand_as(z).contiguous()                  # the head does not move
+    assert float(sync_loss(probe, still, z, mouth, norm=probe.var)) > 0.25
+    assert float(sync_loss(probe, z, z, mouth, norm=probe.var)) < 1e-8
+
+
 def test_teacher_loss_adds_the_sync_term():
     from lpm_rt.model.online import OnlineLPM
     from lpm_rt.train.base import encode_batch, teacher_loss
@@ -169,6 +213,30 @@ def test_teacher_loss_adds_the_sync_term():
     assert float(out["sync"]) > 0 and torch.allclose(out["loss"], out["flow"] + 2.0 * out["sync"])
     out["loss"].backward()
     assert model.backbone.blocks[0].audio_attn.o.weight.grad.abs().sum() > 0
+    head = HeadProbe((64, 64), 4).fit([x0], [b.mouth])
+    both = teacher_loss(model.backbone, x0, cond, torch.Generator().manual_seed(0), s.ref_time_index,
+                        sync=2.0, probe=probe, mouth=b.mouth, nod=3.0, head=head)
+    assert torch.allclose(both["flow"], plain["loss"]) and torch.allclose(both["sync"], out["sync"])
+    assert float(both["nod"]) > 0
+    assert torch.allclose(both["loss"], both["flow"] + 2.0 * both["sync"] + 3.0 * both["nod"])
+    only = teacher_loss(model.backbone, x0, cond, torch.Generator().manual_seed(0), s.ref_time_index,
+                        mouth=b.mouth, nod=3.0, head=head)
+    assert "sync" not in only and torch.allclose(only["loss"], only["flow"] + 3.0 * only["nod"])
+
+
+def test_base_nod_logs_the_head_term(tmp_path):
+    """`train base --nod` on world clips: the head-motion term is in the loss and the log."""
+    from lpm_rt.train import main
+    out = tmp_path / "r"
+    assert main(["base", "--preset", "tiny", "--steps", "2", "--vae-steps", "0", "--out", str(out), "--batch", "1",
+                 "--frames", "4", "--warmup", "1", "--pool", "2", "--nod", "1.5"]) == 0
+    import json
+    rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rec = [r for r in rec if r["stage"] == "teacher"]
+    assert len(rec) == 2 and all(r["nod"] > 0 for r in rec)
+    assert all(r["loss"] == pytest.approx(r["flow"] + 1.5 * r["nod"], rel=1e-5) for r in rec)
+    with pytest.raises(SystemExit):
+        main(["base", "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "x"), "--nod", "-1"])
 
 
 def test_audio_gap_script_runs_and_reports_every_track():
@@ -185,6 +253,13 @@ def test_audio_gap_script_runs_and_reports_every_track():
     assert -1 <= res["probe_on_data"] <= 1 and np.isfinite(res["gap_mouth"])
     lags = res["right"]["lip_sync_by_lag"]
     assert set(lags) == {"-1", "0", "1"} and lags["0"] == res["right"]["lip_sync"]
+    nods = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=3, sigmas=(0.5,),
+                         track="listener")                   # the partner's track, the head probe
+    assert nods["track"] == "listener" and "lip_sync" not in nods["right"]
+    assert -1 <= nods["right"]["head_sync"] <= 1 and set(nods["right"]["head_sync_by_lag"]) == {"-1", "0", "1"}
+    assert nods["right"]["frame"] != res["right"]["frame"]  # other clips (listening, not speaking)
+    with pytest.raises(ValueError, match="track"):
+        mod.audio_gap(None, track="partner")
     # lag > 0: the reading trails the labels (a late mouth peaks there), < 0: it leads
     ref = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
     late = torch.cat([torch.zeros(3, 1), ref[:, :-1]], 1)

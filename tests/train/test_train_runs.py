@@ -243,9 +243,10 @@ def test_distill_refiner_sigma_overrides_the_stream_setting(teacher, tmp_path):
 def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, monkeypatch):
     """--init-guidance sets the CFG of the teacher trajectories stage 1 regresses onto (the other
     stages keep --guidance); --sync-data adds the lip-sync loss against the data clip's latents (in units of the data's variance),
-    where --sync asks for the teacher sample's mouth. On world clips (they know the mouth)."""
+    where --sync asks for the teacher sample's mouth; --nod adds the head probe's loss against the teacher sample. On world
+    clips (they know the mouth)."""
     import lpm_rt.train.distill as D
-    seen = {"scale": [], "x0_t": [], "target": [], "norm": []}
+    seen = {"scale": [], "x0_t": [], "target": [], "norm": [], "kind": []}
     ode, sl = D.teacher_ode, D.sync_loss
 
     def spy_ode(net, noise, cond, grid, scale, rti):
@@ -255,6 +256,7 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
         return out
 
     def spy_sync(probe, pred, want, mouth, norm=None):
+        seen["kind"].append(type(probe))
         seen["target"].append(want)
         seen["norm"].append((norm, probe.var))
         return sl(probe, pred, want, mouth, norm=norm)
@@ -282,7 +284,12 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
     assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
     assert json.loads((tmp_path / "data" / "config.json").read_text())["args"]["init_guidance"] == 4.0
     assert run("plain")[0]["sync"] == 0.0
-    for bad in (["--sync-data", "-1"], ["--init-guidance", "0.5"]):
+    rec = run("nod", "--nod", "2")                          # the head probe, in units of the data's variance
+    from lpm_rt.train.mouth import HeadProbe
+    assert seen["kind"] == [HeadProbe] and len(seen["target"]) == 1 and seen["target"][0] is seen["x0_t"][0]
+    assert seen["norm"][0][0] == seen["norm"][0][1] > 0
+    assert rec[0]["sync"] > 0 and rec[0]["loss"] == pytest.approx(rec[0]["mse"] + rec[0]["sync"], rel=1e-5)
+    for bad in (["--sync-data", "-1"], ["--init-guidance", "0.5"], ["--nod", "-1"]):
         with pytest.raises(SystemExit):
             main(args + bad + ["--out", str(tmp_path / "x")])
 
@@ -401,3 +408,50 @@ def test_distill_student_starts_from_an_online_model(teacher, tmp_path):
     with pytest.raises(SystemExit):
         main(base + ["--teacher", str(teacher), "--student", str(ship), "--from", str(first), "--restart-at", "dmd",
                      "--out", str(tmp_path / "bad2")])
+
+
+def test_audio_context_widens_the_window_of_a_narrower_model(teacher, tmp_path):
+    """train base --init DIR --audio-context N: DIR's slot embeddings are kept as the newest slots
+    and its oldest repeated for the added frames; the wider model trains, streams, and is the
+    teacher of a student started from the narrower one (distill --student widens it the same
+    way). A window cannot shrink."""
+    from lpm_rt.train.base import widen_audio_window
+    w = torch.arange(6.0).view(2, 3)
+    got = widen_audio_window({"audio_encoder.window": w, "x": w}, 3)
+    assert torch.equal(got["audio_encoder.window"], torch.stack([w[0], w[0], w[0], w[1]])) and got["x"] is w
+    with pytest.raises(ValueError, match="slots"):
+        widen_audio_window({"audio_encoder.window": w}, 0)
+    slots = tmp_path / "slots"
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--audio-window-pos", "--vae-steps", "0",
+                 "--steps", "2", "--out", str(slots)] + COMMON) == 0
+    ctx = json.loads((slots / "config.json").read_text())["config"]["model"]["audio_context"]
+    narrow = load_file(str(slots / "backbone.safetensors"))
+    assert narrow["audio_encoder.window"].shape[0] == ctx + 1 and narrow["audio_encoder.window"].abs().max() > 0
+    wide = tmp_path / "wide"
+    assert main(["base", "--preset", "tiny", "--init", str(slots), "--audio-context", str(ctx + 2), "--vae-steps", "0",
+                 "--steps", "0", "--out", str(wide)] + COMMON) == 0
+    assert json.loads((wide / "config.json").read_text())["config"]["model"]["audio_context"] == ctx + 2
+    b = load_file(str(wide / "backbone.safetensors"))
+    assert torch.equal(b["audio_encoder.window"], widen_audio_window(narrow, ctx + 2)["audio_encoder.window"])
+    assert all(torch.equal(b[k], narrow[k]) for k in narrow if k != "audio_encoder.window")
+    trained = tmp_path / "trained"
+    assert main(["base", "--preset", "tiny", "--init", str(wide), "--vae-steps", "0", "--steps", "2",
+                 "--out", str(trained)] + COMMON) == 0
+    assert lpm_rt.load(str(trained)).model.cfg.model.audio_context == ctx + 2
+    assert len(_stream(trained)) > 0
+    with pytest.raises(ValueError, match="widen, not shrink"):
+        main(["base", "--preset", "tiny", "--init", str(wide), "--audio-context", str(ctx), "--vae-steps", "0",
+              "--steps", "0", "--out", str(tmp_path / "bad")] + COMMON)
+    base = ["distill", "--long-steps", "0", "--dmd-steps", "0"] + DISTILL + COMMON
+    student = tmp_path / "student"                       # an online model with the narrow window
+    assert main(base + ["--teacher", str(slots), "--init-steps", "1", "--refiner-steps", "1", "--out", str(student)]) == 0
+    again = tmp_path / "again"
+    assert main(base + ["--teacher", str(trained), "--init-steps", "0", "--refiner-steps", "0",
+                        "--student", str(student), "--out", str(again)]) == 0
+    for part in ("backbone", "refiner"):
+        got, was = load_file(str(again / f"{part}.safetensors")), load_file(str(student / f"{part}.safetensors"))
+        assert torch.equal(got["audio_encoder.window"], widen_audio_window(was, ctx + 2)["audio_encoder.window"]), part
+    assert len(_stream(again)) > 0
+    with pytest.raises(SystemExit):                      # the wide model as the student of the narrow teacher
+        main(base + ["--teacher", str(slots), "--init-steps", "0", "--refiner-steps", "0",
+                     "--student", str(again), "--out", str(tmp_path / "bad2")])
