@@ -16,8 +16,9 @@ The world knows, per frame, where each character's mouth is and how open it is
   lip sync in latent space (``scripts/audio_gap.py``).
 * :class:`HeadProbe` -- the same kind of read-out for the head's vertical position (its nods):
   the world's listener nods on the partner's stressed syllables, a few pixels of head motion
-  that the listener audio alone predicts. A flow-matching loss weighs it no more than the
-  mouth, and teachers trained on it alone barely move while listening.
+  that the listener audio alone predicts. The shipped model's head does not answer that audio
+  at all, and a loss on this probe (``--nod``) has not yet taught a teacher to
+  (``bench/results/demo_listening/``).
 
 Training-only: the runtime never sees mouth positions.
 """
