@@ -2,7 +2,9 @@
 
 import json
 
-from lpm_rt.world.bench import METRICS, main
+import numpy as np
+
+from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, main
 
 
 def test_bench_quick_discriminates(tmp_path):
@@ -18,5 +20,20 @@ def test_bench_quick_discriminates(tmp_path):
     assert res["analyzer"]["heldout_scenarios"]["mouth_open"]["corr"] > 0.8
     vae = res["systems"]["vae:demo"]                     # the ground truth through the demo's VAE
     assert 0.0 <= vae["flicker"] < 0.05 and vae["identity_drift"] < 0.5
+    details = res["details"]
+    assert details["ground-truth"]["detail_ratio"] == 1.0
+    assert 0.7 < details["static-reference"]["detail_ratio"] < 1.3       # the same face, still
     for f in ("bench_quality.md", "metrics.png", "mouth_vs_audio.png"):
         assert (tmp_path / f).stat().st_size > 100
+
+
+def test_face_detail_falls_with_blur_and_rises_with_noise():
+    conv = build_scenarios(0, 0.05, True, 2.0)["scenarios"]["speaking"]
+    frames = conv.render(128).astype(np.float32)
+    p = np.pad(frames, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(p[:, i:i + 128, j:j + 128] for i in range(3) for j in range(3)) / 9     # 3x3 box at 128 px
+    noisy = frames + np.random.default_rng(0).normal(0, 8, frames.shape)
+    sharp = face_detail(frames.astype(np.uint8))
+    assert face_detail(blurred.clip(0, 255).astype(np.uint8)) < 0.8 * sharp
+    assert face_detail(noisy.clip(0, 255).astype(np.uint8)) > sharp
+    assert face_detail(np.repeat(frames[:1], 12, 0).astype(np.uint8)) > 0.0
