@@ -37,3 +37,22 @@ def test_face_detail_falls_with_blur_and_rises_with_noise():
     assert face_detail(blurred.clip(0, 255).astype(np.uint8)) < 0.8 * sharp
     assert face_detail(noisy.clip(0, 255).astype(np.uint8)) > sharp
     assert face_detail(np.repeat(frames[:1], 12, 0).astype(np.uint8)) > 0.0
+
+
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_face_detail_script_reports_every_row(tmp_path):
+    out = tmp_path / "detail.json"
+    assert _script("face_detail").main(["--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"ground-truth", "model:tiny"}
+    assert rows["ground-truth"]["detail_ratio"] == 1.0 and rows["ground-truth"]["abs_err_255"] == 0.0
+    assert rows["model:tiny"]["abs_err_255"] > 10.0             # an untrained model draws noise, not the face
