@@ -22,13 +22,8 @@ import json
 import numpy as np
 
 from lpm_rt.world.analyzer import resize_frames
-from lpm_rt.world.bench import _REFS, _model_system, _vae_system, build_scenarios, face_detail
+from lpm_rt.world.bench import _REFS, _model_system, _vae_system, build_scenarios, face_detail, flicker
 from lpm_rt.world.conversation import SR, Conversation
-
-
-def _flicker(v: np.ndarray) -> float:
-    x = resize_frames(v)
-    return float(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
 
 
 def main(argv=None) -> int:
@@ -69,7 +64,7 @@ def main(argv=None) -> int:
     res = {}
     for name, v in rows.items():
         v = v[:len(gt)]
-        res[name] = {"detail_ratio": face_detail(v) / base, "flicker": _flicker(v),
+        res[name] = {"detail_ratio": face_detail(v) / base, "flicker": flicker(v),
                      "abs_err_255": 255 * float(np.abs(resize_frames(v) - resize_frames(gt[:len(v)])).mean())}
         frames[name] = v[min(40, len(v) - 1)]
         print(f"{name}: detail {res[name]['detail_ratio']:.3f}, flicker {res[name]['flicker']:.4f}, "

@@ -30,7 +30,7 @@ from ..media import write_png
 from .plots import bar_panels, line_traces
 from .render import Scene, render_reference
 
-__all__ = ["main", "build_scenarios", "score", "face_detail", "METRICS"]
+__all__ = ["main", "build_scenarios", "score", "face_detail", "flicker", "METRICS"]
 
 log = logging.getLogger(__name__)
 METRICS = ("lip_sync_corr", "av_offset_ms", "listen_motion_ratio", "false_mouthing_rate",
@@ -163,6 +163,13 @@ def _lag(meas: np.ndarray, ref: np.ndarray) -> int | None:
     return arg
 
 
+def flicker(frames: np.ndarray) -> float:
+    """Mean |second temporal difference| of the frames at the analyzer's size (>= 3 frames):
+    what changes from frame to frame beyond steady motion."""
+    x = resize_frames(frames)
+    return float(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
+
+
 def face_detail(frames: np.ndarray, stride: int = 6) -> float:
     """Edge energy of the face: mean |4-neighbour Laplacian| of the luminance over the frames'
     central crop (where the held-out character's face is), at 64x64 so that pixel-level
@@ -213,11 +220,7 @@ def score(video: dict, preds: dict, sc: dict, refs) -> dict:
         p = preds[f"tag_{tag}"]["expression"][int(0.5 * FPS):]
         hits.append(p == TAG_TO_EXPRESSION[tag])
     m["text_control_acc"] = float(np.concatenate(hits).mean())
-    fl = []
-    for v in video.values():
-        x = resize_frames(v) if len(v) >= 3 else None
-        if x is not None:
-            fl.append(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
+    fl = [flicker(v) for v in video.values() if len(v) >= 3]
     m["flicker"] = float(np.mean(fl)) if fl else None
     m["detail"] = float(np.mean([face_detail(v) for v in video.values()]))
     return m
