@@ -6,7 +6,10 @@ to (1) the encoder's latents of LPM-Bench-mini's speaking scenario and (2) the l
 model's online stream generates for the same audio before its decoder sees them. High (1) and
 low (2): the backbone does not put the mouth into the latents. (3) the same probe from the
 speaker track's own log-mel of each latent frame says whether the audio the backbone is given
-carries the mouth at all. Compare with the ground truth
+carries the mouth at all. Each latent frame stands for 4 video frames: the ``*_within_corr``
+figures are a second probe's, fitted to each frame's deviation from its latent frame's mean
+opening (the mouth's motion inside a latent frame), the only part a decoder could draw beyond
+one mouth per latent frame. Compare with the ground truth
 through the VAE (``lpm-rt bench quality --vae``): the decoder's share.
 
 Caveat: this probe reads the whole frame and is fitted on one character, so it transfers poorly
@@ -71,15 +74,18 @@ def main(argv=None) -> int:
     data = build_scenarios(0, 0.1, True, 12.0)
     conv, refs = data["scenarios"]["speaking"], data["references"]
     # fit: other conversations of the bench's character (the probe reads a position in the frame)
-    X, Y, M = [], [], []
+    X, Y, D, M = [], [], [], []
     for seed in range(args.clips):
         c = Conversation.generate(100 + seed, 12.0, "speaking", "calm", character=Character.random(1_000_003),
                                   scene=Scene.random(2_000_003), base_yaw=0.0)
         f = c.render(128)[: (c.num_frames // T) * T]
         X.append(_latents(vae, f))
-        Y.append(np.asarray(c.labels["mouth_open"][:len(f)]).reshape(-1, T).mean(1))
+        lab = np.asarray(c.labels["mouth_open"][:len(f)], np.float64).reshape(-1, T)
+        Y.append(lab.mean(1))
+        D.append(lab - lab.mean(1, keepdims=True))
         M.append(_mel_frames(c, avatar.cfg))
     probe = _ridge(np.concatenate(X), np.concatenate(Y), args.lam)
+    within = _ridge(np.concatenate(X), np.concatenate(D), args.lam)
     audio_probe = _ridge(np.concatenate(M), np.concatenate(Y), 100.0)
     # the online stream's own latents, captured at the decoder's input
     captured, decode = [], avatar.model.vae.decode
@@ -95,13 +101,19 @@ def main(argv=None) -> int:
     z = torch.cat(captured, 2)[0]
     n = min(z.shape[1], conv.num_frames // T)
     online = z.transpose(0, 1).reshape(z.shape[1], -1).numpy()[:n]
-    y = np.asarray(conv.labels["mouth_open"][:n * T]).reshape(-1, T).mean(1)
+    lab = np.asarray(conv.labels["mouth_open"][:n * T], np.float64).reshape(-1, T)
+    y, dev = lab.mean(1), lab - lab.mean(1, keepdims=True)
+
+    def within_corr(lat):                     # held-out correlation of the within-latent-frame motion
+        p = within(lat)
+        return float(np.corrcoef((p - p.mean(1, keepdims=True)).ravel(), dev[:len(p)].ravel())[0, 1])
     gt = _latents(vae, conv.render(128)[:n * T])
     res = {"model": args.model, "latent_frames": int(n), "probe_fit_clips": args.clips, "lam": args.lam,
            "speaker_mel_corr": float(np.corrcoef(audio_probe(_mel_frames(conv, avatar.cfg)[:n]), y)[0, 1]),
            "encoder_latents_corr": float(np.corrcoef(probe(gt), y)[0, 1]),
            "online_latents_corr_by_lag": {str(k): float(np.corrcoef(probe(online)[k:], y[:n - k])[0, 1])
-                                          for k in range(3)}}
+                                          for k in range(3)},
+           "encoder_latents_within_corr": within_corr(gt), "online_latents_within_corr": within_corr(online)}
     if args.base:
         from lpm_rt.train.sample import TeacherSampler
         sampler = TeacherSampler(args.base, steps=args.base_steps)
@@ -112,6 +124,7 @@ def main(argv=None) -> int:
         base = zb.transpose(0, 1).reshape(zb.shape[1], -1).numpy()[:n]
         res["base"] = args.base
         res["base_latents_corr"] = float(np.corrcoef(probe(base), y[:len(base)])[0, 1])
+        res["base_latents_within_corr"] = within_corr(base)
     print(json.dumps(res, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

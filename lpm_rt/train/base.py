@@ -84,11 +84,25 @@ def flicker(rec: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     return ((rec[:, :, 1:] - rec[:, :, :-1]) - (video[:, :, 1:] - video[:, :, :-1])).abs().mean()
 
 
+def within_block(rec: torch.Tensor, video: torch.Tensor, frames: int, weight=1.0) -> torch.Tensor:
+    """Weighted mean |error| of each frame's deviation from the mean of its latent frame's
+    ``frames`` frames, [B, C, T, H, W] clips: what a decoder draws inside a latent frame (the
+    mouth between two latent frames' openings) against the clip's, which a plain reconstruction
+    loss weighs little next to the latent frame's mean image."""
+    def dev(x):
+        x = x.unflatten(2, (-1, frames))                                  # (B, C, F, frames, H, W)
+        return (x - x.mean(3, keepdim=True)).flatten(2, 3)
+    err = (dev(rec) - dev(video)).abs()
+    return (weight * err).mean() / (weight.mean() if torch.is_tensor(weight) else 1.0)
+
+
 def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1,
-             edge: float = 0.0, motion: float = 0.0, mouth: float = 0.0, temporal: float = 0.0) -> dict:
+             edge: float = 0.0, motion: float = 0.0, mouth: float = 0.0, temporal: float = 0.0,
+             within: float = 0.0) -> dict:
     """Reconstruction (L1 + MSE, optionally edge-, motion- and mouth-weighted: :func:`edge_weight`,
     :func:`motion_weight`, :func:`mouth_weight`, the last two on the clip only) of the clip and of its first reference
-    as a still clip, + ``temporal`` x :func:`flicker` of the reconstruction, + the latent-scale
+    as a still clip, + ``temporal`` x :func:`flicker` of the reconstruction, + ``within`` x
+    :func:`within_block` (the same weights: motion inside a latent frame), + the latent-scale
     penalty (per channel: mean^2 + (var - 1)^2). ``latent_noise`` is relative to the latents'
     current std, so the decoder's robustness margin does not depend on their scale."""
     video = batch.video                                                   # (B, 3, T, H, W)
@@ -109,6 +123,10 @@ def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1,
     var = z.var(dim=(0, 2, 3, 4))
     l_reg = (mean.pow(2) + (var - 1).pow(2)).mean()
     out = {"loss": l_rec + reg * l_reg, "rec": l_rec.detach(), "latent_std": var.detach().mean().sqrt()}
+    if within:
+        l_within = within_block(rec, video, vae.cfg.vae_temporal, w)
+        out["loss"] = out["loss"] + within * l_within
+        out["within"] = l_within.detach()
     if temporal:
         l_flicker = flicker(rec, video)
         out["loss"] = out["loss"] + temporal * l_flicker
@@ -266,7 +284,11 @@ def train_base(args, dist: Dist) -> int:
     if src is not None:
         if src.cfg.model.replace(audio_window_pos=slots, audio_context=ctx) != cfg.model:
             raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
-        model.vae.load_state_dict(src.vae.state_dict())
+        if getattr(args, "vae_fresh_decoder", False):   # the encoder only: the decoder keeps init_weights'
+            model.vae.load_state_dict({k: v for k, v in src.vae.state_dict().items() if k.startswith("enc")},
+                                      strict=False)
+        else:
+            model.vae.load_state_dict(src.vae.state_dict())
         # a source without audio-window slots: they start at zero (init_weights), all else loads;
         # a narrower window than --audio-context's is widened (widen_audio_window)
         load_full_state_dict(model.backbone, widen_audio_window(src.backbone.state_dict(), ctx),
@@ -312,9 +334,9 @@ def train_base(args, dist: Dist) -> int:
         batch = collate([vae_clip(i) for i in idx], cfg).to(dist.device)
         if args.vae_crop and step % 4 != 3:         # crops, with a whole frame every 4th step
             batch = crop_batch(batch, args.vae_crop, cfg.model.vae_spatial, g)
-        out = vae_loss(model.vae, batch, g,
+        out = vae_loss(model.vae, batch, g, latent_noise=getattr(args, "vae_latent_noise", 0.1),
                        edge=args.vae_edge, motion=args.vae_motion, mouth=args.vae_mouth,
-                       temporal=getattr(args, "vae_temporal", 0.0))
+                       temporal=getattr(args, "vae_temporal", 0.0), within=getattr(args, "vae_within", 0.0))
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-temporal", type=float, default=0.0,
                    help="weight of a temporal-consistency term in the VAE loss: L1 between the "
                         "reconstruction's and the clip's frame-to-frame changes (decoder flicker)")
+    b.add_argument("--vae-within", type=float, default=0.0,
+                   help="weight of a within-latent-frame term in the VAE loss: L1 between the reconstruction's "
+                        "and the clip's deviations from each latent frame's mean image (the mouth's motion "
+                        "inside a latent frame), with the reconstruction's weights")
+    b.add_argument("--vae-latent-noise", type=float, default=0.1,
+                   help="Gaussian noise added to the latents before decoding in VAE training, relative to "
+                        "their std (default 0.1): robustness to generated latents, at the cost of what the "
+                        "latents carry in directions of small variance")
     b.add_argument("--sync", type=float, default=0.0,
                    help="weight of a lip-sync loss: a linear probe's reading of the mouth opening from the "
                         "predicted vs the true latents (lpm_rt.train.mouth; needs the world's clips)")
@@ -89,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vae-freeze-encoder", action="store_true",
                    help="train only the VAE's decoder: the latent space stays, so DiTs trained on it stay "
                         "valid (with --init: sharpen a model's decoder without retraining its backbone)")
+    b.add_argument("--vae-fresh-decoder", action="store_true",
+                   help="with --init and --vae-freeze-encoder: keep only the encoder of --init's VAE and train "
+                        "a decoder from fresh weights (a new decoder for the same latent space)")
     b.add_argument("--audio-window-pos", action="store_true",
                    help="a learned embedding per audio-window slot (ModelConfig.audio_window_pos), so audio "
                         "attention can tell a frame's own audio from the previous frame's; with --init from a "
@@ -211,6 +222,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "vae_freeze_encoder", False) and not args.init:
         ap.error("--vae-freeze-encoder needs --init DIR (a trained encoder to keep)")
+    if getattr(args, "vae_fresh_decoder", False) and not getattr(args, "vae_freeze_encoder", False):
+        ap.error("--vae-fresh-decoder needs --vae-freeze-encoder (and --init DIR): a fresh decoder reads the "
+                 "kept encoder's latent space")
     if args.cmd == "distill" and args.refiner_sigma is not None and not 0.0 <= args.refiner_sigma < 1.0:
         ap.error("--refiner-sigma must be in [0, 1)")
     if args.cmd == "distill" and (args.sync_data < 0 or (args.init_guidance is not None and args.init_guidance < 1.0)):

@@ -30,9 +30,10 @@ from ..media import write_png
 from .plots import bar_panels, line_traces
 from .render import Scene, render_reference
 
-__all__ = ["main", "build_scenarios", "score", "face_detail", "flicker", "METRICS"]
+__all__ = ["main", "build_scenarios", "score", "face_detail", "flicker", "lip_sync_split", "METRICS"]
 
 log = logging.getLogger(__name__)
+LATENT_FRAME = 4          # video frames per latent frame of the LPM presets' VAEs (ModelConfig.vae_temporal)
 METRICS = ("lip_sync_corr", "av_offset_ms", "listen_motion_ratio", "false_mouthing_rate",
            "identity_drift", "text_control_acc", "flicker")
 _REFS = (("front", "neutral", "global"), ("three_quarter_left", "neutral", "body_view"),
@@ -182,6 +183,18 @@ def face_detail(frames: np.ndarray, stride: int = 6) -> float:
     return float(np.abs(lap).mean())
 
 
+def lip_sync_split(meas: np.ndarray, gt: np.ndarray, block: int = LATENT_FRAME) -> tuple:
+    """Lip sync split at ``block``-frame boundaries (one latent frame of a Wan-style VAE, which
+    turns 4 video frames into one latent frame; streams start on a boundary): the correlation of
+    the per-block means, and that of each frame's deviation from its block's mean. A decoder that
+    draws one mouth per latent frame scores ~0 on the second however well it does on the first.
+    Each is None for a constant series."""
+    n = len(gt) // block * block
+    m, g = meas[:n].reshape(-1, block), gt[:n].reshape(-1, block)
+    mm, gm = m.mean(1, keepdims=True), g.mean(1, keepdims=True)
+    return _corr(mm.ravel(), gm.ravel()), _corr((m - mm).ravel(), (g - gm).ravel())
+
+
 def score(video: dict, preds: dict, sc: dict, refs) -> dict:
     """All metrics for one system. ``video``/``preds``: scenario -> frames / analyzer output."""
     m = {}
@@ -189,6 +202,7 @@ def score(video: dict, preds: dict, sc: dict, refs) -> dict:
     gt = np.concatenate([sc[k].labels["mouth_open"] for k in ("speaking", "conversation")])
     c = _corr(meas, gt)
     m["lip_sync_corr"] = 0.0 if c is None else c
+    m["lip_sync_block"], m["lip_sync_within"] = lip_sync_split(meas, gt)
     lag = _lag(preds["speaking"]["mouth_open"], sc["speaking"].labels["mouth_open"])
     m["av_offset_ms"] = None if lag is None else lag * 1000.0 / FPS
     listen, silent, false = [], [], []
@@ -252,6 +266,10 @@ def _markdown(res: dict) -> str:
         lines.append(f"| {r} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in vals) + " |")
     lines += ["", "Face detail (edge energy of the face region, ground truth = 1; blur lowers it, noise "
               "raises it): " + ", ".join(f"{r} {res['details'][r]['detail_ratio']:.2f}" for r in rows)]
+    split = lambda r: "/".join("n/a" if res["details"][r].get(k) is None else f"{res['details'][r][k]:.2f}"  # noqa: E731
+                               for k in ("lip_sync_block", "lip_sync_within"))
+    lines += ["", "Lip sync between / within latent frames (4-frame blocks: correlation of the blocks' "
+              "means / of each frame's deviation from its block's mean): " + ", ".join(f"{r} {split(r)}" for r in rows)]
     lines += ["", "Analyzer accuracy on held-out renders (characters unseen in training):", "",
               "| label | held-out random | held-out scenarios |", "|---|---|---|"]
     for k, v in res["analyzer"]["heldout_random"].items():

@@ -173,3 +173,28 @@ def test_vae_temporal_term_is_added_and_trains():
     assert torch.allclose(out["loss"], plain["loss"] + 2.0 * out["flicker"])
     lv = _fit(model.vae.parameters(), lambda g: vae_loss(model.vae, batch, g, temporal=2.0)["loss"], 15, 3e-3)
     assert lv[-1] < 0.8 * lv[0], f"vae loss {lv[0]:.4f} -> {lv[-1]:.4f}"
+
+
+def test_within_block_sees_motion_inside_a_latent_frame_only():
+    from lpm_rt.train.base import within_block
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, 8, 4, 4, generator=g)
+    blocks = video.unflatten(2, (2, 4)).mean(3, keepdim=True)
+    held = blocks.expand(-1, -1, -1, 4, -1, -1).flatten(2, 3)     # one image per latent frame
+    assert within_block(video, video, 4) == 0.0
+    assert within_block(held + 0.3, held, 4) < 1e-6                # offsets and block means: not its business
+    miss = within_block(held, video, 4)                            # a decoder that draws no motion inside
+    assert torch.isclose(miss, (video - held).abs().mean())
+    w = torch.zeros(1, 1, 8, 4, 4)
+    w[..., :2, :] = 1.0                                            # weights: only where they are
+    assert torch.isclose(within_block(held, video, 4, w), (video - held)[..., :2, :].abs().mean())
+
+
+def test_vae_within_term_is_added():
+    cfg = preset("tiny")
+    model = OnlineLPM(cfg).init_weights(0)
+    batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
+    plain = vae_loss(model.vae, batch, torch.Generator().manual_seed(1))
+    out = vae_loss(model.vae, batch, torch.Generator().manual_seed(1), within=3.0)
+    assert "within" not in plain and out["within"] > 0
+    assert torch.allclose(out["loss"], plain["loss"] + 3.0 * out["within"])

@@ -162,6 +162,26 @@ def test_vae_freeze_encoder_trains_only_the_decoder(teacher, tmp_path):
         main(["base", "--preset", "tiny", "--steps", "0", "--vae-freeze-encoder", "--out", str(tmp_path / "x")] + COMMON)
 
 
+def test_vae_fresh_decoder_keeps_only_the_encoder(teacher, tmp_path):
+    """--vae-fresh-decoder: the encoder is --init's bit for bit, the decoder starts from fresh
+    weights (the preset's init at --seed), not --init's."""
+    from lpm_rt.config import preset
+    from lpm_rt.model.online import OnlineLPM
+    out = tmp_path / "fresh"
+    assert main(["base", "--preset", "tiny", "--steps", "0", "--vae-steps", "0", "--vae-freeze-encoder",
+                 "--vae-fresh-decoder", "--init", str(teacher), "--out", str(out)] + COMMON) == 0
+    a, b = load_file(str(teacher / "vae.safetensors")), load_file(str(out / "vae.safetensors"))
+    init = OnlineLPM(preset("tiny")).init_weights(0).vae.state_dict()
+    for k in a:
+        if k.startswith("enc"):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert not torch.equal(a[k], b[k]) and torch.equal(b[k], init[k].to(b[k].dtype)), k
+    with pytest.raises(SystemExit):                         # a fresh decoder for which latent space?
+        main(["base", "--preset", "tiny", "--steps", "0", "--vae-fresh-decoder", "--init", str(teacher),
+              "--out", str(tmp_path / "x")] + COMMON)
+
+
 def test_refiner_dmd_matches_distributions_on_free_outputs(teacher, tmp_path):
     """--refiner-dmd adds the DMD loss on the refiner's free-running outputs, with the fake score
     updated on them: logged, finite, and it changes the refiner the regression losses alone give."""

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, main
+from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, lip_sync_split, main
 
 
 def test_bench_quick_discriminates(tmp_path):
@@ -23,6 +23,7 @@ def test_bench_quick_discriminates(tmp_path):
     details = res["details"]
     assert details["ground-truth"]["detail_ratio"] == 1.0
     assert 0.7 < details["static-reference"]["detail_ratio"] < 1.3       # the same face, still
+    assert details["ground-truth"]["lip_sync_block"] > 0.8 and details["ground-truth"]["lip_sync_within"] > 0.8
     for f in ("bench_quality.md", "metrics.png", "mouth_vs_audio.png"):
         assert (tmp_path / f).stat().st_size > 100
 
@@ -37,6 +38,18 @@ def test_face_detail_falls_with_blur_and_rises_with_noise():
     assert face_detail(blurred.clip(0, 255).astype(np.uint8)) < 0.8 * sharp
     assert face_detail(noisy.clip(0, 255).astype(np.uint8)) > sharp
     assert face_detail(np.repeat(frames[:1], 12, 0).astype(np.uint8)) > 0.0
+
+
+def test_lip_sync_split_tells_a_held_mouth_from_a_moving_one():
+    rng = np.random.default_rng(0)
+    gt = np.convolve(rng.random(400), np.ones(3) / 3, mode="same")        # mouth opening, frame by frame
+    held = np.repeat(gt.reshape(-1, 4).mean(1), 4)                         # one mouth per 4-frame block
+    assert np.allclose(lip_sync_split(gt, gt), 1.0)
+    block, within = lip_sync_split(held + 0.01 * rng.random(400), gt)
+    assert block > 0.95 and abs(within) < 0.2
+    late = np.roll(gt, 4)                                                  # one block late: blocks decorrelate
+    assert lip_sync_split(late, gt)[0] < 0.7
+    assert lip_sync_split(np.zeros(400), gt) == (None, None)
 
 
 def _script(name):
