@@ -163,14 +163,15 @@ def test_flicker_ignores_still_errors_and_sees_changing_ones():
     assert flicker(noisy, video) > 0.2
 
 
-def test_vae_temporal_term_is_added_and_trains():
+def test_vae_temporal_and_within_terms_are_added_temporal_trains():
     cfg = preset("tiny")
     model = OnlineLPM(cfg).init_weights(0)
     batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
     plain = vae_loss(model.vae, batch, torch.Generator().manual_seed(1))
-    out = vae_loss(model.vae, batch, torch.Generator().manual_seed(1), temporal=2.0)
-    assert "flicker" not in plain and out["flicker"] > 0
-    assert torch.allclose(out["loss"], plain["loss"] + 2.0 * out["flicker"])
+    for term, key in (("temporal", "flicker"), ("within", "within")):      # --vae-temporal, --vae-within
+        out = vae_loss(model.vae, batch, torch.Generator().manual_seed(1), **{term: 2.0})
+        assert key not in plain and out[key] > 0
+        assert torch.allclose(out["loss"], plain["loss"] + 2.0 * out[key])
     lv = _fit(model.vae.parameters(), lambda g: vae_loss(model.vae, batch, g, temporal=2.0)["loss"], 15, 3e-3)
     assert lv[-1] < 0.8 * lv[0], f"vae loss {lv[0]:.4f} -> {lv[-1]:.4f}"
 
@@ -189,12 +190,3 @@ def test_within_block_sees_motion_inside_a_latent_frame_only():
     w[..., :2, :] = 1.0                                            # weights: only where they are
     assert torch.isclose(within_block(held, video, 4, w), (video - held)[..., :2, :].abs().mean())
 
-
-def test_vae_within_term_is_added():
-    cfg = preset("tiny")
-    model = OnlineLPM(cfg).init_weights(0)
-    batch = collate([BlobSource(cfg, 8).clip(i) for i in range(2)], cfg)
-    plain = vae_loss(model.vae, batch, torch.Generator().manual_seed(1))
-    out = vae_loss(model.vae, batch, torch.Generator().manual_seed(1), within=3.0)
-    assert "within" not in plain and out["within"] > 0
-    assert torch.allclose(out["loss"], plain["loss"] + 3.0 * out["within"])
