@@ -31,7 +31,7 @@ import torch
 
 import lpm_rt
 from lpm_rt.world import Character, Conversation, Scene
-from lpm_rt.world.bench import SR, build_scenarios
+from lpm_rt.world.bench import SR, build_scenarios, lip_sync_split
 
 
 def _latents(vae, frames: np.ndarray) -> np.ndarray:
@@ -101,12 +101,12 @@ def main(argv=None) -> int:
     z = torch.cat(captured, 2)[0]
     n = min(z.shape[1], conv.num_frames // T)
     online = z.transpose(0, 1).reshape(z.shape[1], -1).numpy()[:n]
-    lab = np.asarray(conv.labels["mouth_open"][:n * T], np.float64).reshape(-1, T)
-    y, dev = lab.mean(1), lab - lab.mean(1, keepdims=True)
+    lab = np.asarray(conv.labels["mouth_open"][:n * T], np.float64)
+    y = lab.reshape(-1, T).mean(1)
 
     def within_corr(lat):                     # held-out correlation of the within-latent-frame motion
-        p = within(lat)
-        return float(np.corrcoef((p - p.mean(1, keepdims=True)).ravel(), dev[:len(p)].ravel())[0, 1])
+        p = within(lat).ravel()
+        return lip_sync_split(p, lab[:len(p)], T)[1]
     gt = _latents(vae, conv.render(128)[:n * T])
     res = {"model": args.model, "latent_frames": int(n), "probe_fit_clips": args.clips, "lam": args.lam,
            "speaker_mel_corr": float(np.corrcoef(audio_probe(_mel_frames(conv, avatar.cfg)[:n]), y)[0, 1]),

@@ -84,6 +84,11 @@ def flicker(rec: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     return ((rec[:, :, 1:] - rec[:, :, :-1]) - (video[:, :, 1:] - video[:, :, :-1])).abs().mean()
 
 
+def weighted_mean(x: torch.Tensor, w: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """mean(w * x) / mean(w) (w broadcast over x): a plain mean when ``w`` is a number."""
+    return (w * x).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
+
+
 def within_block(rec: torch.Tensor, video: torch.Tensor, frames: int, weight=1.0) -> torch.Tensor:
     """Weighted mean |error| of each frame's deviation from the mean of its latent frame's
     ``frames`` frames, [B, C, T, H, W] clips: what a decoder draws inside a latent frame (the
@@ -92,8 +97,7 @@ def within_block(rec: torch.Tensor, video: torch.Tensor, frames: int, weight=1.0
     def dev(x):
         x = x.unflatten(2, (-1, frames))                                  # (B, C, F, frames, H, W)
         return (x - x.mean(3, keepdim=True)).flatten(2, 3)
-    err = (dev(rec) - dev(video)).abs()
-    return (weight * err).mean() / (weight.mean() if torch.is_tensor(weight) else 1.0)
+    return weighted_mean((dev(rec) - dev(video)).abs(), weight)
 
 
 def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1, reg: float = 0.1,
@@ -118,7 +122,7 @@ def vae_loss(vae, batch: Batch, gen: torch.Generator, latent_noise: float = 0.1,
     rec = vae.decode(z + latent_noise * z.detach().std() * randn(z.shape, gen, z.device))
     err = rec - video
     w = edge_weight(video, edge) * w_motion
-    l_rec = (w * (err.abs() + err.pow(2))).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
+    l_rec = weighted_mean(err.abs() + err.pow(2), w)
     mean = z.mean(dim=(0, 2, 3, 4))
     var = z.var(dim=(0, 2, 3, 4))
     l_reg = (mean.pow(2) + (var - 1).pow(2)).mean()
