@@ -193,7 +193,8 @@ def build_parser():
         sp.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
         sp.add_argument("--noise", choices=("fresh", "fixed"), default=None,
                         help="noise per chunk: 'fresh' draws (default) or one 'fixed' draw per session, which "
-                             "keeps details from changing between chunks (steadier video)")
+                             "keeps details from changing between chunks (steadier video) but loses the shipped "
+                             "demo model's lip sync (it was distilled on fresh draws)")
         sp.add_argument("--speaker-guidance", type=float, default=None, metavar="G",
                         help="audio guidance on the avatar's own speech: its audio-driven motion (the mouth) "
                              "scaled by G against silence's (default: the model's setting; 1: off)")

@@ -204,7 +204,8 @@ class RuntimeConfig:
     cuda_graphs: bool = False          # replay each session's per-chunk step as one CUDA graph (CUDA with
                                        # triton/aot ops; elsewhere the same static-buffer path runs eagerly)
     noise: str = "fresh"               # "fresh": new noise draws every chunk (as the trainer's rollouts);
-                                       # "fixed": one draw per session, reused by every chunk (steadier video)
+                                       # "fixed": one draw per session, reused by every chunk (steadier video;
+                                       # a model distilled on fresh draws, as the demo's, loses its lip sync)
 
     def __post_init__(self):
         object.__setattr__(self, "kv_dtype", KVDtype(self.kv_dtype))

@@ -69,3 +69,18 @@ def test_face_detail_script_reports_every_row(tmp_path):
     assert set(rows) == {"ground-truth", "model:tiny"}
     assert rows["ground-truth"]["detail_ratio"] == 1.0 and rows["ground-truth"]["abs_err_255"] == 0.0
     assert rows["model:tiny"]["abs_err_255"] > 10.0             # an untrained model draws noise, not the face
+
+
+def test_nod_learnability_windows_end_on_their_own_frame(tmp_path):
+    import torch
+    mod = _script("nod_learnability")
+    mel = torch.arange(3 * 16 * 2, dtype=torch.float32).reshape(3, 16, 2)
+    w = mod._windows(mel, 2)                               # [previous | own], oldest first
+    assert w.shape == (3, 32, 2)
+    assert torch.equal(w[1, 16:], mel[1]) and torch.equal(w[1, :16], mel[0])
+    assert (w[0, :16] == float(np.log(1e-5))).all()         # before the clip: silence
+    out = tmp_path / "nod.json"
+    assert mod.main(["--train-clips", "2", "--test-clips", "2", "--seconds", "4", "--steps", "3",
+                     "--windows", "1", "3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["by_window"]
+    assert set(res) == {"1", "3"} and all(set(r) == {"pitch", "nod", "pitch_rolled", "pitch_train"} for r in res.values())
