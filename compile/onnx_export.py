@@ -134,10 +134,10 @@ class ChunkStep(_DenseNet):
         e, e0 = self.embed_time(timestep.reshape(1, 1).expand(1, Fr))
         context = net.embed_text(text)
         text_bias = ((1.0 - text_valid) * NEG).view(1, 1, 1, -1)
-        audio = (net.encode_audio(mel_speaker), net.encode_audio(mel_listener))
+        audio = net.encode_audio_tracks((mel_speaker, mel_listener))
         null = None
         if self.guidance != (1.0, 1.0):
-            null = net.encode_audio(torch.full_like(mel_speaker, LOG_MEL_SILENCE))
+            null = net.encode_audio_tracks((torch.full_like(mel_speaker, LOG_MEL_SILENCE),) * 2)
         kv_bias = torch.cat([(1.0 - ctx_valid) * NEG, ctx_valid.new_zeros(N)]).view(1, 1, 1, -1)
         k_new, v_new = [], []
         for i, blk in enumerate(net.blocks):
@@ -148,7 +148,7 @@ class ChunkStep(_DenseNet):
                 kk = torch.cat([k_ctx[i].unsqueeze(0), k], 1)                     # (1, Nc + N, H, D)
                 vv = torch.cat([v_ctx[i].unsqueeze(0), v], 1)
                 return _sdpa(q, kk, vv, kv_bias)
-            g = None if null is None else (null, self.guidance[i % 2])
+            g = None if null is None else (null[i % 2], self.guidance[i % 2])
             x = self.block(blk, x, e0, attend, context, text_bias, audio[i % 2], g)
         out = net.head(x, e)
         return self.unpatchify(out, Fr, h, w), torch.stack(k_new), torch.stack(v_new)

@@ -127,7 +127,7 @@ def plan(model: str, device: str, width: int, height: int, chunk_frames: int | N
     lh, lw = height // m.vae_spatial, width // m.vae_spatial
     tpf = (lh // m.patch_size[1]) * (lw // m.patch_size[2])
     T = C * tpf
-    ka = (m.audio_context + 1) * m.audio_tokens_per_frame
+    ka = m.audio_window_tokens
     counts = _meta_counts(cfg, C, lh, lw)
     peak_lin, peak_att = dev.peak[dev.linear], dev.peak[dev.attention]
     wb, ab, kb = dev.weight_bytes, dev.act_bytes, dev.kv_bytes
@@ -170,7 +170,7 @@ def anchor_pass(model: str, width: int, height: int, chunk_frames: int = 6, hist
     cfg = preset(model)
     m = cfg.model
     tpf = (height // m.vae_spatial // m.patch_size[1]) * (width // m.vae_spatial // m.patch_size[2])
-    ka = (m.audio_context + 1) * m.audio_tokens_per_frame
+    ka = m.audio_window_tokens
     fl = pass_flops(m, chunk_frames * tpf, (refs + history + chunk_frames) * tpf, m.num_layers, m.text_len, ka)
     return dict(tokens_per_frame=tpf, linear=fl["linear"] / 1e12, attention=fl["attention"] / 1e12,
                 total=sum(fl.values()) / 1e12, kv_fp8_gb=kv_cache_bytes(m, tpf, refs + history, m.num_layers, 1) / 1e9)

@@ -53,6 +53,8 @@ class ModelConfig:
     n_mels: int = 80
     audio_tokens_per_frame: int = 4  # audio tokens per latent frame
     audio_context: int = 1           # extra past latent frames each frame's audio attention sees
+    speaker_audio_context: int | None = None   # the speaker's, when narrower (None: audio_context): the
+                                     # mouth follows the last ~0.3 s, a listener's nod audio ~0.8 s back
     audio_window_pos: bool = False   # a learned embedding per audio-window slot (see AudioEncoder)
     num_ref_kinds: int = len(RefKind)
     qk_norm: bool = True
@@ -81,6 +83,9 @@ class ModelConfig:
                 raise ValueError(f"{self.name}: {k} must be >= 1")
         if self.audio_context < 0:
             raise ValueError(f"{self.name}: audio_context must be >= 0")
+        if self.speaker_audio_context is not None and not 0 <= self.speaker_audio_context <= self.audio_context:
+            raise ValueError(f"{self.name}: speaker_audio_context {self.speaker_audio_context} not in "
+                             f"[0, audio_context {self.audio_context}]")
         if self.in_dim != self.vae_z_dim or self.out_dim != self.vae_z_dim:
             raise ValueError(f"{self.name}: in/out dim must equal the VAE latent channels")
         if self.vae_res < 0:
@@ -93,6 +98,13 @@ class ModelConfig:
         object.__setattr__(self, "head_dim", head_dim)
         object.__setattr__(self, "rope_dims", rope)
         object.__setattr__(self, "patch_dim", self.in_dim * math.prod(self.patch_size))
+
+    @property
+    def audio_window_tokens(self) -> float:
+        """Audio tokens a block's audio attention reads per latent frame, averaged over the
+        speaker's and the listener's blocks (they alternate)."""
+        spk = self.audio_context if self.speaker_audio_context is None else self.speaker_audio_context
+        return (spk + self.audio_context + 2) / 2 * self.audio_tokens_per_frame
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

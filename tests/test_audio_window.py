@@ -97,6 +97,49 @@ def test_stream_with_slots_equals_the_block_causal_forward():
     assert rel_err(v_stream, v_zero) > 1e-4
 
 
+def test_speaker_window_is_the_newest_frames_of_the_listeners():
+    """``speaker_audio_context``: the speaker's track reads the newest frames of the (wider)
+    window the listener's reads, with the newest slots -- exactly what a model built with that
+    narrower window reads from the same audio; the listener's window is untouched."""
+    cfg = preset("tiny").model.replace(audio_window_pos=True, audio_context=4)
+    split = LPMDiT(cfg.replace(speaker_audio_context=1)).init_weights(0).eval()
+    wide = LPMDiT(cfg).init_weights(0).eval()
+    narrow = LPMDiT(cfg.replace(audio_context=1)).init_weights(0).eval()
+    with torch.no_grad():
+        split.audio_encoder.window.normal_(generator=torch.Generator().manual_seed(2))
+        for net in (wide, narrow):
+            sd = {k: v for k, v in split.state_dict().items() if k != "audio_encoder.window"}
+            net.load_state_dict(sd, strict=False)
+        wide.audio_encoder.window.copy_(split.audio_encoder.window)
+        narrow.audio_encoder.window.copy_(split.audio_encoder.window[-2:])
+        mel = _mel(cfg, 3)
+        spk, lis = split.encode_audio_tracks((mel, mel))
+        k = 3 * split.audio_encoder.mel_per_frame                  # the 3 context frames it drops
+        assert spk.shape[2] == 2 * cfg.audio_tokens_per_frame and lis.shape[2] == 5 * cfg.audio_tokens_per_frame
+        assert torch.equal(spk, narrow.encode_audio(mel[:, k:]))
+        assert torch.equal(lis, wide.encode_audio(mel))
+        assert torch.equal(wide.encode_audio_tracks((mel, mel))[0], lis)       # unset: one window for both
+    with pytest.raises(ValueError, match="speaker_audio_context"):
+        cfg.replace(speaker_audio_context=5)
+
+
+def test_stream_with_a_narrower_speaker_window_equals_the_block_causal_forward():
+    cfg = preset("tiny")
+    cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=True, audio_context=3, speaker_audio_context=1),
+                      stream=cfg.stream.replace(history_frames=3, speaker_guidance=2.0),
+                      runtime=cfg.runtime.replace(max_sessions=2))
+    model = OnlineLPM(cfg).init_weights(3).eval()
+    with torch.no_grad():
+        for net in (model.backbone, model.refiner):
+            net.audio_encoder.window.normal_(generator=torch.Generator().manual_seed(4))
+    model.cfg = model.cfg.replace(stream=cfg.stream.replace(speaker_guidance=1.0))   # the dense form has none
+    v_stream, v_dense = _stream_and_dense(model, n_chunks=3)
+    assert rel_err(v_stream, v_dense) < 1e-5
+    model.cfg = cfg                                                # guided: runs, silence's windows match
+    v_guided, _ = _stream_and_dense(model, n_chunks=3)
+    assert torch.isfinite(v_guided).all() and rel_err(v_guided, v_stream) > 1e-4
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_audio_lr_mult_must_be_positive(bad, tmp_path):
     from lpm_rt.train import main

@@ -396,11 +396,22 @@ class LPMDiT(nn.Module):
             x, r = blk(x, e0, attend_for_layer(i), context, a, ref=(r, e0r, ref_attend_for_layer(i)))
         return self.head(x, e)
 
-    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+    def encode_audio(self, mel: torch.Tensor, speaker: bool = False) -> torch.Tensor:
         """mel: [B, (context + F) * 16, n_mels] (leading context frames first) -> windows
-        [B, F, (context + 1) * A, audio_dim] for the frame-local audio attention."""
-        return audio_windows(self.audio_encoder(mel), self.cfg.audio_context,
-                             getattr(self.audio_encoder, "window", None))
+        [B, F, (context + 1) * A, audio_dim] for the frame-local audio attention. The speaker's
+        track (``speaker``) reads only the newest ``speaker_audio_context`` + 1 frames of it when
+        that is set, with the newest slots of ``audio_encoder.window``."""
+        ctx, slot = self.cfg.audio_context, getattr(self.audio_encoder, "window", None)
+        keep = self.cfg.speaker_audio_context
+        if speaker and keep is not None and keep < ctx:
+            mel = mel[:, (ctx - keep) * self.audio_encoder.mel_per_frame:]
+            slot = None if slot is None else slot[ctx - keep:]
+            ctx = keep
+        return audio_windows(self.audio_encoder(mel), ctx, slot)
+
+    def encode_audio_tracks(self, mels) -> tuple:
+        """(speaker, listener) log-mels -> their windows (:meth:`encode_audio`)."""
+        return self.encode_audio(mels[0], speaker=True), self.encode_audio(mels[1])
 
     def forward(self, x, t, context, audio_mel=None, refs=None, ref_kinds=None,
                 chunk_frames=None, window=None, frame_offset=0, ref_time_index=-8):
@@ -423,7 +434,7 @@ class LPMDiT(nn.Module):
             ref_rope = token_positions(ref_time_index - torch.arange(R), h, w, cfg.rope_dims, cfg.rope_theta)
         mask = block_causal_mask(Fr, tpf, chunk_frames, window)
         attn = DenseAttention(ref_rope, vid_rope, None if mask is None else mask.to(x.device))
-        audio = None if audio_mel is None else tuple(self.encode_audio(m) for m in audio_mel)
+        audio = None if audio_mel is None else self.encode_audio_tracks(audio_mel)
         tokens, ctx = self.embed_patches(x), self.embed_text(context)
         if refs is not None:
             out = self.joint_pass(self.embed_refs(refs, ref_kinds.to(x.device)), tokens, t, attn.ref, attn.video,

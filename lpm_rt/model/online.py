@@ -222,12 +222,12 @@ class OnlineLPM(nn.Module):
         dev = self.backbone.patch_embedding.weight.device
         mel = log_mel(torch.zeros(1, n, device=dev), m.n_mels)
         with torch.no_grad():
-            return self.backbone.audio_kv((self.backbone.encode_audio(mel),) * 2)
+            return self.backbone.audio_kv(self.backbone.encode_audio_tracks((mel, mel)))
 
     def _audio_kv(self, net, mels, null) -> list:
         """``net``'s per-block audio K/V of the chunk, guided (``speaker_guidance`` in the blocks
         that read the speaker, ``listener_guidance`` in the others) where the gain is not 1."""
-        kvs = net.audio_kv(tuple(net.encode_audio(x) for x in mels))
+        kvs = net.audio_kv(net.encode_audio_tracks(mels))
         if null is None:
             return kvs
         s = self.cfg.stream
@@ -239,7 +239,7 @@ class OnlineLPM(nn.Module):
         """The refiner pass: x0 re-noised to refiner_sigma, one step over [refs | chunk]."""
         sr = self.cfg.stream.refiner_sigma
         xr = (1 - sr) * x0 + sr * noise
-        rf_audio = self.refiner.audio_kv(tuple(self.refiner.encode_audio(x) for x in mels))
+        rf_audio = self.refiner.audio_kv(self.refiner.encode_audio_tracks(mels))
         vr = self._chunk_pass(self.refiner, attn, xr, sr, state.rf_context, rf_audio)
         return xr - sr * vr
 

@@ -279,14 +279,20 @@ def train_base(args, dist: Dist) -> int:
     slots = getattr(args, "audio_window_pos", False) or (src is not None and src.cfg.model.audio_window_pos)
     ctx = getattr(args, "audio_context", None)
     ctx = ctx if ctx is not None else (src.cfg.model.audio_context if src is not None else cfg.model.audio_context)
-    cfg = cfg.replace(model=cfg.model.replace(audio_window_pos=slots, audio_context=ctx))
+    spk = getattr(args, "speaker_audio_context", None)
+    spk = spk if spk is not None else (src.cfg.model.speaker_audio_context if src is not None else None)
+    try:
+        audio = dict(audio_window_pos=slots, audio_context=ctx, speaker_audio_context=spk)
+        cfg = cfg.replace(model=cfg.model.replace(**audio))
+    except ValueError as e:
+        raise ValueError(f"--speaker-audio-context / --audio-context: {e}") from None
     if src is not None and ctx < src.cfg.model.audio_context:
         raise ValueError(f"--audio-context {ctx}: --init {args.init} reads {src.cfg.model.audio_context} frames "
                          "of context already (a window can widen, not shrink)")
     torch.manual_seed(args.seed)
     model = OnlineLPM(cfg).init_weights(args.seed)
     if src is not None:
-        if src.cfg.model.replace(audio_window_pos=slots, audio_context=ctx) != cfg.model:
+        if src.cfg.model.replace(**audio) != cfg.model:
             raise ValueError(f"--init {args.init}: model {src.cfg.model.name} is not the {cfg.name} preset's")
         if getattr(args, "vae_fresh_decoder", False):   # the encoder only: the decoder keeps init_weights'
             model.vae.load_state_dict({k: v for k, v in src.vae.state_dict().items() if k.startswith("enc")},

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the preset's, or --init's). A listener's nod lands ~0.5 s after the partner's "
                         "stressed syllable, past a 1-frame window. With --init from a narrower window, its "
                         "slot embeddings are widened (the oldest repeated)")
+    b.add_argument("--speaker-audio-context", type=int, default=None, metavar="N",
+                   help="earlier latent frames the speaker's audio attention reads, when fewer than "
+                        "--audio-context's (ModelConfig.speaker_audio_context; default: --init's, or the same "
+                        "window as the listener's): the mouth needs the last ~0.3 s, the nod ~0.8 s")
     b.add_argument("--audio-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the teacher's audio path (encoder, audio cross-attention)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
@@ -231,6 +235,8 @@ def main(argv=None) -> int:
         ap.error("--sync-data must be >= 0 and --init-guidance >= 1 (1: no guidance)")
     if args.cmd == "base" and args.audio_context is not None and args.audio_context < 0:
         ap.error("--audio-context must be >= 0")
+    if args.cmd == "base" and args.speaker_audio_context is not None and args.speaker_audio_context < 0:
+        ap.error("--speaker-audio-context must be >= 0")
     if args.cmd in ("base", "distill") and (args.sync < 0 or args.nod < 0):
         ap.error("--sync and --nod must be >= 0 (0: off)")
     if args.cmd in ("base", "distill") and args.audio_lr_mult <= 0:

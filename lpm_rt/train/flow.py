@@ -162,7 +162,7 @@ def causal_forward(net, x_hist, x_q, sigma_q, cond: Cond, stream: StreamConfig, 
     if cond.refs is not None:
         ref_rope = _rope(stream.ref_time_index - torch.arange(cond.refs.shape[2]), h, w, m, dev)
     attn = DenseAttention(ref_rope, rope, mask.to(x_hist.device))
-    audio = tuple(net.encode_audio(mel) for mel in cond.mels)                   # (B, F, Ka, Da) each
+    audio = net.encode_audio_tracks(cond.mels)                   # (B, F, Ka, Da) each
     audio = tuple(torch.cat([a, a[:, q_start:]], 1) for a in audio)
     tokens = torch.cat([net.embed_patches(x_hist), net.embed_patches(x_q)], 1)  # (B, (F + Fq) T, C)
     t = torch.cat([torch.full((B, Fr), stream.history_t, device=dev), 1000.0 * sigma_q], 1)
@@ -242,7 +242,7 @@ def rollout(net, cond: Cond, frames: int, stream: StreamConfig, gen: torch.Gener
     cache = KVRollout(net, cond, stream)
     dev = cache.device
     ctx = net.embed_text(cond.context(net))
-    audio = tuple(net.encode_audio(mel) for mel in cond.mels)                    # (B, F, Ka, Da)
+    audio = net.encode_audio_tracks(cond.mels)                    # (B, F, Ka, Da)
     ins = [[] for _ in sig]
     hist, outs = [], []
     for f0 in range(0, frames, C):

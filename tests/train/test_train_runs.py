@@ -449,8 +449,9 @@ def test_audio_context_widens_the_window_of_a_narrower_model(teacher, tmp_path):
     assert narrow["audio_encoder.window"].shape[0] == ctx + 1 and narrow["audio_encoder.window"].abs().max() > 0
     wide = tmp_path / "wide"
     assert main(["base", "--preset", "tiny", "--init", str(slots), "--audio-context", str(ctx + 2), "--vae-steps", "0",
-                 "--steps", "0", "--out", str(wide)] + COMMON) == 0
-    assert json.loads((wide / "config.json").read_text())["config"]["model"]["audio_context"] == ctx + 2
+                 "--speaker-audio-context", str(ctx), "--steps", "0", "--out", str(wide)] + COMMON) == 0
+    model_cfg = json.loads((wide / "config.json").read_text())["config"]["model"]
+    assert model_cfg["audio_context"] == ctx + 2 and model_cfg["speaker_audio_context"] == ctx   # the speaker's stays
     b = load_file(str(wide / "backbone.safetensors"))
     assert torch.equal(b["audio_encoder.window"], widen_audio_window(narrow, ctx + 2)["audio_encoder.window"])
     assert all(torch.equal(b[k], narrow[k]) for k in narrow if k != "audio_encoder.window")
@@ -458,6 +459,10 @@ def test_audio_context_widens_the_window_of_a_narrower_model(teacher, tmp_path):
     assert main(["base", "--preset", "tiny", "--init", str(wide), "--vae-steps", "0", "--steps", "2",
                  "--out", str(trained)] + COMMON) == 0
     assert lpm_rt.load(str(trained)).model.cfg.model.audio_context == ctx + 2
+    assert lpm_rt.load(str(trained)).model.cfg.model.speaker_audio_context == ctx         # kept from --init
+    with pytest.raises(ValueError, match="speaker_audio_context"):
+        main(["base", "--preset", "tiny", "--init", str(wide), "--speaker-audio-context", str(ctx + 3),
+              "--vae-steps", "0", "--steps", "0", "--out", str(tmp_path / "bad_spk")] + COMMON)
     assert len(_stream(trained)) > 0
     with pytest.raises(ValueError, match="widen, not shrink"):
         main(["base", "--preset", "tiny", "--init", str(wide), "--audio-context", str(ctx), "--vae-steps", "0",
@@ -471,7 +476,7 @@ def test_audio_context_widens_the_window_of_a_narrower_model(teacher, tmp_path):
     for part in ("backbone", "refiner"):
         got, was = load_file(str(again / f"{part}.safetensors")), load_file(str(student / f"{part}.safetensors"))
         assert torch.equal(got["audio_encoder.window"], widen_audio_window(was, ctx + 2)["audio_encoder.window"]), part
-    assert len(_stream(again)) > 0
+    assert len(_stream(again)) > 0 and lpm_rt.load(str(again)).model.cfg.model.speaker_audio_context == ctx
     with pytest.raises(SystemExit):                      # the wide model as the student of the narrow teacher
         main(base + ["--teacher", str(slots), "--init-steps", "0", "--refiner-steps", "0",
                      "--student", str(again), "--out", str(tmp_path / "bad2")])
