@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     train = [_clip(1000 + a.seed * 100_000 + i, a.seconds) for i in range(a.train_clips)]
     test = [_clip(5000 + a.seed * 100_000 + i, a.seconds) for i in range(a.test_clips)]
-    res = {"what": __doc__.split("\n\n")[0], "device": f"{platform.machine()}, CPU", "clips": [a.train_clips, a.test_clips],
+    res = {"what": __doc__.split("\n\n")[0], "device": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",
+           "clips": [a.train_clips, a.test_clips],
            "seconds": a.seconds, "steps": a.steps,
            "by_window": {str(k): {key: round(v, 3) for key, v in fit_and_score(train, test, k, a.steps, a.seed).items()}
                          for k in a.windows},
