@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nod", type=float, default=0.0,
                    help="weight of a head-motion loss: the same kind of probe reading the head's vertical "
                         "position (the listener's nods) from predicted vs true latents (needs the world's clips)")
+    b.add_argument("--nod-high", type=float, default=0.0, metavar="F",
+                   help="with --nod: draw this fraction of each batch's clips at sigma in [0.9, 1] and count "
+                        "the head loss on those alone, where the noisy latents cannot show the head and the "
+                        "partner's audio must (default 0: every clip, at the usual levels)")
     b.add_argument("--vae-crop", type=int, default=0,
                    help="train the VAE on random CROPxCROP crops around the frame centre (a whole frame "
                         "every 4th step); 0: whole frames")
@@ -239,6 +243,10 @@ def main(argv=None) -> int:
         ap.error("--speaker-audio-context must be >= 0")
     if args.cmd in ("base", "distill") and (args.sync < 0 or args.nod < 0):
         ap.error("--sync and --nod must be >= 0 (0: off)")
+    if args.cmd == "base" and not 0.0 <= args.nod_high <= 1.0:
+        ap.error("--nod-high must be in [0, 1]")
+    if args.cmd == "base" and args.nod_high > 0 and args.nod == 0:
+        ap.error("--nod-high needs --nod (the head loss it moves to high noise)")
     if args.cmd in ("base", "distill") and args.audio_lr_mult <= 0:
         ap.error("--audio-lr-mult must be > 0")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):

@@ -222,6 +222,24 @@ def test_teacher_loss_adds_the_sync_term():
     only = teacher_loss(model.backbone, x0, cond, torch.Generator().manual_seed(0), s.ref_time_index,
                         mouth=b.mouth, nod=3.0, head=head)
     assert "sync" not in only and torch.allclose(only["loss"], only["flow"] + 3.0 * only["nod"])
+    # --nod-high: the head term on clips drawn at sigma in [0.9, 1] alone, rebuilt here step by step
+    from lpm_rt.train.flow import add_noise, randn, sample_sigma, velocity
+    from lpm_rt.train.mouth import sync_loss
+    high = teacher_loss(model.backbone, x0, cond, torch.Generator().manual_seed(0), s.ref_time_index,
+                        mouth=b.mouth, nod=3.0, head=head, nod_high=1.0)
+    g = torch.Generator().manual_seed(0)
+    sample_sigma(4, g)
+    assert bool((torch.rand(4, generator=g) < 1.0).all())
+    sig = 0.9 + 0.1 * torch.rand(4, generator=g)
+    xs = add_noise(x0, randn(x0.shape, g, x0.device), sig)
+    with torch.no_grad():
+        v = velocity(model.backbone, xs, (1000.0 * sig)[:, None].expand(4, x0.shape[2]), cond,
+                     ref_time_index=s.ref_time_index)
+        want = sync_loss(head, xs - sig.view(-1, 1, 1, 1, 1) * v, x0, b.mouth, norm=head.var)
+    assert torch.allclose(high["nod"], want, rtol=1e-4) and not torch.allclose(high["flow"], plain["loss"])
+    none = teacher_loss(model.backbone, x0, cond, torch.Generator().manual_seed(0), s.ref_time_index,
+                        mouth=b.mouth, nod=3.0, head=head, nod_high=1e-9)   # no clip drawn high: no head term
+    assert float(none["nod"]) == 0.0 and torch.allclose(none["loss"], none["flow"])
 
 
 def test_base_nod_logs_the_head_term(tmp_path):
@@ -237,6 +255,9 @@ def test_base_nod_logs_the_head_term(tmp_path):
     assert all(r["loss"] == pytest.approx(r["flow"] + 1.5 * r["nod"], rel=1e-5) for r in rec)
     with pytest.raises(SystemExit):
         main(["base", "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "x"), "--nod", "-1"])
+    for bad in (["--nod-high", "0.5"], ["--nod", "1", "--nod-high", "1.5"]):    # needs --nod; a fraction
+        with pytest.raises(SystemExit):
+            main(["base", "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "x"), *bad])
 
 
 def test_audio_gap_script_runs_and_reports_every_track():
@@ -253,6 +274,11 @@ def test_audio_gap_script_runs_and_reports_every_track():
     assert -1 <= res["probe_on_data"] <= 1 and np.isfinite(res["gap_mouth"])
     lags = res["right"]["lip_sync_by_lag"]
     assert set(lags) == {"-1", "0", "1"} and lags["0"] == res["right"]["lip_sync"]
+    assert res["rolled"]["lip_sync_by_lag"]["0"] == res["rolled"]["lip_sync"] and res["read_sigma"] == 0.9
+    blind = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=3, sigmas=(0.5,),
+                          read_sigma=1.0)                    # the reading from the conditioning alone
+    assert blind["read_sigma"] == 1.0 and blind["right"]["lip_sync"] != res["right"]["lip_sync"]
+    assert blind["right"]["frame"] == res["right"]["frame"]  # the flow figures do not depend on it
     nods = mod.audio_gap(OnlineLPM(preset("tiny")).init_weights(0).eval(), clips=2, frames=3, sigmas=(0.5,),
                          track="listener")                   # the partner's track, the head probe
     assert nods["track"] == "listener" and "lip_sync" not in nods["right"]
