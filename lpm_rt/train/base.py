@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..config import preset
 from ..model.online import OnlineLPM
+from .audio import AudioLabelPool, audio_pretrain_loss, audio_readers
 from .data import Batch, EncodedPool, batch_indices, clip_frames, collate, make_source
 from .dist import Dist, broadcast_module, load_full_state_dict, maybe_fsdp
 from .flow import SILENCE_MEL, Cond, add_noise, randn, sample_sigma, velocity
@@ -383,12 +384,41 @@ def train_base(args, dist: Dist) -> int:
             if part == "vae" and args.vae_freeze_encoder:   # the latent space stays as it is
                 model.vae.encoder.requires_grad_(False)
                 model.vae.enc_out.requires_grad_(False)
+            if part == "backbone" and getattr(args, "audio_freeze", False):   # keeps what --audio-pretrain taught
+                model.backbone.audio_encoder.requires_grad_(False)
             if part == "backbone" and start == 0 and not args.vae_freeze_encoder:   # once, before the
                 # teacher's first step (a frozen encoder is unit-scale already: --init)
                 std = normalize_latents(model.vae, [batch_at("latent_stats", i) for i in range(4)], dist)
                 log.info("latent std folded into the VAE: %s", [round(float(x), 3) for x in std])
         return setup
 
-    stages = [StageSpec("vae", args.vae_steps, args.vae_lr, vae_step, ("vae",), train_only("vae")),
-              StageSpec("teacher", args.steps, args.lr, teacher_step, ("teacher",), train_only("backbone"))]
-    return run_stages(run, args, stages, model, {}, optims, params, {"role": "base", "preset": cfg.name})
+    stages = [StageSpec("vae", args.vae_steps, args.vae_lr, vae_step, ("vae",), train_only("vae"))]
+    aux: dict = {}
+    n_audio = getattr(args, "audio_pretrain", 0)
+    if n_audio > 0:                                 # before the teacher: the encoder on audio alone
+        readers = audio_readers(cfg).to(dist.device)
+        broadcast_module(readers, dist)
+        aux["audio_readers"] = readers
+        # clips where the partner speaks: in the speaking mode the head answers the avatar's own
+        # speech, and the listener's window holds silence to read it from
+        audio_pool = AudioLabelPool(cfg, args.audio_clips, voice=args.voice, seed=args.seed,
+                                    modes=("listening", "conversation"))
+        enc = list(model.backbone.audio_encoder.parameters())
+        optims["audio"] = torch.optim.AdamW(enc + list(readers.parameters()), lr=args.audio_lr, weight_decay=0.01)
+        params["audio"] = enc + list(readers.parameters())
+
+        def audio_step(step):
+            g = step_generator(args.seed, "audio", step, dist.rank)
+            mels, head, mouth = audio_pool.batch(g, list(range(args.audio_clips)), args.audio_batch)
+            out = audio_pretrain_loss(model.backbone, readers, tuple(m.to(dist.device) for m in mels),
+                                      head.to(dist.device), mouth.to(dist.device))
+            out["loss"].backward()
+            return {k: float(v.detach()) for k, v in out.items()}
+
+        def audio_setup(start):
+            model.requires_grad_(False)
+            model.backbone.audio_encoder.requires_grad_(True)
+
+        stages.append(StageSpec("audio", n_audio, args.audio_lr, audio_step, ("audio",), audio_setup))
+    stages.append(StageSpec("teacher", args.steps, args.lr, teacher_step, ("teacher",), train_only("backbone")))
+    return run_stages(run, args, stages, model, aux, optims, params, {"role": "base", "preset": cfg.name})

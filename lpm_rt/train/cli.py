@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="earlier latent frames the speaker's audio attention reads, when fewer than "
                         "--audio-context's (ModelConfig.speaker_audio_context; default: --init's, or the same "
                         "window as the listener's): the mouth needs the last ~0.3 s, the nod ~0.8 s")
+    b.add_argument("--audio-pretrain", type=int, default=0, metavar="N",
+                   help="before the teacher, N steps fitting the audio encoder alone to what each track predicts "
+                        "(listener window -> the head's pitch, speaker window -> the mouth's opening) on world "
+                        "conversations, audio only (lpm_rt.train.audio; default 0: off)")
+    b.add_argument("--audio-clips", type=int, default=150,
+                   help="30-s world conversations the audio pre-training draws from (default 150)")
+    b.add_argument("--audio-batch", type=int, default=256, help="latent frames per audio pre-training step (default 256)")
+    b.add_argument("--audio-lr", type=float, default=1e-3, help="learning rate of the audio pre-training (default 1e-3)")
+    b.add_argument("--audio-freeze", action="store_true",
+                   help="keep the audio encoder as it is while the teacher trains (after --audio-pretrain, or "
+                        "--init from a run that had it): the teacher's flow loss otherwise rewrites what the "
+                        "pre-training taught")
     b.add_argument("--audio-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the teacher's audio path (encoder, audio cross-attention)")
     b.add_argument("--vae-batch", type=int, default=0, help="clips per process and VAE step (0: --batch)")
@@ -243,6 +255,10 @@ def main(argv=None) -> int:
         ap.error("--speaker-audio-context must be >= 0")
     if args.cmd in ("base", "distill") and (args.sync < 0 or args.nod < 0):
         ap.error("--sync and --nod must be >= 0 (0: off)")
+    if args.cmd == "base" and (args.audio_pretrain < 0 or args.audio_clips < 1 or args.audio_batch < 2):
+        ap.error("--audio-pretrain must be >= 0, --audio-clips >= 1 and --audio-batch >= 2")
+    if args.cmd == "base" and args.audio_pretrain > 0 and args.fsdp:
+        ap.error("--audio-pretrain trains the audio encoder alone: run it without --fsdp")
     if args.cmd == "base" and not 0.0 <= args.nod_high <= 1.0:
         ap.error("--nod-high must be in [0, 1]")
     if args.cmd == "base" and args.nod_high > 0 and args.nod == 0:

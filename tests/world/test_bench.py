@@ -81,6 +81,12 @@ def test_nod_learnability_windows_end_on_their_own_frame(tmp_path):
     assert (w[0, :16] == float(np.log(1e-5))).all()         # before the clip: silence
     out = tmp_path / "nod.json"
     assert mod.main(["--train-clips", "2", "--test-clips", "2", "--seconds", "4", "--steps", "3",
-                     "--windows", "1", "3", "--out", str(out)]) == 0
+                     "--windows", "1", "3", "--reader", "conv", "attn", "tconv-attn", "--batch", "16",
+                     "--out", str(out)]) == 0
     res = json.loads(out.read_text())["by_window"]
-    assert set(res) == {"1", "3"} and all(set(r) == {"pitch", "nod", "pitch_rolled", "pitch_train"} for r in res.values())
+    assert set(res) == {"1", "3", "1 attn", "3 attn", "1 tconv-attn", "3 tconv-attn"}
+    assert all(set(r) == {"pitch", "nod", "pitch_rolled", "pitch_train"} for r in res.values())
+    for k in (1, 3):                                       # the model-shaped readers read k frames' tokens
+        for temporal in (False, True):
+            net = mod.AttnReader(k, temporal)
+            assert net(torch.zeros(2, 16 * k, mod.N_MELS)).shape == (2, 2)
