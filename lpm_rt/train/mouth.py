@@ -17,8 +17,9 @@ The world knows, per frame, where each character's mouth is and how open it is
 * :class:`HeadProbe` -- the same kind of read-out for the head's vertical position (its nods):
   the world's listener nods on the partner's stressed syllables, a few pixels of head motion
   that the listener audio alone predicts. The shipped model's head does not answer that audio
-  at all, and a loss on this probe (``--nod``) has not yet taught a teacher to
-  (``bench/results/demo_listening/``).
+  at all, and a loss on this probe (``--nod``) has not yet taught a teacher to, even on an
+  audio encoder pre-trained to read the nod (``--audio-pretrain``;
+  ``bench/results/demo_listening/pretrain.json``).
 
 Training-only: the runtime never sees mouth positions.
 """
