@@ -11,16 +11,7 @@ from lpm_rt.config import preset
 from lpm_rt.model.dit import LPMDiT
 from lpm_rt.train.audio import AudioLabelPool, audio_pretrain_loss, audio_readers
 from lpm_rt.train.cli import main
-
-
-def _script(name):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _util import script
 
 
 def _cfg(ctx=2):
@@ -88,12 +79,12 @@ def test_base_audio_pretrain_is_a_stage_on_the_encoder_alone(tmp_path):
     assert moved and not any(k.startswith("audio_encoder.") for k in moved)
     assert any(".audio_attn." in k for k in moved)            # the attention that reads it still learns
     res = tmp_path / "readout.json"                            # the held-out reading of its readers
-    assert _script("audio_readout").main(["--run", str(out), "--clips", "2", "--seconds", "6",
+    assert script("audio_readout").main(["--run", str(out), "--clips", "2", "--seconds", "6",
                                           "--out", str(res)]) == 0
     got = json.loads(res.read_text())
     assert all(-1.0 <= got[k] <= 1.0 for k in ("head", "head_rolled", "mouth")) and got["checkpoint"].startswith(str(out))
     with pytest.raises(SystemExit, match="audio readers"):   # a run without the stage
-        _script("audio_readout").main(["--run", str(ref)])
+        script("audio_readout").main(["--run", str(ref)])
 
 
 @pytest.mark.parametrize("bad", [["--audio-pretrain", "-1"], ["--audio-pretrain", "2", "--audio-clips", "0"],

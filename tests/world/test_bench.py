@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, lip_sync_split, main
+from _util import script
 
 
 def test_bench_quick_discriminates(tmp_path):
@@ -52,19 +53,9 @@ def test_lip_sync_split_tells_a_held_mouth_from_a_moving_one():
     assert lip_sync_split(np.zeros(400), gt) == (None, None)
 
 
-def _script(name):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_face_detail_script_reports_every_row(tmp_path):
     out = tmp_path / "detail.json"
-    assert _script("face_detail").main(["--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
+    assert script("face_detail").main(["--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"ground-truth", "model:tiny"}
     assert rows["ground-truth"]["detail_ratio"] == 1.0 and rows["ground-truth"]["abs_err_255"] == 0.0
@@ -73,7 +64,7 @@ def test_face_detail_script_reports_every_row(tmp_path):
 
 def test_nod_learnability_windows_end_on_their_own_frame(tmp_path):
     import torch
-    mod = _script("nod_learnability")
+    mod = script("nod_learnability")
     mel = torch.arange(3 * 16 * 2, dtype=torch.float32).reshape(3, 16, 2)
     w = mod._windows(mel, 2)                               # [previous | own], oldest first
     assert w.shape == (3, 32, 2)
