@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..config import LPMConfig
 from ..model.audio import AUDIO_RATE, MEL_HOP
+from ..world.analyzer import _corr as bench_corr
 from .data import _track_mel
 
 __all__ = ["WindowReader", "AudioLabelPool", "audio_readers", "audio_pretrain_loss", "readout"]
@@ -56,6 +57,11 @@ class WindowReader(nn.Module):
 def audio_readers(cfg: LPMConfig) -> nn.ModuleDict:
     """The pre-training's two readers: ``head`` (listener window) and ``mouth`` (speaker window)."""
     return nn.ModuleDict({"head": WindowReader(cfg.model.audio_dim), "mouth": WindowReader(cfg.model.audio_dim)})
+
+
+def _mel_per_latent(cfg: LPMConfig) -> int:
+    """Log-mel frames per latent frame (16 at 24 fps, 4 video frames per latent frame)."""
+    return cfg.model.vae_temporal * (AUDIO_RATE // cfg.stream.fps) // MEL_HOP
 
 
 def _per_latent(x: np.ndarray, frames: int, temporal: int) -> np.ndarray:
@@ -105,7 +111,7 @@ class AudioLabelPool:
         """``n`` latent frames drawn uniformly from ``clips`` -> ((speaker, listener) windows of
         log-mel [n, (ctx + 1) * 16, n_mels], head targets [n], mouth targets [n])."""
         m = self.cfg.model
-        per = m.vae_temporal * (AUDIO_RATE // self.cfg.stream.fps) // MEL_HOP     # mel frames per latent frame
+        per = _mel_per_latent(self.cfg)
         span = (m.audio_context + 1) * per
         spk, lst, head, mouth = [], [], [], []
         for j in torch.randint(len(clips), (n,), generator=gen).tolist():
@@ -142,7 +148,7 @@ def readout(net, readers: nn.ModuleDict, cfg: LPMConfig, clips: int = 24, second
     of the ``head`` reader with the head's pitch on listening clips, of the ``mouth`` reader with
     the opening on speaking clips, and ``head_rolled`` (each clip's reading against the next
     clip's pitch: chance). ``seed`` != the training pool's keeps the clips unseen."""
-    ctx, per = cfg.model.audio_context, cfg.model.vae_temporal * (AUDIO_RATE // cfg.stream.fps) // MEL_HOP
+    ctx, per = cfg.model.audio_context, _mel_per_latent(cfg)
     out = {}
     for name, mode, track in (("head", "listening", 1), ("mouth", "speaking", 0)):
         pool = AudioLabelPool(cfg, clips, seconds, voice=voice, seed=seed, modes=(mode,))
@@ -155,12 +161,13 @@ def readout(net, readers: nn.ModuleDict, cfg: LPMConfig, clips: int = 24, second
             wants.append(c[name].numpy())
         out[name] = float(np.mean([_corr(r, w) for r, w in zip(reads, wants)]))
         if name == "head":
-            out["head_rolled"] = float(np.mean([_corr(reads[i], wants[(i + 1) % clips][:len(reads[i])])
+            out["head_rolled"] = float(np.mean([_corr(reads[i], wants[(i + 1) % clips])
                                                 for i in range(clips)]))
     return out
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def _corr(a, b) -> float:
+    """The bench's within-clip correlation over the common length, 0 where it is undefined."""
     n = min(len(a), len(b))
-    a, b = np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64)
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-9 and b.std() > 1e-9 else 0.0
+    c = bench_corr(a[:n], b[:n])
+    return 0.0 if c is None else c
