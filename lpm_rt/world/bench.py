@@ -30,7 +30,7 @@ from ..media import write_png
 from .plots import bar_panels, line_traces
 from .render import Scene, render_reference
 
-__all__ = ["main", "build_scenarios", "score", "face_detail", "flicker", "lip_sync_split", "METRICS"]
+__all__ = ["main", "build_scenarios", "score", "face_detail", "flicker", "flicker_split", "lip_sync_split", "METRICS"]
 
 log = logging.getLogger(__name__)
 LATENT_FRAME = 4          # video frames per latent frame of the LPM presets' VAEs (ModelConfig.vae_temporal)
@@ -171,6 +171,21 @@ def flicker(frames: np.ndarray) -> float:
     return float(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
 
 
+def flicker_split(frames: np.ndarray, block: int = LATENT_FRAME) -> tuple:
+    """:func:`flicker` split at ``block``-frame boundaries (latent frames; streams start on one):
+    the mean over the second differences that span a boundary (centred on a block's first or
+    last frame) and over those inside a block. A generator whose latent frames jitter, while its
+    decoder draws each one smoothly, flickers at the boundaries only. (None, None) below
+    ``block`` + 2 frames."""
+    x = resize_frames(frames)
+    if len(x) < block + 2:
+        return None, None
+    d2 = np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).reshape(len(x) - 2, -1).mean(1)
+    phase = np.arange(1, len(x) - 1) % block
+    edge = (phase == 0) | (phase == block - 1)
+    return float(d2[edge].mean()), float(d2[~edge].mean())
+
+
 def face_detail(frames: np.ndarray, stride: int = 6) -> float:
     """Edge energy of the face: mean |4-neighbour Laplacian| of the luminance over the frames'
     central crop (where the held-out character's face is), at 64x64 so that pixel-level
@@ -236,6 +251,10 @@ def score(video: dict, preds: dict, sc: dict, refs) -> dict:
     m["text_control_acc"] = float(np.concatenate(hits).mean())
     fl = [flicker(v) for v in video.values() if len(v) >= 3]
     m["flicker"] = float(np.mean(fl)) if fl else None
+    split = [flicker_split(v) for v in video.values()]
+    split = [p for p in split if p[0] is not None]
+    m["flicker_boundary"], m["flicker_within"] = ((float(np.mean([p[0] for p in split])),
+                                                   float(np.mean([p[1] for p in split]))) if split else (None, None))
     m["detail"] = float(np.mean([face_detail(v) for v in video.values()]))
     return m
 
@@ -270,6 +289,10 @@ def _markdown(res: dict) -> str:
                                for k in ("lip_sync_block", "lip_sync_within"))
     lines += ["", "Lip sync between / within latent frames (4-frame blocks: correlation of the blocks' "
               "means / of each frame's deviation from its block's mean): " + ", ".join(f"{r} {split(r)}" for r in rows)]
+    fsplit = lambda r: "/".join("n/a" if res["details"][r].get(k) is None else f"{res['details'][r][k]:.4f}"  # noqa: E731
+                                for k in ("flicker_boundary", "flicker_within"))
+    lines += ["", "Flicker across / inside latent frames (second differences centred on a 4-frame block's "
+              "first or last frame / on its middle frames): " + ", ".join(f"{r} {fsplit(r)}" for r in rows)]
     lines += ["", "Analyzer accuracy on held-out renders (characters unseen in training):", "",
               "| label | held-out random | held-out scenarios |", "|---|---|---|"]
     for k, v in res["analyzer"]["heldout_random"].items():

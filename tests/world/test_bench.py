@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, lip_sync_split, main
+from lpm_rt.world.bench import METRICS, build_scenarios, face_detail, flicker, flicker_split, lip_sync_split, main
 from _util import script
 
 
@@ -53,6 +53,23 @@ def test_lip_sync_split_tells_a_held_mouth_from_a_moving_one():
     assert lip_sync_split(np.zeros(400), gt) == (None, None)
 
 
+def test_flicker_split_finds_jumps_between_latent_frames():
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (10, 8, 8, 3)).astype(np.uint8)
+    stepped = np.repeat(blocks, 4, axis=0)                                 # a new image every 4 frames
+    edge, inside = flicker_split(stepped)
+    assert edge > 0.1 and inside == 0.0
+    phase = np.arange(1, 39) % 4                                           # centres of the 38 differences
+    n_edge = np.isin(phase, (0, 3)).sum()
+    assert np.isclose((n_edge * edge + (38 - n_edge) * inside) / 38, flicker(stepped), rtol=1e-5)
+    shifted = np.concatenate([stepped[:2], stepped])                       # jumps off the latent grid
+    assert flicker_split(shifted)[1] > 0.1
+    noise = rng.integers(0, 256, (40, 8, 8, 3)).astype(np.uint8)           # no structure: both alike
+    e, i = flicker_split(noise)
+    assert 0.8 < e / i < 1.25
+    assert flicker_split(stepped[:5]) == (None, None)
+
+
 def test_face_detail_script_reports_every_row(tmp_path):
     out = tmp_path / "detail.json"
     assert script("face_detail").main(["--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
@@ -81,3 +98,15 @@ def test_nod_learnability_windows_end_on_their_own_frame(tmp_path):
         for temporal in (False, True):
             net = mod.AttnReader(k, temporal)
             assert net(torch.zeros(2, 16 * k, mod.N_MELS)).shape == (2, 2)
+
+
+def test_latent_jitter_script_compares_streamed_and_true_latents(tmp_path):
+    out = tmp_path / "jitter.json"
+    assert script("latent_jitter").main(["--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["latent_frames"] == 6                                  # 24 frames / 4 per latent frame
+    gt, model = res["rows"]["ground-truth"], res["rows"]["model"]
+    assert gt["dz"] < 0.05 and gt["flicker"] < 0.01                   # the world's clip is smooth
+    assert model["dz"] > 10 * gt["dz"]                                # an untrained model is not
+    for r in (gt, model):
+        assert r["flicker_boundary"] is not None and r["dz_border"] >= 0
