@@ -93,3 +93,13 @@ $T distill $D --from "$OUT/wdistill" --restart-at refiner --refiner-sigma 0.1 --
 # 7. Shipped with speaker guidance 3 (chosen on LPM-Bench-mini for this model:
 #    bench/results/demo_window_student/window_student.json).
 $T export --src "$OUT/wonline" --out lpm_rt/assets/demo --dtype fp16 --speaker-guidance 3
+
+# 8. A decoder that tolerates the generator's chunk-to-chunk latent jitter: fine-tuned on the same
+#    (frozen) encoder with 3x the latent noise, the flicker term and edge weighting, then shipped
+#    in place of the one above (weights otherwise unchanged) [dj2, mJ2; bench/results/demo_flicker/].
+$T base --preset demo --init lpm_rt/assets/demo --out "$OUT/dec4" $W --focus 0.5 --vae-freeze-encoder \
+    --vae-steps 400 --vae-lr 5e-4 --vae-frames 2 --vae-crop 64 --vae-mouth 10 --vae-temporal 2 --vae-edge 2 \
+    --vae-latent-noise 0.3 --vae-pool 400 --vae-batch 4 --steps 0 --batch 4 --pool 100 --ckpt-every 100 \
+    --lr-final 0.1 -v
+$T export --src lpm_rt/assets/demo --vae-from "$OUT/dec4" --out "$OUT/v5" --dtype fp16
+cp "$OUT/v5"/*.safetensors "$OUT/v5/config.json" lpm_rt/assets/demo/

@@ -59,16 +59,16 @@ def test_shipped_demo_is_trained_and_renders_the_reference(streams):
     assert streams["demo"].trained and "shipped" in streams["demo"].source
     err = lambda v: float(np.abs(v.mean(0) - streams["ref"]).mean())               # noqa: E731
     trained, untrained = err(streams["talk"]), err(streams["untrained"])
-    # measured: 9.8 / 255 for the shipped model (the one before it 8.5), the untrained preset
+    # measured: 11.0 / 255 for the shipped model (9.8 with its decoder before, the model before 8.5), the untrained preset
     # several times that
     assert trained < 15.0 and trained < 0.5 * untrained, (trained, untrained)
-    flicker = float(np.abs(np.diff(streams["talk"], axis=0)).mean())               # measured 1.5 / 255
+    flicker = float(np.abs(np.diff(streams["talk"], axis=0)).mean())               # measured 1.26 / 255
     assert flicker < 8.0, flicker
 
 
 @pytest.mark.xfail(strict=True, reason="issue #6: the shipped demo model responds to audio too faintly "
-                                       "(lower-face motion 1.84 vs 1.23 / 255 in silence, 1.498x where the "
-                                       "test asks 1.5x; they differ by 3.7 / 255 where it asks 4)")
+                                       "(lower-face motion 1.61 vs 1.04 / 255 in silence, 1.55x where the "
+                                       "test asks 1.5x, but they differ by 3.8 / 255 where it asks 4)")
 def test_shipped_demo_responds_to_unseen_speech(streams):
     motion = lambda v: float(np.abs(np.diff(_mouth(v), axis=0)).mean())           # noqa: E731
     diff = float(np.abs(_mouth(streams["talk"]) - _mouth(streams["quiet"])).mean())
