@@ -35,32 +35,28 @@ def _latent_stats(z: torch.Tensor) -> dict:
 
 
 def measure(src: str, seconds: float = 30.0, voice: str = "synth") -> dict:
-    from lpm_rt.model.online import OnlineLPM
-    from lpm_rt.model.vae import VAE
+    import lpm_rt
     from lpm_rt.train.data import _images
-    from lpm_rt.world.bench import _model_system, build_scenarios, flicker, flicker_split
+    from lpm_rt.world.bench import avatar_system, build_scenarios, flicker, flicker_split
 
     data = build_scenarios(0, 0.1, False, seconds, voice)
     conv, refs = data["scenarios"]["speaking"], data["references"]
-    latents, decoders = [], []
-    refine, decode = OnlineLPM._refine, VAE.decode
+    avatar = lpm_rt.load(src)
+    model, latents = avatar.model, []
+    refine = model._refine
 
-    def record_refine(self, *a, **k):                # the latents the step hands to the decoder
-        z = refine(self, *a, **k)
-        latents.append(z.detach().float()[0])
+    def keep(*a, **k):                               # the latents the step hands to the decoder
+        z = refine(*a, **k)
+        latents.append(z.detach().float()[0].cpu())
         return z
 
-    def record_decode(self, *a, **k):
-        decoders.append(self)
-        return decode(self, *a, **k)
-
-    OnlineLPM._refine, VAE.decode = record_refine, record_decode
+    model._refine = keep
     try:
-        video = _model_system(src, refs, {})("speaking", conv)
+        video = avatar_system(avatar, refs)("speaking", conv)
     finally:
-        OnlineLPM._refine, VAE.decode = refine, decode
+        del model._refine                            # the class's method again
     zm = torch.cat(latents, 1)                                               # (C, F, h, w)
-    vae = decoders[0]
+    vae = model.vae
     gt = conv.render(video.shape[1])
     T = vae.cfg.vae_temporal
     n = len(gt) // T * T
@@ -72,7 +68,7 @@ def measure(src: str, seconds: float = 30.0, voice: str = "synth") -> dict:
                         for i in range(0, n, step)], 2)[0].cpu()
     F = min(zm.shape[1], zg.shape[1])
     rows = {}
-    for name, z, frames in (("model", zm[:, :F].cpu(), video), ("ground-truth", zg[:, :F], gt)):
+    for name, z, frames in (("model", zm[:, :F], video), ("ground-truth", zg[:, :F], gt)):
         b, w = flicker_split(frames)
         rows[name] = dict(_latent_stats(z), flicker=flicker(frames), flicker_boundary=b, flicker_within=w)
     return {"model": src, "seconds": seconds, "voice": voice, "latent_frames": F, "rows": rows}

@@ -73,7 +73,15 @@ def _fit_length(frames: np.ndarray, t: int) -> np.ndarray:
 def _model_system(src: str, refs, sc: dict):
     import lpm_rt
 
-    avatar = lpm_rt.load(src)
+    return avatar_system(lpm_rt.load(src), refs)
+
+
+def avatar_system(avatar, refs):
+    """``run(name, conv) -> frames [T, H, W, 3]``: ``conv`` streamed through a loaded avatar as
+    an integrator would (its reference slots filled from ``refs``, both audio tracks, flushed),
+    cut or padded to the conversation's frame count."""
+    import lpm_rt
+
     ref_cls = getattr(lpm_rt, "Reference", None)
     slots = getattr(getattr(getattr(avatar, "cfg", None), "stream", None), "reference_slots", len(refs))
     use = [ref_cls(img, kind) if ref_cls else img for img, kind in refs[:max(slots, 1)]]
