@@ -172,11 +172,25 @@ def _lag(meas: np.ndarray, ref: np.ndarray) -> int | None:
     return arg
 
 
+def _second_diffs(frames: np.ndarray) -> np.ndarray:
+    """[T - 2]: each frame's mean |second temporal difference| (centred on frames 1 .. T-2) at the
+    analyzer's size."""
+    x = resize_frames(frames)
+    return np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).reshape(max(len(x) - 2, 0), -1).mean(1, dtype=np.float64)
+
+
 def flicker(frames: np.ndarray) -> float:
     """Mean |second temporal difference| of the frames at the analyzer's size (>= 3 frames):
     what changes from frame to frame beyond steady motion."""
-    x = resize_frames(frames)
-    return float(np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean())
+    return float(_second_diffs(frames).mean())
+
+
+def _split(d2: np.ndarray, block: int) -> tuple:
+    if len(d2) < block:
+        return None, None
+    phase = np.arange(1, len(d2) + 1) % block
+    edge = (phase == 0) | (phase == block - 1)
+    return float(d2[edge].mean()), float(d2[~edge].mean())
 
 
 def flicker_split(frames: np.ndarray, block: int = LATENT_FRAME) -> tuple:
@@ -185,13 +199,7 @@ def flicker_split(frames: np.ndarray, block: int = LATENT_FRAME) -> tuple:
     last frame) and over those inside a block. A generator whose latent frames jitter, while its
     decoder draws each one smoothly, flickers at the boundaries only. (None, None) below
     ``block`` + 2 frames."""
-    x = resize_frames(frames)
-    if len(x) < block + 2:
-        return None, None
-    d2 = np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).reshape(len(x) - 2, -1).mean(1)
-    phase = np.arange(1, len(x) - 1) % block
-    edge = (phase == 0) | (phase == block - 1)
-    return float(d2[edge].mean()), float(d2[~edge].mean())
+    return _split(_second_diffs(frames), block)
 
 
 def face_detail(frames: np.ndarray, stride: int = 6) -> float:
@@ -257,10 +265,9 @@ def score(video: dict, preds: dict, sc: dict, refs) -> dict:
         p = preds[f"tag_{tag}"]["expression"][int(0.5 * FPS):]
         hits.append(p == TAG_TO_EXPRESSION[tag])
     m["text_control_acc"] = float(np.concatenate(hits).mean())
-    fl = [flicker(v) for v in video.values() if len(v) >= 3]
-    m["flicker"] = float(np.mean(fl)) if fl else None
-    split = [flicker_split(v) for v in video.values()]
-    split = [p for p in split if p[0] is not None]
+    d2 = [_second_diffs(v) for v in video.values() if len(v) >= 3]          # once per video
+    m["flicker"] = float(np.mean([d.mean() for d in d2])) if d2 else None
+    split = [p for p in (_split(d, LATENT_FRAME) for d in d2) if p[0] is not None]
     m["flicker_boundary"], m["flicker_within"] = ((float(np.mean([p[0] for p in split])),
                                                    float(np.mean([p[1] for p in split]))) if split else (None, None))
     m["detail"] = float(np.mean([face_detail(v) for v in video.values()]))
