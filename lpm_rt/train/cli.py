@@ -148,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 3: weight of a distribution-matching (DMD) loss on the refiner's free-running "
                         "outputs, with the fake score tracking them; counters the regression losses' pull of "
                         "one-step predictions toward the mean (washed-out latents). 0: off")
+    d.add_argument("--temporal", type=float, default=0.0,
+                   help="stages 2 and 4: weight of a temporal term on the rollout's final outputs: their squared "
+                        "frame-to-frame change where the data clip's latents hold still (the background), so "
+                        "chunks drawn one at a time agree on what should not move (flicker at chunk "
+                        "boundaries). Adds one student pass per step. 0: off")
+    d.add_argument("--dmd-weight", type=float, default=1.0,
+                   help="stages 2 and 4: weight of the distribution-matching loss. 0 with --temporal: only the "
+                        "temporal term (no fake-score updates), for a student that should keep what it has "
+                        "beyond its teacher (e.g. lip sync from --sync and audio guidance)")
+    d.add_argument("--anchor", type=float, default=0.0,
+                   help="stages 2 and 4: weight of holding the student's outputs, where the data clip moves, to "
+                        "those of the student the run started from (a frozen copy, same inputs): keeps the "
+                        "mouth and head moving as before while --temporal stills the rest. 0: off")
+    d.add_argument("--still-threshold", type=float, default=0.02,
+                   help="with --temporal: a latent pixel holds still where the data clip's mean |frame-to-frame "
+                        "change| is below this (latents have unit scale; 0.02 marks ~70%% of the demo world's "
+                        "frame, its background)")
     d.add_argument("--refiner-sigma", type=float, default=None,
                    help="noise level the refiner re-noises the backbone's output to (the stream setting "
                         "refiner_sigma; default: the teacher's config). Lower keeps more of the backbone's "
@@ -267,6 +284,8 @@ def main(argv=None) -> int:
         ap.error("--audio-lr-mult must be > 0")
     if args.cmd == "distill" and (args.from_run is None) != (args.restart_at is None):
         ap.error("--from DIR and --restart-at STAGE go together")
+    if args.cmd == "distill" and (args.dmd_weight < 0 or args.temporal < 0 or args.anchor < 0 or args.dmd_weight == args.temporal == 0):
+        ap.error("--dmd-weight and --temporal are >= 0 and not both 0 (stages 2 and 4 would train nothing)")
     if args.cmd == "distill" and args.from_run is not None and args.student is not None:
         ap.error("--student DIR starts a new run; --from DIR continues another one's weights: give one")
     if args.cmd == "distill" and args.from_run is not None:

@@ -8,7 +8,14 @@ noisy-history cache, ``backbone_steps`` steps, one-step refiner). Four stages, e
    from noise exactly as the runtime does (its own generated noisy history); one randomly chosen
    step per chunk keeps gradients. The generated clip is pushed along (fake score - real score):
    the teacher is the real score, a fake-score model (initialised from the teacher) tracks the
-   student's distribution by flow matching on its samples.
+   student's distribution by flow matching on its samples. With ``--temporal`` the rollout's final
+   outputs (the last step of every chunk, as the runtime shows them) are also held still where the
+   data clip's latents hold still (:func:`temporal_loss`): chunks drawn one at a time from fresh noise
+   otherwise disagree on what should not move (the background), which shows as flicker at every
+   chunk boundary. ``--dmd-weight 0`` keeps the temporal term alone: the student is then held
+   still where it should be without being pulled further toward the teacher's distribution; alone
+   it learns to change less everywhere (the mouth too), so ``--anchor`` holds its outputs where the
+   data moves to what the student answered when the stage began.
 3. ``refiner``   the one-step refiner on the backbone's coarse outputs, re-noised to
    ``refiner_sigma``: teacher-forced coarse outputs regress onto the real latents; free-rollout
    coarse outputs onto the teacher's one-step denoise at that (low) noise level.
@@ -41,7 +48,7 @@ from .flow import (Cond, add_noise, causal_forward, guided_velocity, ode_grid, r
                    teacher_ode, velocity)
 from .loop import RunDir, StageSpec, lr_at, run_stages, step_generator
 
-__all__ = ["train_distill", "dmd_loss", "init_refiner", "pick_steps"]
+__all__ = ["train_distill", "dmd_loss", "init_refiner", "pick_steps", "still_weight", "temporal_loss"]
 
 log = logging.getLogger("lpm_rt.train")
 STAGES = ("ode_init", "dmd", "refiner", "long")
@@ -112,6 +119,23 @@ def dmd_loss(x_gen, teacher, fake, cond: Cond, gen: torch.Generator, guidance: f
     return {"loss": loss, "dmd_grad": grad.abs().mean()}
 
 
+def still_weight(x0_real: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[B, 1, 1, h, w]: 1 at latent pixels where the data clip ``x0_real`` [B, z, F, h, w] holds
+    still (mean |frame-to-frame change| over channels and frames below ``threshold``), else 0.
+    The generated clip shares the data clip's character, framing and references, not its motion:
+    what is still in the data (the background) should be still in the sample."""
+    d = (x0_real[:, :, 1:] - x0_real[:, :, :-1]).abs().mean(dim=(1, 2), keepdim=True)
+    return (d < threshold).to(x0_real.dtype)
+
+
+def temporal_loss(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared frame-to-frame change of ``x`` [B, z, F, h, w] over the pixels ``weight``
+    [B, 1, 1, h, w] marks (0 when it marks none)."""
+    d = (x[:, :, 1:] - x[:, :, :-1]).square()
+    n = weight.sum() * x.shape[1] * d.shape[2]
+    return (weight * d).sum() / n.clamp_min(1.0)
+
+
 def train_distill(args, dist: Dist) -> int:
     tmodel, tmeta = load_dir(args.teacher)
     cfg = tmodel.cfg
@@ -141,6 +165,9 @@ def train_distill(args, dist: Dist) -> int:
     dev = dist.device
     teacher, model = teacher.to(dev), model.to(dev)
     fake = copy.deepcopy(teacher).requires_grad_(True)
+    anchor = None                                  # --anchor: the student as it starts, frozen
+    if getattr(args, "anchor", 0.0) > 0:
+        anchor = copy.deepcopy(model.backbone).eval().requires_grad_(False)
     broadcast_module(model, dist)
     broadcast_module(fake, dist)
     for net in (model.backbone, model.refiner, fake, teacher):   # before the optimizers see them
@@ -238,18 +265,54 @@ def train_distill(args, dist: Dist) -> int:
         sig, x_q = pick_steps(s.sigmas, B, Fr - q_start, s.chunk_frames, g,
                               [x[:, :, q_start:] for x in r.inputs])
         v = causal_forward(model.backbone, r.x_hist, x_q, sig, cond, s, q_start=q_start)
-        return x_q - sig[:, None, :, None, None] * v, r
+        x_gen = x_q - sig[:, None, :, None, None] * v
+        if anchor is None:
+            return x_gen, r, None
+        with torch.no_grad():                      # the starting student's answer to the same inputs
+            x_anchor = x_q - sig[:, None, :, None, None] * causal_forward(anchor, r.x_hist, x_q, sig, cond, s,
+                                                                          q_start=q_start)
+        return x_gen, r, x_anchor
+
+    w_temporal, w_dmd = getattr(args, "temporal", 0.0), getattr(args, "dmd_weight", 1.0)
+
+    def still_frames(x0_real, r, cond, q_start):
+        """The temporal term: the last backbone step of every chunk again, with gradients (the
+        rollout's final outputs), its frame-to-frame change where the data holds still. Returns
+        (loss, the rollout's still-pixel |change|, the data's)."""
+        B, Fq, sl = r.x0.shape[0], r.x0.shape[2] - q_start, s.sigmas[-1]
+        x_last = r.inputs[-1][:, :, q_start:]
+        v = causal_forward(model.backbone, r.x_hist, x_last, torch.full((B, Fq), sl, device=dev), cond, s,
+                           q_start=q_start)
+        x_fin = x_last - sl * v
+        w = still_weight(x0_real, args.still_threshold)
+        with torch.no_grad():
+            n = (w.sum() * x0_real.shape[1] * (x0_real.shape[2] - 1)).clamp_min(1.0)
+            jit = (w * (r.x0[:, :, 1:] - r.x0[:, :, :-1]).abs()).sum() / n
+            ref = (w * (x0_real[:, :, 1:] - x0_real[:, :, :-1]).abs()).sum() / n
+        return temporal_loss(x_fin, w), float(jit), float(ref)
 
     def dmd_step(step, stage="dmd", src=source, Fr=frames):
         g = step_generator(args.seed, stage, step, dist.rank)
-        _, cond = conditions(stage, step, src)
+        x0_real, cond = conditions(stage, step, src)
         q_start = Fr - frames                      # stage 4: the last window of a long rollout
-        x_gen, r = generate(cond, Fr, g, q_start)
+        x_gen, r, x_anchor = generate(cond, Fr, g, q_start)
         wcond = cond.window(q_start, Fr, m) if q_start else cond
-        fake_loss = update_fake(x_gen.detach(), wcond, g, step)
-        out = dmd_loss(x_gen, teacher, fake, wcond, g, args.guidance, rti)
-        out["loss"].backward()
-        rec = {"loss": float(out["loss"].detach()), "dmd_grad": float(out["dmd_grad"]), "fake_loss": fake_loss}
+        loss, rec = 0.0, {}
+        if w_dmd > 0:
+            rec["fake_loss"] = update_fake(x_gen.detach(), wcond, g, step)
+            out = dmd_loss(x_gen, teacher, fake, wcond, g, args.guidance, rti)
+            loss, rec["dmd_grad"] = w_dmd * out["loss"], float(out["dmd_grad"])
+        if w_temporal > 0:
+            lt, rec["still_change"], rec["still_change_data"] = still_frames(x0_real, r, cond, q_start)
+            loss = loss + w_temporal * lt
+            rec["temporal"] = float(lt.detach())
+        if x_anchor is not None:                   # where the data moves: stay the starting student
+            moving = 1.0 - still_weight(x0_real, args.still_threshold)
+            la = (moving * (x_gen - x_anchor).square()).mean() / moving.mean().clamp_min(1e-6)
+            loss = loss + args.anchor * la
+            rec["anchor"] = float(la.detach())
+        loss.backward()
+        rec = {"loss": float(loss.detach()), **rec}
         if q_start:                                # identity drift: late vs early frame statistics
             early, late = r.x0[:, :, :frames], r.x0[:, :, q_start:]
             rec["drift"] = float((late.mean(dim=(2, 3, 4)) - early.mean(dim=(2, 3, 4))).abs().mean())

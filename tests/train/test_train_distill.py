@@ -1,4 +1,5 @@
-"""Pieces of the distillation: step selection, the DMD gradient, the refiner's initialisation."""
+"""Pieces of the distillation: step selection, the DMD gradient, the temporal term, the refiner's
+initialisation."""
 
 import copy
 
@@ -6,7 +7,7 @@ import torch
 
 from lpm_rt.config import preset
 from lpm_rt.model.online import OnlineLPM
-from lpm_rt.train.distill import dmd_loss, init_refiner, pick_steps
+from lpm_rt.train.distill import dmd_loss, init_refiner, pick_steps, still_weight, temporal_loss
 from lpm_rt.train.flow import Cond, ode_grid
 
 
@@ -51,3 +52,30 @@ def test_refiner_starts_from_teacher_blocks():
     init_refiner(b.refiner, a.backbone)
     for k, v in b.refiner.state_dict().items():
         assert torch.equal(v, a.backbone.state_dict()[k]), k
+
+
+def test_still_weight_marks_what_holds_still_in_the_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 1, 6, 6, generator=g).repeat(1, 1, 5, 1, 1)       # a still clip
+    x[0, :, :, 1, 2] += torch.randn(4, 5, generator=g)                        # one pixel moves (clip 0)
+    x[1, :, 2:, 4, 4] += 0.5                                                  # one steps once (clip 1)
+    w = still_weight(x, 0.02)
+    assert w.shape == (2, 1, 1, 6, 6)
+    assert w[0, 0, 0, 1, 2] == 0 and w[1, 0, 0, 4, 4] == 0 and w.sum() == 2 * 36 - 2
+    assert still_weight(x, 10.0).sum() == 72                                  # a loose threshold: all
+
+
+def test_temporal_loss_penalises_change_only_where_marked():
+    g = torch.Generator().manual_seed(1)
+    still = torch.randn(1, 4, 1, 5, 5, generator=g).repeat(1, 1, 6, 1, 1)
+    w = torch.zeros(1, 1, 1, 5, 5)
+    w[..., :, :2] = 1                                                         # two columns marked
+    assert float(temporal_loss(still, w)) == 0.0
+    jitter = (still + 0.1 * torch.randn(still.shape, generator=g)).requires_grad_(True)
+    loss = temporal_loss(jitter, w)
+    d = jitter.detach()[:, :, 1:] - jitter.detach()[:, :, :-1]
+    want = d[..., :, :2].square().mean()                                      # mean over marked pixels
+    assert torch.allclose(loss.detach(), want, rtol=1e-5) and float(loss.detach()) > 1e-3
+    loss.backward()
+    assert jitter.grad[..., :, 2:].abs().max() == 0 and jitter.grad[..., :, :2].abs().max() > 0
+    assert float(temporal_loss(jitter.detach(), torch.zeros_like(w))) == 0.0          # none marked: no term

@@ -244,6 +244,39 @@ def test_export_takes_a_decoder_of_the_same_latent_space(teacher, tmp_path):
     assert not (tmp_path / "bad" / "config.json").exists()
 
 
+def test_distill_temporal_term_reaches_the_student(teacher, tmp_path):
+    """--temporal: the DMD and long stages log the term and the rollout's still-pixel change next to
+    the data's, and the student's weights move differently than without it."""
+    args = ["distill", "--teacher", str(teacher), "--init-steps", "0", "--dmd-steps", "1", "--refiner-steps", "0",
+            "--long-steps", "1"] + DISTILL + COMMON
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(args + ["--out", str(tmp_path / "still"), "--temporal", "5", "--still-threshold", "10"]) == 0
+    recs = [r for r in _metrics(tmp_path / "still") if r["stage"] in ("dmd", "long")]
+    assert [r["stage"] for r in recs] == ["dmd", "long"]
+    for r in recs:
+        assert r["temporal"] > 0 and r["still_change"] > 0 and r["still_change_data"] >= 0
+        assert r["loss"] >= r["temporal"] * 5
+    assert all("temporal" not in r for r in _metrics(tmp_path / "plain"))
+    wa, wb = (load_file(str(tmp_path / d / "backbone.safetensors")) for d in ("plain", "still"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    # --dmd-weight 0: the temporal term alone (no fake-score updates, no DMD figures); both 0 refused
+    assert main(args + ["--out", str(tmp_path / "alone"), "--temporal", "5", "--still-threshold", "10",
+                        "--dmd-weight", "0"]) == 0
+    alone = [r for r in _metrics(tmp_path / "alone") if r["stage"] in ("dmd", "long")]
+    assert len(alone) == 2 and all("fake_loss" not in r and "dmd_grad" not in r for r in alone)
+    assert all(r["loss"] == pytest.approx(5 * r["temporal"], rel=1e-5) for r in alone)
+    wc = load_file(str(tmp_path / "alone" / "backbone.safetensors"))
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+    # --anchor: where the data moves, the outputs are held to the starting student's (0 at the first step)
+    # (threshold 0: every pixel moves; the DMD step moves the student away from its start)
+    assert main(args + ["--out", str(tmp_path / "anchored"), "--still-threshold", "0", "--anchor", "1"]) == 0
+    held = [r for r in _metrics(tmp_path / "anchored") if r["stage"] in ("dmd", "long")]
+    assert held[0]["anchor"] == 0.0 and held[1]["anchor"] > 0 and "temporal" not in held[0]
+    for bad in (["--dmd-weight", "0"], ["--anchor", "-1"]):
+        with pytest.raises(SystemExit):
+            main(args + ["--out", str(tmp_path / "none")] + bad)
+
+
 def test_distill_refiner_sigma_overrides_the_stream_setting(teacher, tmp_path):
     """--refiner-sigma trains the refiner at another noise level and ships it in the stream config
     the runtime reads; out-of-range values are refused."""
