@@ -103,3 +103,16 @@ $T base --preset demo --init lpm_rt/assets/demo --out "$OUT/dec4" $W --focus 0.5
     --lr-final 0.1 -v
 $T export --src lpm_rt/assets/demo --vae-from "$OUT/dec4" --out "$OUT/v5" --dtype fp16
 cp "$OUT/v5"/*.safetensors "$OUT/v5/config.json" lpm_rt/assets/demo/
+
+# 9. The student held still where the data holds still (distill --temporal, stage 2 only, from the
+#    shipped weights): the rollout's final outputs lose their frame-to-frame change where the data
+#    clip's latents are still (the background), while --anchor holds them where the data moves to
+#    what the student answered before, so the mouth keeps moving; no distribution matching
+#    (--dmd-weight 0: with it the student fell back to its teacher's lip sync). The teacher serves
+#    the latent-space check and the config only. 5 minutes [ta3; bench/results/demo_temporal/].
+$T distill --teacher "$OUT/wteacher" --student lpm_rt/assets/demo --out "$OUT/still" $W --focus 0.5 \
+    --steps 100 --init-steps 0 --dmd-steps 60 --refiner-steps 0 --long-steps 0 --sync 1.0 --mouth 10 \
+    --batch 2 --pool 100 --warmup 20 --lr-final 0.2 --guidance 3 --audio-lr-mult 10 --refiner-sigma 0.1 \
+    --ckpt-every 20 -v --temporal 3 --dmd-weight 0 --anchor 10
+$T export --src "$OUT/still" --vae-from lpm_rt/assets/demo --out "$OUT/v6" --dtype fp16 --speaker-guidance 3
+cp "$OUT/v6"/*.safetensors "$OUT/v6/config.json" lpm_rt/assets/demo/
