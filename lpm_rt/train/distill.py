@@ -275,16 +275,15 @@ def train_distill(args, dist: Dist) -> int:
 
     w_temporal, w_dmd = getattr(args, "temporal", 0.0), getattr(args, "dmd_weight", 1.0)
 
-    def still_frames(x0_real, r, cond, q_start):
+    def still_frames(x0_real, w, r, cond, q_start):
         """The temporal term: the last backbone step of every chunk again, with gradients (the
-        rollout's final outputs), its frame-to-frame change where the data holds still. Returns
-        (loss, the rollout's still-pixel |change|, the data's)."""
+        rollout's final outputs), its frame-to-frame change where the data holds still (``w``, from
+        :func:`still_weight`). Returns (loss, the rollout's still-pixel |change|, the data's)."""
         B, Fq, sl = r.x0.shape[0], r.x0.shape[2] - q_start, s.sigmas[-1]
         x_last = r.inputs[-1][:, :, q_start:]
         v = causal_forward(model.backbone, r.x_hist, x_last, torch.full((B, Fq), sl, device=dev), cond, s,
                            q_start=q_start)
         x_fin = x_last - sl * v
-        w = still_weight(x0_real, args.still_threshold)
         with torch.no_grad():
             n = (w.sum() * x0_real.shape[1] * (x0_real.shape[2] - 1)).clamp_min(1.0)
             jit = (w * (r.x0[:, :, 1:] - r.x0[:, :, :-1]).abs()).sum() / n
@@ -298,16 +297,17 @@ def train_distill(args, dist: Dist) -> int:
         x_gen, r, x_anchor = generate(cond, Fr, g, q_start)
         wcond = cond.window(q_start, Fr, m) if q_start else cond
         loss, rec = 0.0, {}
+        still = still_weight(x0_real, args.still_threshold) if w_temporal > 0 or x_anchor is not None else None
         if w_dmd > 0:
             rec["fake_loss"] = update_fake(x_gen.detach(), wcond, g, step)
             out = dmd_loss(x_gen, teacher, fake, wcond, g, args.guidance, rti)
             loss, rec["dmd_grad"] = w_dmd * out["loss"], float(out["dmd_grad"])
         if w_temporal > 0:
-            lt, rec["still_change"], rec["still_change_data"] = still_frames(x0_real, r, cond, q_start)
+            lt, rec["still_change"], rec["still_change_data"] = still_frames(x0_real, still, r, cond, q_start)
             loss = loss + w_temporal * lt
             rec["temporal"] = float(lt.detach())
         if x_anchor is not None:                   # where the data moves: stay the starting student
-            moving = 1.0 - still_weight(x0_real, args.still_threshold)
+            moving = 1.0 - still
             la = (moving * (x_gen - x_anchor).square()).mean() / moving.mean().clamp_min(1e-6)
             loss = loss + args.anchor * la
             rec["anchor"] = float(la.detach())
