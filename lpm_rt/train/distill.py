@@ -15,7 +15,9 @@ noisy-history cache, ``backbone_steps`` steps, one-step refiner). Four stages, e
    chunk boundary. ``--dmd-weight 0`` keeps the temporal term alone: the student is then held
    still where it should be without being pulled further toward the teacher's distribution; alone
    it learns to change less everywhere (the mouth too), so ``--anchor`` holds its outputs where the
-   data moves to what the student answered when the stage began.
+   data moves (``--anchor-mouth``: around the mouth only) to what the student answered when the
+   stage began. ``--rollout-sync`` adds the lip-sync loss of the gradient-carrying outputs against
+   the data clip's mouth (same audio).
 3. ``refiner``   the one-step refiner on the backbone's coarse outputs, re-noised to
    ``refiner_sigma``: teacher-forced coarse outputs regress onto the real latents; free-rollout
    coarse outputs onto the teacher's one-step denoise at that (low) noise level.
@@ -188,11 +190,13 @@ def train_distill(args, dist: Dist) -> int:
 
     pool = EncodedPool(source, cfg, lambda b: encode_batch(vae, b), args.pool, dev)   # stages 1-3
 
-    def conditions(stage, step, src=source):
+    def conditions(stage, step, src=source, mouth=False):
+        """(x0, cond) of a batch; with ``mouth`` (x0, cond, its mouth annotations or None)."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         if src is source:
-            return pool.batch(idx)
-        return encode_batch(vae, collate([src.clip(i) for i in idx], cfg).to(dev))
+            return pool.batch(idx, mouth=mouth)
+        b = collate([src.clip(i) for i in idx], cfg).to(dev)
+        return (*encode_batch(vae, b), b.mouth) if mouth else encode_batch(vae, b)
 
     probes: dict = {}                              # the --sync / --nod probes, fitted once on the pool
 
@@ -274,6 +278,7 @@ def train_distill(args, dist: Dist) -> int:
         return x_gen, r, x_anchor
 
     w_temporal, w_dmd = getattr(args, "temporal", 0.0), getattr(args, "dmd_weight", 1.0)
+    w_rsync, anchor_mouth = getattr(args, "rollout_sync", 0.0), getattr(args, "anchor_mouth", False)
 
     def still_frames(x0_real, w, r, cond, q_start):
         """The temporal term: the last backbone step of every chunk again, with gradients (the
@@ -292,8 +297,11 @@ def train_distill(args, dist: Dist) -> int:
 
     def dmd_step(step, stage="dmd", src=source, Fr=frames):
         g = step_generator(args.seed, stage, step, dist.rank)
-        x0_real, cond = conditions(stage, step, src)
         q_start = Fr - frames                      # stage 4: the last window of a long rollout
+        x0_real, cond, mouth = conditions(stage, step, src, mouth=True) if w_rsync > 0 or anchor_mouth else (
+            *conditions(stage, step, src), None)
+        if mouth is not None:                      # the annotations of the frames x_gen covers
+            mouth = mouth[:, q_start * m.vae_temporal:]
         x_gen, r, x_anchor = generate(cond, Fr, g, q_start)
         wcond = cond.window(q_start, Fr, m) if q_start else cond
         loss, rec = 0.0, {}
@@ -306,9 +314,17 @@ def train_distill(args, dist: Dist) -> int:
             lt, rec["still_change"], rec["still_change_data"] = still_frames(x0_real, still, r, cond, q_start)
             loss = loss + w_temporal * lt
             rec["temporal"] = float(lt.detach())
+        if w_rsync > 0 and stage == "dmd":         # the generated mouth against the data clip's (same audio)
+            mp = probe(MouthProbe)
+            lm = sync_loss(mp, x_gen, x0_real, mouth, norm=mp.var)
+            loss = loss + w_rsync * lm
+            rec["rollout_sync"] = float(lm.detach())
         if x_anchor is not None:                   # where the data moves: stay the starting student
-            moving = 1.0 - still
-            la = (moving * (x_gen - x_anchor).square()).mean() / moving.mean().clamp_min(1e-6)
+            if anchor_mouth:                       # a Gaussian around the clip's mouth, 1 at its centre
+                held = latent_mouth_weight(m, mouth, 1.0, (s.height, s.width)) - 1.0
+            else:
+                held = 1.0 - still
+            la = (held * (x_gen - x_anchor).square()).mean() / held.mean().clamp_min(1e-6)
             loss = loss + args.anchor * la
             rec["anchor"] = float(la.detach())
         loss.backward()

@@ -130,6 +130,35 @@ def test_teacher_sampler_windows(teacher):
     assert np.abs(a.astype(int) - b.astype(int)).max() > 0
 
 
+def test_teacher_sampler_reads_each_window_audio_only(teacher, monkeypatch):
+    """Each window's mel comes from its own audio (1 s of context before, 0.1 s after), not from the
+    rest of the conversation: a long tail of audio after the rendered frames changes nothing, and
+    the audio each window resamples stays bounded however long the conversation (a 10-minute
+    render resampled the whole remainder every window)."""
+    import lpm_rt.train.sample as S
+
+    lens = []
+    tm = S._track_mel
+
+    def spy(audio, lead, rate, frames, cfg):
+        lens.append(len(audio))
+        return tm(audio, lead, rate, frames, cfg)
+
+    monkeypatch.setattr(S, "_track_mel", spy)
+    sampler = S.TeacherSampler(str(teacher), steps=2, window=2)
+    sr, n = 16000, 21
+    t = np.arange(n * sr // 24 + sr) / sr
+    spk = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    refs = [(np.full((64, 64, 3), 90, np.uint8), "global")]
+    a = sampler.render(spk, np.zeros_like(spk), sr, n, "smile", refs)
+    tail = np.random.default_rng(0).uniform(-0.5, 0.5, 120 * sr).astype(np.float32)
+    lens.clear()
+    b = sampler.render(np.concatenate([spk, tail]), np.zeros(len(spk) + len(tail), np.float32), sr, n, "smile", refs)
+    assert np.array_equal(a, b)
+    window_s = 2 * 4 / 24                                           # 2 latent frames of 4 video frames
+    assert len(lens) == 6 and max(lens) <= int((1 + window_s + 0.1) * sr) + 1
+
+
 def test_base_init_warm_starts_from_a_model_dir(teacher, tmp_path):
     """--init copies the VAE and backbone of a model directory (no steps: the published model
     equals it, the VAE up to the latent-scale fold, which is ~1 for an already folded VAE)."""
@@ -345,6 +374,69 @@ def test_distill_init_guidance_and_sync_data_reach_stage_one(teacher, tmp_path, 
     for bad in (["--sync-data", "-1"], ["--init-guidance", "0.5"], ["--nod", "-1"]):
         with pytest.raises(SystemExit):
             main(args + bad + ["--out", str(tmp_path / "x")])
+
+
+def test_distill_rollout_sync_holds_the_rollout_to_the_data_mouth(teacher, tmp_path, monkeypatch):
+    """--rollout-sync: in stage 2 the rollout's gradient-carrying outputs get the lip-sync loss
+    against the data clip's latents (the clip whose audio conditioned the rollout), in units of the
+    data's variance; stage 4 does not; negative weights are refused. On world clips."""
+    import lpm_rt.train.distill as D
+    seen = []
+    sl = D.sync_loss
+
+    def spy_sync(probe, pred, want, mouth, norm=None):
+        seen.append((pred, want, norm, probe.var))
+        return sl(probe, pred, want, mouth, norm=norm)
+
+    monkeypatch.setattr(D, "sync_loss", spy_sync)
+    args = ["distill", "--teacher", str(teacher), "--init-steps", "0", "--dmd-steps", "1", "--refiner-steps", "0",
+            "--long-steps", "1", "--pool", "2"] + DISTILL + ["--batch", "1", "--frames", "4", "--warmup", "1"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert seen == [] and all("rollout_sync" not in r for r in _metrics(tmp_path / "plain"))
+    assert main(args + ["--out", str(tmp_path / "sync"), "--rollout-sync", "2"]) == 0
+    assert len(seen) == 1                                   # the dmd step only, not the long one
+    pred, want, norm, var = seen[0]
+    assert pred.requires_grad and not want.requires_grad and pred.shape == want.shape
+    assert norm == var > 0
+    recs = {r["stage"]: r for r in _metrics(tmp_path / "sync") if r["stage"] in ("dmd", "long")}
+    assert recs["dmd"]["rollout_sync"] > 0 and "rollout_sync" not in recs["long"]
+    assert recs["dmd"]["loss"] >= 2 * recs["dmd"]["rollout_sync"]
+    wa, wb = (load_file(str(tmp_path / d / "backbone.safetensors")) for d in ("plain", "sync"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad"), "--rollout-sync", "-1"])
+
+
+def test_distill_anchor_mouth_holds_only_the_mouth(teacher, tmp_path, monkeypatch):
+    """--anchor-mouth: the anchor term is weighted by a Gaussian around the data clip's mouth, on
+    the frames the gradient-carrying outputs cover (stage 4: the last window of the long clip), not
+    by where the data moves; it needs --anchor. On world clips."""
+    import lpm_rt.train.distill as D
+    calls = []
+    lmw = D.latent_mouth_weight
+
+    def spy(m, mouth, weight, size):
+        out = lmw(m, mouth, weight, size)
+        calls.append((mouth.shape[1], out.shape[2], weight))
+        return out
+
+    monkeypatch.setattr(D, "latent_mouth_weight", spy)
+    plain = ["distill", "--teacher", str(teacher), "--init-steps", "0", "--dmd-steps", "1", "--refiner-steps", "0",
+             "--long-steps", "1", "--pool", "2", "--still-threshold", "0"] + DISTILL + \
+        ["--batch", "1", "--frames", "4", "--warmup", "1"]
+    args = plain + ["--anchor", "1"]
+    assert main(args + ["--out", str(tmp_path / "moving")]) == 0
+    assert calls == []
+    assert main(args + ["--out", str(tmp_path / "mouth"), "--anchor-mouth"]) == 0
+    temporal = lpm_rt.load(str(teacher)).model.cfg.model.vae_temporal
+    assert [c[2] for c in calls] == [1.0, 1.0]              # the dmd step and the long step
+    assert all(n == f * temporal for n, f, _ in calls) and calls[1][1] == calls[0][1] == 4
+    moving, mouth = ([r for r in _metrics(tmp_path / d) if r["stage"] in ("dmd", "long")] for d in ("moving", "mouth"))
+    assert moving[0]["anchor"] == mouth[0]["anchor"] == 0.0
+    assert mouth[1]["anchor"] > 0 and mouth[1]["anchor"] != pytest.approx(moving[1]["anchor"])
+    with pytest.raises(SystemExit):
+        main(plain + ["--out", str(tmp_path / "bad"), "--anchor-mouth"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_export_ships_stream_guidance(teacher, tmp_path):
