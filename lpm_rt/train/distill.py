@@ -191,12 +191,12 @@ def train_distill(args, dist: Dist) -> int:
     pool = EncodedPool(source, cfg, lambda b: encode_batch(vae, b), args.pool, dev)   # stages 1-3
 
     def conditions(stage, step, src=source, mouth=False):
-        """(x0, cond) of a batch; with ``mouth`` (x0, cond, its mouth annotations or None)."""
+        """(x0, cond, the batch's mouth annotations: with ``mouth`` only, else None)."""
         idx = batch_indices(args.seed, stage, step, dist.rank, dist.world, args.batch)
         if src is source:
-            return pool.batch(idx, mouth=mouth)
+            return pool.batch(idx, mouth=True) if mouth else (*pool.batch(idx), None)
         b = collate([src.clip(i) for i in idx], cfg).to(dev)
-        return (*encode_batch(vae, b), b.mouth) if mouth else encode_batch(vae, b)
+        return (*encode_batch(vae, b), b.mouth if mouth else None)
 
     probes: dict = {}                              # the --sync / --nod probes, fitted once on the pool
 
@@ -298,14 +298,14 @@ def train_distill(args, dist: Dist) -> int:
     def dmd_step(step, stage="dmd", src=source, Fr=frames):
         g = step_generator(args.seed, stage, step, dist.rank)
         q_start = Fr - frames                      # stage 4: the last window of a long rollout
-        x0_real, cond, mouth = conditions(stage, step, src, mouth=True) if w_rsync > 0 or anchor_mouth else (
-            *conditions(stage, step, src), None)
+        x0_real, cond, mouth = conditions(stage, step, src, mouth=w_rsync > 0 or anchor_mouth)
         if mouth is not None:                      # the annotations of the frames x_gen covers
             mouth = mouth[:, q_start * m.vae_temporal:]
         x_gen, r, x_anchor = generate(cond, Fr, g, q_start)
         wcond = cond.window(q_start, Fr, m) if q_start else cond
         loss, rec = 0.0, {}
-        still = still_weight(x0_real, args.still_threshold) if w_temporal > 0 or x_anchor is not None else None
+        needs_still = w_temporal > 0 or (x_anchor is not None and not anchor_mouth)
+        still = still_weight(x0_real, args.still_threshold) if needs_still else None
         if w_dmd > 0:
             rec["fake_loss"] = update_fake(x_gen.detach(), wcond, g, step)
             out = dmd_loss(x_gen, teacher, fake, wcond, g, args.guidance, rti)
