@@ -51,8 +51,9 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _place(model: OnlineLPM) -> OnlineLPM:
-    """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU) and select
-    the runtime's op backend (process-wide: ``lpm_rt.ops.set_backend``)."""
+    """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU, its
+    convolutions' weights channels-last: oneDNN and cuDNN run them about twice as fast as NCHW,
+    same arithmetic) and select the runtime's op backend (process-wide: ``lpm_rt.ops.set_backend``)."""
     rt = model.cfg.runtime
     dt = _DTYPES[rt.dtype]
     if rt.device != "cpu" and not torch.cuda.is_available():
@@ -68,5 +69,5 @@ def _place(model: OnlineLPM) -> OnlineLPM:
     ops.set_backend(rt.ops_backend)
     model.backbone.to(rt.device, dt)
     model.refiner.to(rt.device, dt)
-    model.vae.to(rt.device, dt if rt.device != "cpu" else torch.float32)
+    model.vae.to(rt.device, dt if rt.device != "cpu" else torch.float32, memory_format=torch.channels_last)
     return model

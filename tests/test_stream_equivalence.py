@@ -89,6 +89,26 @@ def test_vae_streaming_decode_equals_whole(res):
     assert rel_err(parts, whole) < 1e-6
 
 
+def test_placed_vae_is_channels_last_and_computes_the_same():
+    """lpm_rt.load lays the VAE's convolutions out channels-last (the fast layout for oneDNN /
+    cuDNN); encode and decode, several frames and a batch of two, match the NCHW module's."""
+    import copy
+
+    import lpm_rt
+    vae = lpm_rt.load("tiny").model.vae
+    assert vae.dec_out.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not vae.dec_out.weight.is_contiguous()
+    nchw = copy.deepcopy(vae).to(memory_format=torch.contiguous_format)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, vae.cfg.vae_z_dim, 3, 8, 8, generator=g)
+    img = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        c1, c2 = DecoderCache(), DecoderCache()
+        for part in (z[:, :, :2], z[:, :, 2:]):      # streaming: the cached frame carries over too
+            assert rel_err(vae.decode(part, c1), nchw.decode(part, c2)) < 1e-5
+        assert rel_err(vae.encode_image(img), nchw.encode_image(img)) < 1e-5
+
+
 def _stream_outputs(model, n_chunks, refs):
     s, m = model.cfg.stream, model.cfg.model
     g = torch.Generator().manual_seed(2)

@@ -29,26 +29,57 @@ MIN_RATE, MAX_RATE = 8000, 192000
 
 
 @numba.njit(cache=True, fastmath=True)
-def _sinc_resample(x, t0, step, n_out, half, cutoff):
-    """Windowed-sinc (Hann) interpolation of x at positions t0 + i * step, i < n_out.
+def _sinc_at(x, t, half, cutoff):
+    """Windowed-sinc (Hann) interpolation of x at position t, normalized over the taps inside x.
     ``cutoff`` <= 1 scales the kernel to low-pass below the output Nyquist when downsampling."""
+    c = int(math.floor(t))
+    acc = 0.0
+    wsum = 0.0
+    for j in range(c - half + 1, c + half + 1):
+        if j < 0 or j >= x.shape[0]:
+            continue
+        d = t - j
+        w = 0.5 + 0.5 * math.cos(math.pi * d / half)
+        a = math.pi * d * cutoff
+        s = cutoff if abs(a) < 1e-8 else math.sin(a) / (math.pi * d)
+        acc += x[j] * s * w
+        wsum += s * w
+    return acc / wsum if wsum != 0.0 else 0.0
+
+
+@numba.njit(cache=True, fastmath=True)
+def _sinc_resample(x, n0, x0, p, q, n_out, half, cutoff, table):
+    """Outputs n0 .. n0 + n_out - 1 of a p/q-step resample (output n at input position n * p / q;
+    x[0] is input x0). Where all 2 * half taps lie in x, one row of ``table`` (the normalized
+    kernel of each of the q phases, [q, 2 * half]; empty: none) gives the output; at the
+    stream's edges, and without a table, :func:`_sinc_at` does."""
     out = np.zeros(n_out, dtype=np.float32)
+    use_table = table.shape[0] == q
     for i in range(n_out):
-        t = t0 + i * step
-        c = int(math.floor(t))
-        acc = 0.0
-        wsum = 0.0
-        for j in range(c - half + 1, c + half + 1):
-            if j < 0 or j >= x.shape[0]:
-                continue
-            d = t - j
-            w = 0.5 + 0.5 * math.cos(math.pi * d / half)
-            a = math.pi * d * cutoff
-            s = cutoff if abs(a) < 1e-8 else math.sin(a) / (math.pi * d)
-            acc += x[j] * s * w
-            wsum += s * w
-        out[i] = acc / wsum if wsum != 0.0 else 0.0
+        a = (n0 + i) * p
+        c = a // q - x0
+        lo = c - half + 1
+        if use_table and lo >= 0 and c + half < x.shape[0]:
+            row = table[a % q]
+            acc = 0.0
+            for m in range(2 * half):
+                acc += x[lo + m] * row[m]
+            out[i] = acc
+        else:
+            out[i] = _sinc_at(x, c + (a % q) / q, half, cutoff)
     return out
+
+
+def _phase_table(p: int, q: int, half: int, cutoff: float) -> np.ndarray:
+    """The q phases' kernels of :func:`_sinc_at` with every tap inside the signal, normalized:
+    [q, 2 * half] float64. Tap m of phase r sits at distance d = r / q + half - 1 - m."""
+    d = np.arange(q)[:, None] / q + (half - 1 - np.arange(2 * half))[None, :]
+    w = 0.5 + 0.5 * np.cos(np.pi * d / half)
+    a = np.pi * d * cutoff
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(np.abs(a) < 1e-8, cutoff, np.sin(a) / (np.pi * d))
+    k = s * w
+    return k / k.sum(axis=1, keepdims=True)
 
 
 class Resampler:
@@ -57,12 +88,20 @@ class Resampler:
     except for the last ``half`` input samples, which wait for more input or ``flush``)."""
 
     HALF = 16  # kernel half-width in input samples (of the lower of the two rates)
+    TABLE_LIMIT = 1 << 18  # most kernel-table entries (float64) a resampler keeps
 
     def __init__(self, rate_in: int, rate_out: int = AUDIO_RATE):
         self.rate_in, self.rate_out = rate_in, rate_out
         self.step = rate_in / rate_out
         self.cutoff = min(1.0, rate_out / rate_in)
         self.half = int(math.ceil(self.HALF / self.cutoff))
+        g = math.gcd(rate_in, rate_out)
+        self.p, self.q = rate_in // g, rate_out // g           # output n sits at input n * p / q
+        # a rational step repeats q kernel phases: tabulate them (2 * half MACs per output, no
+        # sin/cos) unless the table would be large (rates with a tiny common divisor)
+        small = self.q * 2 * self.half <= self.TABLE_LIMIT
+        self.table = (_phase_table(self.p, self.q, self.half, self.cutoff) if small
+                      else np.zeros((0, 2 * self.half)))
         self.buf = np.zeros(0, np.float32)
         self.buf_start = 0          # absolute input index of buf[0]
         self.n_out = 0              # output samples produced so far
@@ -79,8 +118,8 @@ class Resampler:
         if final:
             total = int(round(self.n_in / self.step))
         n = max(total - self.n_out, 0)
-        t0 = self.n_out * self.step - self.buf_start
-        y = _sinc_resample(self.buf, t0, self.step, n, self.half, self.cutoff) if n else np.zeros(0, np.float32)
+        y = (_sinc_resample(self.buf, self.n_out, self.buf_start, self.p, self.q, n, self.half, self.cutoff,
+                            self.table) if n else np.zeros(0, np.float32))
         self.n_out += n
         keep_from = max(int(math.floor(self.n_out * self.step)) - self.half - 1, self.buf_start)
         self.buf = self.buf[keep_from - self.buf_start:]

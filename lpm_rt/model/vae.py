@@ -74,7 +74,7 @@ class VAE(nn.Module):
         B, _, n, H, W = video.shape
         T = self.cfg.vae_temporal
         f = self.encoder(video.transpose(1, 2).reshape(B * n, 3, H, W))          # (B*n, C, h, w)
-        f = f.view(B, n // T, T * f.shape[1], *f.shape[2:]).flatten(0, 1)        # (B*F, T*C, h, w)
+        f = f.reshape(B, n // T, T * f.shape[1], *f.shape[2:]).flatten(0, 1)     # (B*F, T*C, h, w)
         z = self.enc_out(f)
         return z.view(B, n // T, *z.shape[1:]).transpose(1, 2)                   # (B, z, F, h, w)
 
@@ -97,7 +97,7 @@ class VAE(nn.Module):
             cache.prev = x[:, -1].detach()
         x = x + self.dec_time(torch.cat([x, shifted], dim=2).flatten(0, 1)).view_as(x)
         x = F.silu(self.dec_expand(x.flatten(0, 1)))                             # (B*F, T*C, h, w)
-        x = x.view(B * Fr * T, -1, h, w)
+        x = x.reshape(B * Fr * T, -1, h, w)
         x = x + self.dec_mid(x)
         x = self.dec_out(self.dec_up(x))                                          # (B*F*T, 3, H, W)
         return torch.tanh(x).view(B, Fr * T, 3, *x.shape[2:]).transpose(1, 2)
