@@ -29,12 +29,20 @@ def rope_cos_sin(pos, rope_dims, theta=10000.0, dtype=torch.float32):
 
 
 def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [N, H, D] or [B, N, H, D]; cos/sin: [N, D/2]. Computes in fp32 (fp64 if x is)."""
+    """x: [N, H, D] or [B, N, H, D]; cos/sin: [N, D/2]. Computes in fp32 (fp64 if x is): each
+    pair times cos + i sin, one complex multiply (the real-arithmetic form under ONNX export,
+    which has no complex type)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xr, xi = x.to(dt).unflatten(-1, (-1, 2)).unbind(-1)             # (..., N, H, D/2) each
+    xd = x.to(dt)
     c, s = cos.to(x.device, dt)[:, None, :], sin.to(x.device, dt)[:, None, :]   # (N, 1, D/2)
-    out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)   # (..., N, H, D/2, 2)
-    return out.flatten(-2).to(x.dtype)
+    if torch.onnx.is_in_onnx_export():
+        xr, xi = xd.unflatten(-1, (-1, 2)).unbind(-1)                # (..., N, H, D/2) each
+        out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)
+        return out.flatten(-2).to(x.dtype)
+    if xd.stride(-1) != 1 or xd.storage_offset() % 2 or any(st % 2 for st in xd.stride()[:-1]):
+        xd = xd.clone(memory_format=torch.contiguous_format)        # view_as_complex: (re, im) adjacent, even offset
+    out = torch.view_as_complex(xd.unflatten(-1, (-1, 2))) * torch.complex(c, s)
+    return torch.view_as_real(out).flatten(-2).to(x.dtype)
 
 
 def grid_positions(t_index: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -94,6 +94,17 @@ def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens,
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
+@pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
+def test_cpu_runtime_path_matches_fp64_reference(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, splits):
+    """The reference as the CPU runtime streams with it (``ref`` backend: upcast to fp32, output in
+    q's dtype) against the fp64 formula, bound by the kernel-style low-precision math's error."""
+    args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
+    ref, low = references(*args)
+    out = paged_attention_ref(*args)
+    assert out.dtype == dtype
+    assert_calibrated(out, low, ref, floor=2e-6, name="upcast")
+
+
 @pytest.mark.parametrize("Lq,page_size,splits", [(1, 8, 1), (20, 120, 2)])
 def test_fp8_q_sqnr(triton_backend, Lq, page_size, splits):
     """FP8 Q.K^T and P.V: ~3 mantissa bits per operand, so judged by SQNR and cosine."""
