@@ -61,7 +61,7 @@ def main(argv=None):
 
     import lpm_rt
     from lpm_rt.model.audio import Resampler
-    from lpm_rt.model.rope import grid_positions, rope_apply, rope_cos_sin
+    from lpm_rt.model.rope import grid_positions, rope_apply, rope_cos_sin, rope_rotate_real
     from lpm_rt.model.vae import DecoderCache
 
     g = torch.Generator().manual_seed(0)
@@ -87,11 +87,8 @@ def main(argv=None):
     cos, sin = rope_cos_sin(grid_positions(torch.tensor([5]), 8, 8), (6, 5, 5))
     qr = torch.randn(1, 64, H, D, generator=g)
 
-    def rope_real():                         # rope_apply's ONNX-export branch, inline (no patching in the loop)
-        xr, xi = qr.unflatten(-1, (-1, 2)).unbind(-1)
-        c, s = cos[:, None, :], sin[:, None, :]
-        return torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1).flatten(-2)
-    res["rope_chunk_q"] = ab(lambda: rope_apply(qr, cos, sin), rope_real, a.reps, 50)
+    res["rope_chunk_q"] = ab(lambda: rope_apply(qr, cos, sin),       # its export form, called directly
+                             lambda: rope_rotate_real(qr, cos[:, None, :], sin[:, None, :]), a.reps, 50)
 
     out = {"device": f"CPU: {platform.machine()} {platform.processor() or ''}".strip() + f", {a.threads} threads",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "reps": a.reps, "results": res}

@@ -90,8 +90,8 @@ def test_vae_streaming_decode_equals_whole(res):
 
 
 def test_placed_vae_is_channels_last_and_computes_the_same():
-    """lpm_rt.load lays the VAE's convolutions out channels-last (the fast layout for oneDNN /
-    cuDNN); encode and decode, several frames and a batch of two, match the NCHW module's."""
+    """lpm_rt.load lays the VAE's convolutions out channels-last (oneDNN's fast layout);
+    encode and decode, several frames and a batch of two, match the NCHW module's."""
     import copy
 
     import lpm_rt

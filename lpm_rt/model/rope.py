@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rope_angles", "rope_cos_sin", "rope_apply", "grid_positions"]
+__all__ = ["rope_angles", "rope_cos_sin", "rope_apply", "rope_rotate_real", "grid_positions"]
 
 
 def _inv_freq(n: int, theta: float) -> torch.Tensor:
@@ -28,6 +28,13 @@ def rope_cos_sin(pos, rope_dims, theta=10000.0, dtype=torch.float32):
     return a.cos().to(dtype), a.sin().to(dtype)
 
 
+def rope_rotate_real(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """rope_apply's rotation in real arithmetic (its ONNX-export form): x [..., N, H, D],
+    c / s [N, 1, D/2] in x's dtype."""
+    xr, xi = x.unflatten(-1, (-1, 2)).unbind(-1)                     # (..., N, H, D/2) each
+    return torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1).flatten(-2)
+
+
 def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [N, H, D] or [B, N, H, D]; cos/sin: [N, D/2]. Computes in fp32 (fp64 if x is): each
     pair times cos + i sin, one complex multiply (the real-arithmetic form under ONNX export,
@@ -36,9 +43,7 @@ def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xd = x.to(dt)
     c, s = cos.to(x.device, dt)[:, None, :], sin.to(x.device, dt)[:, None, :]   # (N, 1, D/2)
     if torch.onnx.is_in_onnx_export():
-        xr, xi = xd.unflatten(-1, (-1, 2)).unbind(-1)                # (..., N, H, D/2) each
-        out = torch.stack((xr * c - xi * s, xr * s + xi * c), dim=-1)
-        return out.flatten(-2).to(x.dtype)
+        return rope_rotate_real(xd, c, s).to(x.dtype)
     if xd.stride(-1) != 1 or xd.storage_offset() % 2 or any(st % 2 for st in xd.stride()[:-1]):
         xd = xd.clone(memory_format=torch.contiguous_format)        # view_as_complex: (re, im) adjacent, even offset
     out = torch.view_as_complex(xd.unflatten(-1, (-1, 2))) * torch.complex(c, s)
