@@ -229,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vae-from", default=None, metavar="DIR",
                    help="take the VAE from another model directory (a decoder fine-tuned with "
                         "`train base --vae-freeze-encoder`); refused unless its encoder is SRC's, bit for bit")
+    e.add_argument("--blend", default=None, metavar="DIR",
+                   help="ship a weight interpolation of SRC and DIR (two fine-tunes of one model, e.g. "
+                        "distill runs from the same --student): backbone and refiner are "
+                        "(1 - W) * SRC + W * DIR tensor by tensor, W = --blend-weight; DIR must have SRC's "
+                        "architecture and VAE encoder (the VAE stays SRC's)")
+    e.add_argument("--blend-weight", type=float, default=0.5, metavar="W",
+                   help="DIR's share with --blend, in [0, 1] (default 0.5)")
     e.add_argument("--speaker-guidance", type=float, default=None, metavar="G",
                    help="ship with this audio guidance on the speaker track (StreamConfig.speaker_guidance; "
                         "default: SRC's setting)")
@@ -237,27 +244,62 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def export(src, out, dtype: str = "fp16", vae_from=None, stream: dict | None = None) -> dict:
+def _same_latent_space(model, other, flag: str, src) -> None:
+    """Refuse (ValueError) an ``other`` model whose VAE is not ``model``'s architecture with the
+    same encoder, bit for bit: its latents would be another space."""
+    mine, theirs = model.vae.state_dict(), other.vae.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        raise ValueError(f"{flag}: its VAE has a different architecture than {src}'s")
+    enc = [k for k in mine if k.startswith("enc")]
+    if not enc or any(not torch.equal(mine[k], theirs[k]) for k in enc):
+        raise ValueError(f"{flag}: its encoder differs from {src}'s, so it works in another latent space "
+                         "(fine-tune decoders with --vae-freeze-encoder)")
+
+
+def blend_(model, other, weight: float) -> None:
+    """In place: ``model``'s backbone and refiner become (1 - weight) * theirs + weight * ``other``'s,
+    tensor by tensor in fp32 (a linear interpolation of two fine-tunes of one model). Tensors that
+    are not floating point must be equal."""
+    for part in ("backbone", "refiner"):
+        mine, theirs = getattr(model, part).state_dict(), getattr(other, part).state_dict()
+        if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+            raise ValueError(f"--blend: its {part} has a different architecture")
+        with torch.no_grad():
+            for k, t in mine.items():
+                o = theirs[k]
+                if t.is_floating_point():
+                    t.copy_(torch.lerp(t.float(), o.float(), weight))
+                elif not torch.equal(t, o):
+                    raise ValueError(f"--blend: {part}.{k} differs and cannot be interpolated")
+
+
+def export(src, out, dtype: str = "fp16", vae_from=None, stream: dict | None = None, blend=None,
+           blend_weight: float = 0.5) -> dict:
     """Write ``src`` (a model directory) to ``out`` with weights cast to ``dtype``; the metadata
     keeps how it was trained. ``vae_from``: a model directory whose VAE replaces ``src``'s -- only
-    a decoder trained on the same latent space (identical encoder). ``stream``: StreamConfig
-    settings to ship with (e.g. ``speaker_guidance``). Returns the sizes written (bytes per file)."""
+    a decoder trained on the same latent space (identical encoder). ``blend``: a model directory
+    whose backbone and refiner are mixed in with share ``blend_weight`` (:func:`blend_`; same
+    model config and VAE encoder). ``stream``: StreamConfig settings to ship with (e.g.
+    ``speaker_guidance``). Returns the sizes written (bytes per file)."""
     from pathlib import Path
 
     from ..checkpoint import load_dir, save
+    if blend is not None and not 0.0 <= blend_weight <= 1.0:
+        raise ValueError(f"--blend-weight must be in [0, 1], got {blend_weight}")
     model, meta = load_dir(src)
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "files")}
     keep.update(exported_from=str(src), weights_dtype=dtype)
+    if blend is not None:
+        other, _ = load_dir(blend)
+        if other.cfg.model != model.cfg.model:
+            raise ValueError(f"--blend {blend}: its model config differs from {src}'s")
+        _same_latent_space(model, other, f"--blend {blend}", src)
+        blend_(model, other, blend_weight)
+        keep.update(blend={"from": str(blend), "weight": blend_weight})
     if vae_from is not None:
         other, _ = load_dir(vae_from)
-        mine, theirs = model.vae.state_dict(), other.vae.state_dict()
-        if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
-            raise ValueError(f"--vae-from {vae_from}: its VAE has a different architecture than {src}'s")
-        enc = [k for k in mine if k.startswith("enc")]
-        if not enc or any(not torch.equal(mine[k], theirs[k]) for k in enc):
-            raise ValueError(f"--vae-from {vae_from}: its encoder differs from {src}'s, so its decoder reads "
-                             "another latent space (fine-tune decoders with --vae-freeze-encoder)")
-        model.vae.load_state_dict(theirs)
+        _same_latent_space(model, other, f"--vae-from {vae_from}", src)
+        model.vae.load_state_dict(other.vae.state_dict())
         keep.update(vae_from=str(vae_from))
     if stream:
         model.cfg = model.cfg.replace(stream=model.cfg.stream.replace(**stream))
@@ -316,7 +358,7 @@ def main(argv=None) -> int:
         try:
             gains = {f"{k}_guidance": getattr(args, f"{k}_guidance") for k in ("speaker", "listener")}
             sizes = export(args.src, args.out, args.dtype, args.vae_from,
-                           {k: v for k, v in gains.items() if v is not None})
+                           {k: v for k, v in gains.items() if v is not None}, args.blend, args.blend_weight)
         except ValueError as e:
             ap.error(str(e))
         logging.getLogger("lpm_rt.train").warning("wrote %s: %.1f MB", args.out, sum(sizes.values()) / 1e6)

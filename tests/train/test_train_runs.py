@@ -605,3 +605,40 @@ def test_audio_context_widens_the_window_of_a_narrower_model(teacher, tmp_path):
     with pytest.raises(SystemExit):                      # the wide model as the student of the narrow teacher
         main(base + ["--teacher", str(slots), "--init-steps", "0", "--refiner-steps", "0",
                      "--student", str(again), "--out", str(tmp_path / "bad2")])
+
+
+def test_export_blends_two_fine_tunes_of_one_model(teacher, tmp_path):
+    """export --blend DIR --blend-weight W: backbone and refiner are the lerp of SRC's and DIR's
+    tensors (W = 0: SRC's bytes), the VAE stays SRC's, the metadata says so; a DIR with another
+    config or latent space and a W outside [0, 1] are refused before anything is written."""
+    tuned = tmp_path / "tuned"                           # the same model, its DiT trained on: same VAE
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--vae-freeze-encoder", "--vae-steps", "0",
+                 "--steps", "2", "--out", str(tuned)] + COMMON) == 0
+    ship, zero, plain = tmp_path / "ship", tmp_path / "zero", tmp_path / "plain"
+    assert main(["export", "--src", str(teacher), "--blend", str(tuned), "--blend-weight", "0.25",
+                 "--out", str(ship), "--dtype", "fp32"]) == 0
+    a, b = (load_file(str(d / "backbone.safetensors")) for d in (teacher, tuned))
+    assert any(not torch.equal(a[k], b[k]) for k in a)                 # the run moved the backbone
+    for part in ("backbone", "refiner"):
+        a, b = load_file(str(teacher / f"{part}.safetensors")), load_file(str(tuned / f"{part}.safetensors"))
+        got = load_file(str(ship / f"{part}.safetensors"))
+        assert all(torch.equal(got[k], torch.lerp(a[k], b[k], 0.25)) for k in a), part
+    assert load_file(str(ship / "vae.safetensors")).keys() == load_file(str(teacher / "vae.safetensors")).keys()
+    assert all(torch.equal(v, load_file(str(teacher / "vae.safetensors"))[k])
+               for k, v in load_file(str(ship / "vae.safetensors")).items())
+    assert json.loads((ship / "config.json").read_text())["blend"] == {"from": str(tuned), "weight": 0.25}
+    assert main(["export", "--src", str(teacher), "--blend", str(tuned), "--blend-weight", "0",
+                 "--out", str(zero)]) == 0
+    assert main(["export", "--src", str(teacher), "--out", str(plain)]) == 0
+    assert all((zero / f).read_bytes() == (plain / f).read_bytes() for f in ("backbone.safetensors", "refiner.safetensors"))
+    assert lpm_rt.load(str(ship)).trained
+    other = tmp_path / "other"                           # a VAE from scratch: another latent space
+    assert main(["base", "--preset", "tiny", "--steps", "1", "--vae-steps", "1", "--seed", "5",
+                 "--out", str(other)] + COMMON) == 0
+    slotted = tmp_path / "slotted"                       # another config (audio-window slots)
+    assert main(["base", "--preset", "tiny", "--init", str(teacher), "--audio-window-pos", "--vae-freeze-encoder",
+                 "--vae-steps", "0", "--steps", "1", "--out", str(slotted)] + COMMON) == 0
+    for bad in (["--blend", str(other)], ["--blend", str(slotted)], ["--blend", str(tuned), "--blend-weight", "1.5"]):
+        with pytest.raises(SystemExit):
+            main(["export", "--src", str(teacher), "--out", str(tmp_path / "bad")] + bad)
+        assert not (tmp_path / "bad" / "config.json").exists()
