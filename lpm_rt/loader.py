@@ -53,7 +53,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _place(model: OnlineLPM) -> OnlineLPM:
     """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU, its
     convolutions' weights channels-last: oneDNN decodes the demo's latent frames 1.3-1.4x as
-    fast as NCHW, same arithmetic; scripts/cpu_hotpaths.py) and select the runtime's op backend (process-wide: ``lpm_rt.ops.set_backend``)."""
+    fast as NCHW, same arithmetic; scripts/cpu_hotpaths.py) and select the runtime's op backend
+    (process-wide: ``lpm_rt.ops.set_backend``)."""
     rt = model.cfg.runtime
     dt = _DTYPES[rt.dtype]
     if rt.device != "cpu" and not torch.cuda.is_available():
