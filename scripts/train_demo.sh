@@ -116,3 +116,18 @@ $T distill --teacher "$OUT/wteacher" --student lpm_rt/assets/demo --out "$OUT/st
     --ckpt-every 20 -v --temporal 3 --dmd-weight 0 --anchor 10
 $T export --src "$OUT/still" --vae-from lpm_rt/assets/demo --out "$OUT/v6" --dtype fp16 --speaker-guidance 3
 cp "$OUT/v6"/*.safetensors "$OUT/v6/config.json" lpm_rt/assets/demo/
+
+# 10. Sharper: a second student from the model of step 8, with distribution matching and the
+#     temporal term but no anchor (the face within 10% of its teacher's, lip sync at the teacher's
+#     level), then 60% of it blended, weight by weight, with the student of step 9 (which keeps the
+#     mouth), shipped at speaker guidance 4. 6 minutes [tj3, v_b0.6 at guidance 4;
+#     bench/results/demo_blend/]. Its teacher was step 6's re-made with step 6's commands on
+#     2026-12-04 (the original run was gone): close to the recorded one, not bit-identical.
+$T distill --teacher "$OUT/wteacher" --student "$OUT/v5" --out "$OUT/sharp" $W --focus 0.5 \
+    --steps 100 --init-steps 0 --dmd-steps 60 --refiner-steps 0 --long-steps 0 --sync 1.0 --mouth 10 \
+    --batch 2 --pool 100 --warmup 20 --lr-final 0.2 --guidance 3 --audio-lr-mult 10 --refiner-sigma 0.1 \
+    --ckpt-every 20 -v --temporal 3
+$T export --src "$OUT/sharp" --vae-from lpm_rt/assets/demo --out "$OUT/v7" --dtype fp16 --speaker-guidance 3
+$T export --src lpm_rt/assets/demo --blend "$OUT/v7" --blend-weight 0.6 --out "$OUT/v8" --dtype fp16 \
+    --speaker-guidance 4
+cp "$OUT/v8"/*.safetensors "$OUT/v8/config.json" lpm_rt/assets/demo/
