@@ -136,7 +136,7 @@ class StreamCache:
         self.detach_refs()
         pages, fresh = self.pool.acquire_shared(key, num_frames * self.ppf)
         self.ref_key, self.ref_pages = key, pages
-        return self._slots(pages, num_frames * self.stream.tokens_per_frame), fresh
+        return self._slots(pages, num_frames * self.stream.tokens_per_frame).to(self.pool.k.device), fresh
 
     @property
     def k_shift(self) -> torch.Tensor | None:

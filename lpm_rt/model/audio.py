@@ -152,9 +152,11 @@ LOG_MEL_SILENCE = float(torch.log(torch.tensor(1e-5)))   # log_mel of digital si
 def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
     """Causal log-mel. audio: [B, S + MEL_WIN - MEL_HOP] (the leading samples are left context)
     -> [B, S // MEL_HOP, n_mels]."""
-    if n_mels not in _FB_CACHE:
-        _FB_CACHE[n_mels] = (_mel_filterbank(n_mels), torch.hann_window(MEL_WIN, periodic=False))
-    fb, win = _FB_CACHE[n_mels]
+    key = (n_mels, audio.device)                       # per device: no host copy inside a CUDA graph
+    if key not in _FB_CACHE:
+        _FB_CACHE[key] = (_mel_filterbank(n_mels).to(audio.device),
+                          torch.hann_window(MEL_WIN, periodic=False).to(audio.device))
+    fb, win = _FB_CACHE[key]
     frames = audio.float().unfold(-1, MEL_WIN, MEL_HOP) * win                 # (B, n, MEL_WIN)
     power = torch.fft.rfft(frames, n=MEL_NFFT).abs().pow(2)                  # (B, n, NFFT/2+1)
     return torch.log(power @ fb + 1e-5)

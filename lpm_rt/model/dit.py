@@ -338,7 +338,7 @@ class LPMDiT(nn.Module):
         """ref_latents: [B, C_z, R, H, W], kinds: [R] -> tokens [B, R * h * w, C]."""
         tok = self.embed_patches(ref_latents)
         R = ref_latents.shape[2]
-        kind = self.ref_embedding(kinds).repeat_interleave(tok.shape[1] // R, dim=0)  # (R*T, C)
+        kind = self.ref_embedding(kinds.to(tok.device)).repeat_interleave(tok.shape[1] // R, dim=0)  # (R*T, C)
         return tok + kind
 
     def unpatchify(self, x: torch.Tensor, frames: int, h: int, w: int) -> torch.Tensor:

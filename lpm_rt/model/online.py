@@ -175,8 +175,7 @@ class OnlineLPM(nn.Module):
         try:
             R = ref_latents.shape[2]
             if R:
-                key = hashlib.sha256(ref_latents.float().cpu().numpy().tobytes()
-                                     + bytes(ref_kinds.tolist())).hexdigest()
+                key = self._ref_key(ref_latents, ref_kinds)
                 for net, cache in ((self.backbone, bb), (self.refiner, rf)):
                     slots, fresh = cache.attach_refs(key, R)
                     if fresh:
@@ -193,6 +192,11 @@ class OnlineLPM(nn.Module):
             state.close()
             raise
         return state
+
+    @staticmethod
+    def _ref_key(ref_latents, ref_kinds) -> str:
+        """Sessions with equal references share their pinned pages: the key is their bytes' hash."""
+        return hashlib.sha256(ref_latents.float().cpu().numpy().tobytes() + bytes(ref_kinds.tolist())).hexdigest()
 
     def _text(self, net, prompt):
         """A tag prompt (str) or precomputed embeddings [L, text_dim] -> [1, L, text_dim]."""
