@@ -3,12 +3,12 @@
 # minutes: one prepared command, results as JSON).
 #
 #   here, on the CPU host:   bash scripts/gpu_session.sh prepare      # h100 artifacts -> build/gpu/
-#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; ~8 minutes
+#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; ~7 minutes
 #
 # The device image has its own python3 with torch, triton, cuda-python and pytest; the project
 # runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
 # a failing step does not stop the others. Results: $OUT (bench/results/gpu-<date> when unset):
-# log.txt, aot_check.json, cold_aot.json, cold_jit.json, kernels.json, stream_*.json.
+# log.txt, kernels.json, refiner.json, aot_check.json, cold_aot.json, cold_jit.json.
 set -uo pipefail
 mode=${1:-run}
 cd "$(dirname "$0")/.."
@@ -27,30 +27,29 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TRITON_DEFAULT_FP_FUSION=1
 PY=${PY:-python3}
 step() { echo; echo "=== $* ($(date +%T))"; }
+# Steps in order of what the issues need most; the time limits add up to ~7.5 minutes.
 {
     step environment
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
     $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
     git rev-parse HEAD 2>/dev/null
 
     step "GPU tests: production shapes against the references"
-    LPM_TEST_GPU=1 timeout 180 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
+    LPM_TEST_GPU=1 timeout 75 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
+
+    step "kernel benchmarks: paged attention and FP8 linear vs SDPA / matmul / _scaled_mm"
+    timeout 110 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
+        --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm,quantize+triton' --out "$OUT/kernels.json"
+
+    step "refiner step: reference eager / torch.compile (default, reduce-overhead) vs Triton (+ CUDA graph, FP8)"
+    timeout 130 $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json"
 
     step "the artifact on its cubins vs the JIT kernels"
-    timeout 150 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
+    timeout 80 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
 
     step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
-    timeout 90 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --out "$OUT/cold_aot.json"
-    timeout 150 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
+    timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --out "$OUT/cold_aot.json"
+    timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
         --runs 1 --out "$OUT/cold_jit.json"
-
-    step "kernel benchmarks (quick): providers side by side, fraction of measured peaks"
-    timeout 200 $PY -m lpm_rt.cli bench kernels --quick --out "$OUT/kernels.json"
-
-    step "stream benchmark: edge-1.3b at 480P, bf16, Triton, fp8 blocks"
-    timeout 120 $PY -m lpm_rt.cli bench stream --model edge-1.3b --device cuda --dtype bf16 --kv-dtype fp8 \
-        --backend triton --fp8 --seconds 8 --out "$OUT"
-    timeout 120 $PY -m lpm_rt.cli bench stream --model edge-1.3b --device cuda --dtype bf16 --kv-dtype fp8 \
-        --backend triton --fp8 --cuda-graphs --seconds 8 --out "$OUT"
     step done
 } 2>&1 | tee "$OUT/log.txt"

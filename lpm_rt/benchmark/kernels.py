@@ -1,6 +1,6 @@
 """Kernel benchmarks: every op's providers side by side at production shapes.
 
-    lpm-rt bench kernels [--op OP] [--quick] [--out FILE]      (``main``; also ``python -m ...``)
+    lpm-rt bench kernels [--op OP[,OP]] [--providers PATTERNS] [--quick] [--out FILE]      (``main``; also ``python -m ...``)
 
 Providers: ``ref-eager`` (the pure-torch reference), ``ref-compiled`` (``torch.compile`` of it: the
 bar to beat), ``triton`` variants, and vendor baselines (``scaled_dot_product_attention`` per
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import json
 import math
 import os
@@ -262,20 +263,23 @@ def env_info() -> dict:
     return info
 
 
-def run_op(op: str, quick: bool, peaks: dict, shapes=None, device: str = "cuda") -> list[dict]:
+def run_op(op: str, quick: bool, peaks: dict, shapes=None, device: str = "cuda", only=None) -> list[dict]:
+    """``only``: provider-name patterns (fnmatch) to run, None for all."""
     from .. import ops
 
     prev = ops.get_backend()
     try:
-        return _run_op(op, quick, peaks, shapes, device)
+        return _run_op(op, quick, peaks, shapes, device, only)
     finally:
         ops.set_backend(prev)                    # triton providers select the backend per call
 
 
-def _run_op(op, quick, peaks, shapes, device) -> list[dict]:
+def _run_op(op, quick, peaks, shapes, device, only) -> list[dict]:
     rows = []
     for sh in shapes if shapes is not None else production_shapes(op, quick):
         for name, precision, fn in providers(op, sh, device):
+            if only is not None and not any(fnmatch.fnmatchcase(name, p) for p in only):
+                continue
             row = dict(op=op, shape=sh["label"], provider=name, precision=precision,
                        **{k: v for k, v in sh.items() if k not in ("label", "preset")})
             if fn is None:
@@ -305,7 +309,8 @@ def _run_op(op, quick, peaks, shapes, device) -> list[dict]:
 
 # ---------------------------------------------------------------- CPU smoke
 def cpu_smoke(op_filter=None) -> list[str]:
-    """Tiny correctness check of each Triton kernel through the interpreter (not a speed figure).
+    """Tiny correctness check of each Triton kernel (those named in ``op_filter``, a list, or all)
+    through the interpreter (not a speed figure).
     TRITON_INTERPRET is read when triton is imported, so unless this process set it first the
     smoke runs in a child process that does."""
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -335,7 +340,7 @@ def cpu_smoke(op_filter=None) -> list[str]:
     lines, prev = [], ops.get_backend()
     try:
         for name, fn in cases.items():
-            if op_filter and name != op_filter:
+            if op_filter and name not in op_filter:
                 continue
             ops.set_backend("ref")
             want = fn()
@@ -352,10 +357,17 @@ def cpu_smoke(op_filter=None) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lpm-rt bench kernels", description="Benchmark the kernels "
                                  "against the torch reference (eager, compiled) and vendor baselines.")
-    ap.add_argument("--op", choices=OPS, default=None, help="benchmark one op (default: all)")
+    ap.add_argument("--op", default=None, help=f"comma-separated ops to benchmark (default: all of {', '.join(OPS)})")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    ap.add_argument("--providers", default=None, metavar="PATTERNS",
+                    help="comma-separated provider names or fnmatch patterns to run (default: all), "
+                         "e.g. 'triton*,sdpa-*'")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/kernels-<gpu>-<time>.json)")
     args = ap.parse_args(argv)
+    sel = [o.strip() for o in args.op.split(",")] if args.op else list(OPS)
+    bad = [o for o in sel if o not in OPS]
+    if bad:
+        ap.error(f"unknown op(s) {', '.join(bad)}; known: {', '.join(OPS)}")
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
@@ -364,7 +376,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("No CUDA GPU: kernel speed needs one, so no timings are taken here. Running a tiny "
               "correctness smoke of the Triton kernels through the interpreter instead:")
-        lines = cpu_smoke(args.op)
+        lines = cpu_smoke(sel if args.op else None)
         for line in lines:
             print("  " + line)
         return 1 if any("MISMATCH" in ln or "failed" in ln for ln in lines) else 0
@@ -372,7 +384,8 @@ def main(argv=None) -> int:
     peaks = measure_peaks(args.quick)
     print(f"{info['gpu']} (driver {info.get('driver')}), torch {info['torch']}, triton {info['triton']}; "
           f"measured peaks: {', '.join(f'{k}={v:.0f}' for k, v in peaks.items() if isinstance(v, float))}")
-    rows = [r for op in ((args.op,) if args.op else OPS) for r in run_op(op, args.quick, peaks)]
+    only = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+    rows = [r for op in sel for r in run_op(op, args.quick, peaks, only=only)]
     out = args.out or os.path.join("bench", "results", "kernels-{}-{}.json".format(
         info["gpu"].replace(" ", "_"), datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -63,3 +63,19 @@ def test_main_without_gpu(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "No CUDA GPU" in out and "norm_modulate" in out and "ok" in out
     assert not (tmp_path / "x.json").exists()                             # no fake numbers written
+
+
+def test_provider_patterns_select_what_runs(monkeypatch):
+    """``--providers``: fnmatch patterns; what they leave out is neither run nor reported."""
+    monkeypatch.setattr(H, "_timed", lambda fn, quick: (fn(), dict(median_ms=1.0, p20_ms=1.0, p80_ms=1.0))[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    rows = H.run_op("fp8_linear", True, dict(bf16_tflops=1.0, fp8_tflops=2.0, copy_gbps=1.0), [TINY["fp8_linear"]],
+                    device="cpu", only=["triton*", "torch-matmul-bf16"])
+    assert [r["provider"] for r in rows] == [p for p in H.provider_names("fp8_linear")
+                                             if p.startswith("triton") or p == "torch-matmul-bf16"]
+
+
+def test_main_refuses_an_unknown_op(capsys):
+    with pytest.raises(SystemExit):
+        H.main(["--op", "paged_attention,bogus"])
+    assert "bogus" in capsys.readouterr().err
