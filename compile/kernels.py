@@ -151,7 +151,7 @@ def _linear_variants(ctx: BuildContext) -> list:
             bk = 128      # the kernel promotes fp8 partial sums every 128 products (and 1x128 scale blocks)
             ce = dict(BLOCK_M=kc.tiles["BLOCK_M"], BLOCK_N=_clamp(kc.tiles["BLOCK_N"], N), BLOCK_K=bk,
                       GROUP_M=8, BLOCK_SCALE=block, HAS_BIAS=True, GELU=gelu, RESIDUAL=residual, FIX_ROUND=False,
-                      QUANT_X=quant_x)
+                      QUANT_X=quant_x, FAST_ACCUM=bool(kc.tiles.get("FAST_ACCUM", False)))
             ints = dict(N=N, K=K, stride_xm=K, stride_xk=1, stride_wn=K, stride_wk=1,
                         stride_wsn=(K // 128) if block else 1, stride_wsk=1, stride_rn=1, stride_gn=1,
                         stride_om=N, stride_on=1)
@@ -220,8 +220,10 @@ def _cross_attention_variants(ctx: BuildContext) -> list:
                   IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
         ints = dict(Lq=lq, H=H, stride_qd=1, stride_qh=D, stride_ql=C, stride_kd=1, stride_kh=D, stride_kl=kl,
                     stride_vd=1, stride_vh=D, stride_vl=kl, stride_od=1, stride_oh=D, stride_ol=C)
+        # 8 warps above d64, as the JIT launcher: a 64-row d128 tile on 4 warps spills (sass: 104 B)
+        warps = kc.num_warps if D <= 64 else max(kc.num_warps, 8)
         out.append(Variant(f"cross_attention_{kind}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_kernel"],
-                           ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps", "qk_scale"), "cross_attention"))
+                           ptr, ce, ints, warps, kc.num_stages, ("eps", "qk_scale"), "cross_attention"))
     return out
 
 

@@ -13,6 +13,10 @@ holds an unscaled sum across blocks with different scales. Rows of residual/gate
 as (m // L, m % L) with their own strides, so a per-sample gate ([B, 1, N], stride 0 over L) or
 a strided ``chunk(6)`` view is read in place.
 
+FAST_ACCUM (per-channel scales only; a tile choice, not a semantic one): no promotion, the FP8
+MMA accumulates the whole K loop (``torch._scaled_mm(use_fast_accum=True)``'s trade). Off by
+default: the frozen tables and the JIT tiles promote every 128 products.
+
 QUANT_X: x is a bf16/fp16/fp32 activation instead of (x8, xs): the kernel takes each row's
 scale from a first pass over K (amax / 448) and quantizes tiles to e4m3 as it loads them, so a
 producer that cannot see whole rows (attention, the FFN's first GEMM) needs no quantize launch.
@@ -38,7 +42,7 @@ def _fp8_linear_kernel(
     stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr,
+    RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr, FAST_ACCUM: tl.constexpr,
 ):
     # grouped launch order: GROUP_M row-tiles sweep the N tiles together, so a weight tile is
     # reused from L2 by GROUP_M programs in flight instead of being re-read from HBM
@@ -77,8 +81,13 @@ def _fp8_linear_kernel(
             ws = tl.load(ws_ptr + offs_n * stride_wsn + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
             acc += tl.dot(a, tl.trans(b)) * ws[None, :]
         else:
-            # promote the fp8 MMA's partial sums to the fp32 accumulator every 128 products
-            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=128)
+            if FAST_ACCUM:
+                # the whole K loop in the FP8 MMA's own accumulator (Triton's sm_90 default; one
+                # register set, no promotion adds; its precision loss grows with K)
+                acc = tl.dot(a, tl.trans(b), acc)
+            else:
+                # promote the fp8 MMA's partial sums to the fp32 accumulator every 128 products
+                acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=128)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
@@ -107,14 +116,14 @@ def _fp8_linear_kernel(
 
 
 # Tile configs for the GPU autotuner (launcher: CUDA only; the interpreter takes one fixed tile).
-# 128-wide K slabs match the 1x128 weight-scale blocks; all fit sm_90a shared memory without
-# spills (checked by ``python -m lpm_rt.benchmark.sass``).
+# 128-wide K slabs match the 1x128 weight-scale blocks; all fit sm_90a shared memory (checked by
+# ``python -m lpm_rt.benchmark.sass``, which also reports each one's stack frame: spilled
+# registers). Promoting partial sums (or scaling 1x128 blocks) needs a second accumulator, so a
+# 128x256 tile on 8 warps or 128x128 on 4 spill 0.2-1.3 KB per thread: not offered.
 FP8_LINEAR_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=8, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=4, num_stages=4),
 ]
 
 

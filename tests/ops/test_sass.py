@@ -34,7 +34,19 @@ def test_kernels_compile_to_the_intended_mma():
     assert by_label["paged_attention fp8 pages, FP8-Q, d128"]["mma"].get("QGMMA", 0) > 0
     assert by_label["fp8_linear 1x128 blocks + gated residual"]["mma"].get("QGMMA", 0) > 0
     assert by_label["paged_attention fp16, d128 (Orin)"]["mma"].get("HMMA", 0) > 0
-    spills = [(r["label"], r["arch"], r["resources"]) for r in rows if r["resources"].get("local", 0)]
-    assert not spills, f"register spills: {spills}"
+    # spilled registers: the stack frame (cuobjdump's LOCAL reads 0 even then) and STL in the SASS.
+    # The known ones, bytes per thread, and why they stay: 1x128 weight blocks and in-GEMM
+    # quantization need a second [BM, BN] fp32 tile beside the accumulator; the cache write's fp8
+    # path holds a whole page's rotated K for its amax (memory-bound, ~1/300 of attention's time)
+    known = {"fp8_linear 1x128 blocks + gated residual": 16,
+             "fp8_linear bf16 input quantized in-kernel + gated residual": 8,
+             "cache_write q/k RMSNorm + RoPE + K smoothing + fp8": 160,
+             "fp8_linear autotune cfg 0 (block scales)": 16,
+             "fp8_linear autotune cfg 0 (block scales, bf16 x)": 160,
+             "fp8_linear autotune cfg 1 (block scales, bf16 x)": 40}
+    spills = [(r["label"], r["arch"], r["resources"].get("stack"), r["local_stores"]) for r in rows
+              if r["resources"].get("stack", 0) > known.get(r["label"], 0)
+              or (r["local_stores"] and r["label"] not in known)]
+    assert not spills, f"register spills (label, arch, stack bytes, STL count): {spills}"
     assert all(r["shared"] <= 227 * 1024 for r in rows if r["arch"] == "sm_90a")   # H100 max per block
     assert all(r["shared"] <= 163 * 1024 for r in rows if r["arch"] == "sm_87")    # Orin max per block
