@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU check and figure the kernels and AOT issues wait on, in one device call (the lease is
-# minutes: one prepared command, results as JSON).
+# Every GPU check and figure the kernels and AOT issues wait on, in two back-to-back device calls
+# (the lease is minutes: prepared commands, results as JSON).
 #
 #   here, on the CPU host:   bash scripts/gpu_session.sh prepare      # h100 artifacts -> build/gpu/
-#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; ~7 minutes
+#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; <= 6.7 minutes
+#                            bash scripts/gpu_session.sh tune         # right after (still warm); <= 5 minutes
 #
 # The device image has its own python3 with torch, triton, cuda-python and pytest; the project
 # runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
 # a failing step does not stop the others. Results: $OUT (bench/results/gpu-<date> when unset):
-# log.txt, kernels.json, refiner.json, aot_check.json, cold_aot.json, cold_jit.json.
+# run: log.txt, aot_check.json, cold_aot.json, cold_jit.json, refiner.json;
+# tune: tune_log.txt, kernels.json, tune.json (the tile sweep: what compile/targets.py should hold).
 set -uo pipefail
 mode=${1:-run}
 cd "$(dirname "$0")/.."
@@ -27,7 +29,22 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TRITON_DEFAULT_FP_FUSION=1
 PY=${PY:-python3}
 step() { echo; echo "=== $* ($(date +%T))"; }
-# Steps in order of what the issues need most; the time limits add up to ~7.5 minutes.
+
+if [ "$mode" = tune ]; then
+    {
+        step environment
+        nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
+        step "kernel benchmarks: providers side by side (paged attention, FP8 linear, cache write, norm)"
+        timeout 120 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear,cache_write,norm_modulate \
+            --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm,quantize+triton' --out "$OUT/kernels.json"
+        step "tile sweep: paged attention and FP8 GEMM at production shapes, each variant checked"
+        timeout 170 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
+        step done
+    } 2>&1 | tee "$OUT/tune_log.txt"
+    exit 0
+fi
+
+# run: correctness, the artifact (issue #4) and the refiner step; limits add up to ~6.7 minutes
 {
     step environment
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
@@ -37,13 +54,6 @@ step() { echo; echo "=== $* ($(date +%T))"; }
     step "GPU tests: production shapes against the references"
     LPM_TEST_GPU=1 timeout 75 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
 
-    step "kernel benchmarks: paged attention and FP8 linear vs SDPA / matmul / _scaled_mm"
-    timeout 110 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
-        --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm,quantize+triton' --out "$OUT/kernels.json"
-
-    step "refiner step: reference eager / torch.compile (default, reduce-overhead) vs Triton (+ CUDA graph, FP8)"
-    timeout 130 $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json"
-
     step "the artifact on its cubins vs the JIT kernels"
     timeout 80 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
 
@@ -51,5 +61,8 @@ step() { echo; echo "=== $* ($(date +%T))"; }
     timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --out "$OUT/cold_aot.json"
     timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
         --runs 1 --out "$OUT/cold_jit.json"
+
+    step "refiner step: reference eager / torch.compile (default, reduce-overhead) vs Triton (+ CUDA graph, FP8)"
+    timeout 130 $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json"
     step done
 } 2>&1 | tee "$OUT/log.txt"

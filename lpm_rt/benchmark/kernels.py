@@ -102,7 +102,7 @@ def attention_inputs(sh, kv_dtype, device="cuda", seed=0):
     kf = torch.randn(P, ps, H, D, generator=g).to(device)
     vf = torch.randn(P, ps, H, D, generator=g).to(device)
     table = torch.randperm(P, generator=g)[:n_pages].view(1, -1).to(device, torch.int32)
-    lens = torch.full((sh["B"],), sh["kv"], dtype=torch.int32)
+    lens = torch.full((sh["B"],), sh["kv"], dtype=torch.int32, device=device)
     ks = vs = None
     if kv_dtype == F8:
         ks, vs = kf.abs().amax((1, 3)) / 448.0, vf.abs().amax((1, 3)) / 448.0

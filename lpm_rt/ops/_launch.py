@@ -22,11 +22,12 @@ rounding): they are not part of the match, and compiled kernels carry their GPU 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 from ..errors import ArtifactError
 
-__all__ = ["install", "installed", "uninstall", "configure", "kernel_key"]
+__all__ = ["install", "installed", "uninstall", "configure", "kernel_key", "override_tiles", "overridden"]
 
 NUMERICS = ("FIX_ROUND", "IEEE")
 _CUBINS: dict[str, list] = {}          # "module.function" -> [CubinKernel], artifact order
@@ -38,6 +39,28 @@ def kernel_key(fn) -> str:
 
 
 _HANDLES: dict = {}                    # (kernel, semantics) -> _Aot: the hot path looks up, once matched
+_OVERRIDES: dict = {}                  # kernel key -> (tiles, num_warps, num_stages): override_tiles
+
+
+@contextlib.contextmanager
+def override_tiles(fn, tiles: dict, num_warps: int, num_stages: int | None = None):
+    """Within the block, JIT launches of ``fn`` use ``tiles`` (merged over the launcher's picks),
+    ``num_warps`` and ``num_stages`` -- what ``scripts/tune_kernels.py`` sweeps to fill the frozen
+    tables. The AOT backend ignores it (an artifact's tiles are compiled in)."""
+    key = kernel_key(fn)
+    prev = _OVERRIDES.get(key)
+    _OVERRIDES[key] = (dict(tiles), num_warps, num_stages)
+    try:
+        yield
+    finally:
+        if prev is None:
+            _OVERRIDES.pop(key, None)
+        else:
+            _OVERRIDES[key] = prev
+
+
+def overridden(fn) -> bool:
+    return kernel_key(fn) in _OVERRIDES
 
 
 def _signature(fn) -> tuple[list, list]:
@@ -101,6 +124,9 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
     from . import get_backend
 
     if get_backend() != "aot":
+        ov = _OVERRIDES.get(kernel_key(fn)) if _OVERRIDES else None
+        if ov is not None:
+            tiles, num_warps, num_stages = {**tiles, **ov[0]}, ov[1], ov[2]
         return _Jit(fn, {**semantic, **tiles}, num_warps, num_stages)
     key = kernel_key(fn)
     if not _CUBINS:

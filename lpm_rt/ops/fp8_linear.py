@@ -79,7 +79,7 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
     from csrc_triton import fp8_linear as kern
 
     from . import get_backend
-    from ._launch import configure
+    from ._launch import configure, overridden
     from ._triton_util import check_device, interpreting
 
     f8 = torch.float8_e4m3fn
@@ -119,12 +119,14 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
                  RESIDUAL=residual is not None, FIX_ROUND=interpreting(), QUANT_X=quant_x)
     if M == 0:
         return out
-    if x8.is_cuda and get_backend() == "triton":   # JIT on a GPU: tile picked by the autotuner, per (M, N, K)
+    if x8.is_cuda and get_backend() == "triton" and not overridden(kern._fp8_linear_kernel):
+        # JIT on a GPU: tile picked by the autotuner, per (M, N, K)
         kernel = kern.autotuned_fp8_linear()
         kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **flags)
         return out
     launch = configure(kern._fp8_linear_kernel, dict(BLOCK_K=WEIGHT_BLOCK, **flags),
-                       dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_N=64, GROUP_M=4), num_warps=4)
+                       dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_N=64, GROUP_M=4,
+                            FAST_ACCUM=False), num_warps=4)
     bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
     launch[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](*args)
     return out

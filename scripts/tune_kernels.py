@@ -1,0 +1,195 @@
+"""Sweep the tiles of the two kernels that carry the load -- paged attention and the FP8 GEMM --
+at production shapes, each variant checked against the fp32 reference (attention: on two of the
+heads; bound rel. L2 1e-2 for bf16, 0.056 = SQNR 25 dB for the FP8 paths) and timed; the fastest correct variant per (op, mode, shape) is what the
+frozen tables in ``compile/targets.py`` should hold (record device and date there).
+
+    python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
+    TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
+
+Variants are launched through the ops' own launchers with ``lpm_rt.ops._launch.override_tiles``
+(so the grid, split-KV and argument handling are the production ones). A variant that does not
+compile (shared memory) or does not match is reported, never timed. Timing: ``do_bench`` median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+
+import torch
+
+ATTN_TILES = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+              (64, 128, 4, 3)]                                            # (BLOCK_M, BLOCK_N, warps, stages)
+LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4),
+             (64, 256, 4, 3)]                                             # (BLOCK_M, BLOCK_N, warps, stages)
+
+
+def rel_l2(a, b) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def timer(cuda: bool, quick: bool):
+    if cuda:
+        from triton.testing import do_bench
+        return lambda fn: do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100)
+    def wall(fn):
+        t0 = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t0)
+    return wall
+
+
+def attention_cases(smoke: bool):
+    from lpm_rt.benchmark.kernels import production_shapes
+    if smoke:
+        return [dict(label="tiny", B=1, Lq=24, kv=70, H=2, D=16, page_size=8)]
+    return [s for s in production_shapes("paged_attention") if s["label"] in
+            ("lpm-17b 480P chunk=6f", "lpm-17b 480P chunk=1f")]
+
+
+def linear_cases(smoke: bool):
+    from lpm_rt.benchmark.kernels import production_shapes
+    if smoke:
+        return [dict(label="tiny", M=40, K=256, N=48)]
+    return [s for s in production_shapes("fp8_linear") if s["label"] in
+            ("lpm-17b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=6f qkv", "lpm-17b 480P chunk=6f ffn-down",
+             "edge-1.3b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=1f qkv")]
+
+
+def tune_attention(dev, bench, smoke, emit):
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt import ops
+    from lpm_rt.benchmark.kernels import attention_inputs
+    from lpm_rt.ops._launch import override_tiles
+
+    tiles = [(16, 16, 4, 2), (32, 16, 4, 2)] if smoke else ATTN_TILES
+    for sh in attention_cases(smoke):
+        for mode in ("bf16", "fp8", "fp8kv"):
+            args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
+            if mode == "bf16":
+                args = args[:5] + (None, None)
+            kw = dict(fp8_q=mode == "fp8", num_splits=1)
+            # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
+            nh = min(2, sh["H"])
+            q, kp, vp, table, lens, ks, vs = args
+            sub = (q[:, :, :nh].contiguous(), kp[:, :, :nh].contiguous(), vp[:, :, :nh].contiguous(), table, lens,
+                   None if ks is None else ks[:, :nh].contiguous(), None if vs is None else vs[:, :nh].contiguous())
+            ops.set_backend("ref")
+            ref = ops.paged_attention_ref(*sub).float()
+            ops.set_backend("triton")
+            bound = 1e-2 if mode == "bf16" else 0.056            # bf16 P; fp8: SQNR >= 25 dB
+            for bm, bn, w, st in tiles:
+                row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
+                           num_warps=w, num_stages=st)
+                try:
+                    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False), w, st):
+                        fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
+                        out = fn()
+                        row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)
+                        if not row["rel_l2_vs_fp32"] < bound:
+                            row["error"] = "mismatch"
+                        else:
+                            ms = bench(fn)
+                            flops = 4.0 * sh["B"] * sh["H"] * sh["Lq"] * sh["kv"] * sh["D"]
+                            row.update(median_ms=ms, tflops=flops / ms * 1e-9)
+                except Exception as e:                       # noqa: BLE001 -- report, go on
+                    row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                emit(row)
+
+
+def tune_linear(dev, bench, smoke, emit):
+    from csrc_triton.fp8_linear import _fp8_linear_kernel
+    from lpm_rt import ops
+    from lpm_rt.ops._launch import override_tiles
+
+    tiles = [(16, 16, 4, 2), (32, 32, 4, 2)] if smoke else LIN_TILES
+    for sh in linear_cases(smoke):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(sh["M"], sh["K"], generator=g).to(dev, torch.bfloat16)
+        w = (torch.randn(sh["N"], sh["K"], generator=g) * sh["K"] ** -0.5).to(dev, torch.bfloat16)
+        x8, xs = ops.quantize_fp8_rows(x)
+        w8, ws = ops.quantize_fp8_weight(w)
+        ref = (x8.float() * xs.float()[:, None]) @ (w8.float() * ws.float()[:, None]).T   # fp32, same codes
+        ops.set_backend("triton")
+        for (bm, bn, wp, st), fast in itertools.product(tiles, (False, True)):
+            row = dict(op="fp8_linear", mode="fast_accum" if fast else "promote128", shape=sh["label"],
+                       BLOCK_M=bm, BLOCK_N=bn, num_warps=wp, num_stages=st)
+            try:
+                t = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=fast)
+                with override_tiles(_fp8_linear_kernel, t, wp, st):
+                    fn = lambda: ops.fp8_linear(x8, xs, w8, ws)                  # noqa: E731
+                    out = fn()
+                    row["rel_l2_vs_fp32"] = rel_l2(out, ref)
+                    if not row["rel_l2_vs_fp32"] < 1e-2:                         # bf16 output: ~3e-3
+                        row["error"] = "mismatch"
+                    else:
+                        ms = bench(fn)
+                        row.update(median_ms=ms, tflops=2.0 * sh["M"] * sh["N"] * sh["K"] / ms * 1e-9)
+            except Exception as e:                           # noqa: BLE001 -- report, go on
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            emit(row)
+
+
+def best_rows(rows) -> list[dict]:
+    """The fastest correct variant of each (op, mode, shape)."""
+    best: dict = {}
+    for r in rows:
+        if "median_ms" in r:
+            k = (r["op"], r["mode"], r["shape"])
+            if k not in best or r["median_ms"] < best[k]["median_ms"]:
+                best[k] = r
+    return list(best.values())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--op", choices=("paged_attention", "fp8_linear"), default=None, help="one op (default both)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes and two variants (CPU, interpreter)")
+    ap.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    ap.add_argument("--out", default=None, help="JSON results (rows written as they finish)")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("no CUDA GPU: timings need one (use --smoke for the CPU check of the sweep itself)", file=sys.stderr)
+        return 2
+    from lpm_rt import ops
+    from lpm_rt.benchmark.kernels import env_info
+
+    res = dict(env=env_info() if cuda else dict(device="cpu (interpreter smoke)"), rows=[])
+
+    def emit(row):
+        res["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            res["best"] = best_rows(res["rows"])
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
+    bench = timer(cuda, args.quick)
+    dev = "cuda" if cuda else "cpu"
+    prev = ops.get_backend()
+    try:
+        if args.op in (None, "fp8_linear"):              # the GEMM first: its goal is within reach
+            tune_linear(dev, bench, args.smoke, emit)
+        if args.op in (None, "paged_attention"):
+            tune_attention(dev, bench, args.smoke, emit)
+    finally:
+        ops.set_backend(prev)
+    res["best"] = best_rows(res["rows"])
+    print("\nfastest correct variant per op, mode and shape:")
+    for r in res["best"]:
+        print(f"  {r['op']:16s} {r['mode']:10s} {r['shape']:32s} BM={r['BLOCK_M']:<4d} BN={r['BLOCK_N']:<4d} "
+              f"w={r['num_warps']} s={r['num_stages']}  {r['median_ms']:.3f} ms" +
+              (f"  {r['tflops']:.0f} TFLOP/s" if cuda else ""))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0 if res["best"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The tile sweep (scripts/tune_kernels.py) and the override it launches through, on CPU: the
+override reaches the JIT launch and leaves nothing behind; the sweep's smoke runs every mode,
+checks each variant against the fp32 reference and picks a fastest correct one per group."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _util import script  # noqa: E402
+
+
+def test_override_tiles_reaches_the_jit_launch_and_is_undone(triton_backend):
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import configure, overridden, override_tiles
+
+    sem = dict(PAGE_SIZE=8, HEAD_DIM=16)
+    plain = configure(_paged_attn_fwd_kernel, sem, dict(BLOCK_M=32, BLOCK_N=64), 4, 2)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=16), 8, 3):
+        assert overridden(_paged_attn_fwd_kernel)
+        got = configure(_paged_attn_fwd_kernel, sem, dict(BLOCK_M=32, BLOCK_N=64), 4, 2)
+    assert got.constexprs == dict(PAGE_SIZE=8, HEAD_DIM=16, BLOCK_M=32, BLOCK_N=16)
+    assert got.opts == dict(num_warps=8, num_stages=3)
+    assert not overridden(_paged_attn_fwd_kernel)
+    again = configure(_paged_attn_fwd_kernel, sem, dict(BLOCK_M=32, BLOCK_N=64), 4, 2)
+    assert again.constexprs == plain.constexprs and again.opts == dict(num_warps=4, num_stages=2)
+
+
+def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
+    out = tmp_path / "tune.json"
+    assert script("tune_kernels").main(["--smoke", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert {(r["op"], r["mode"]) for r in rows} == {
+        ("paged_attention", "bf16"), ("paged_attention", "fp8"), ("paged_attention", "fp8kv"),
+        ("fp8_linear", "promote128"), ("fp8_linear", "fast_accum")}
+    assert not [r for r in rows if "error" in r], rows
+    for r in rows:
+        bound = 1e-2 if r["mode"] in ("bf16", "promote128", "fast_accum") else 0.056
+        assert 0 < r["rel_l2_vs_fp32"] < bound and r["median_ms"] > 0
+    assert len(res["best"]) == 5
