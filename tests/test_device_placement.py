@@ -9,6 +9,7 @@ mixes (reference kinds, the reference slot mapping and the mel filterbank left o
 this test fails on each of them.
 """
 
+import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -20,6 +21,7 @@ from lpm_rt import ops
 from lpm_rt.config import RuntimeConfig, preset
 from lpm_rt.model.audio import AUDIO_RATE, MEL_HOP, MEL_WIN
 from lpm_rt.model.online import OnlineLPM
+from lpm_rt.session import reference_latents
 
 
 class OneDevice(TorchDispatchMode):
@@ -46,6 +48,7 @@ def test_fake_mode_refuses_mixed_devices():
             torch.nn.functional.embedding(torch.tensor([0, 1]), torch.zeros(4, 3, device="meta"))
 
 
+@pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")   # the timestep memo's key
 @pytest.mark.parametrize("backend,kv,graphs,fp8", [
     ("ref", "fp8", False, False), ("ref", "bf16", True, False), ("triton", "fp8", True, True)])
 def test_stream_step_keeps_every_tensor_on_the_device(backend, kv, graphs, fp8):
@@ -65,7 +68,9 @@ def test_stream_step_keeps_every_tensor_on_the_device(backend, kv, graphs, fp8):
             for net in (model.backbone, model.refiner, model.vae):
                 net.to("meta")
             ops.set_backend(backend)
-            refs = torch.randn(1, m.vae_z_dim, 2, s.latent_h, s.latent_w, device="meta")
+            images = [np.zeros((s.height, s.width, 3), np.uint8)] * 2        # host images, as a session gets them
+            refs = reference_latents(model, images)                          # the VAE encoder on the device
+            assert refs.device.type == "meta"
             state = model.open_stream(refs, torch.tensor([0, 2]), "calm", seed=0)   # kinds on the host
             for _ in range(chunks):                                      # audio on the host, as a session pushes it
                 video = model.step(state, torch.randn(1, n), torch.randn(1, n))
