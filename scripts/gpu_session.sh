@@ -10,7 +10,8 @@
 # runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
 # a failing step does not stop the others. Results: $OUT (bench/results/gpu-<date> when unset):
 # run: log.txt, aot_check.json, cold_aot.json, cold_jit.json, refiner.json;
-# tune: tune_log.txt, kernels.json, tune.json (the tile sweep: what compile/targets.py should hold).
+# tune: tune_log.txt, kernels.json, kernels_mem.json, tune.json (the tile sweep: what the frozen
+# tables in compile/targets.py should hold).
 set -uo pipefail
 mode=${1:-run}
 cd "$(dirname "$0")/.."
@@ -34,9 +35,12 @@ if [ "$mode" = tune ]; then
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
-        step "kernel benchmarks: providers side by side (paged attention, FP8 linear, cache write, norm)"
-        timeout 120 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear,cache_write,norm_modulate \
+        step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
+        timeout 100 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
             --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm,quantize+triton' --out "$OUT/kernels.json"
+        step "kernel benchmarks: the memory-bound ops vs their torch.compile'd references"
+        timeout 80 $PY -m lpm_rt.cli bench kernels --quick --op cache_write,norm_modulate \
+            --providers 'triton*,ref-compiled' --out "$OUT/kernels_mem.json"
         step "tile sweep: paged attention and FP8 GEMM at production shapes, each variant checked"
         timeout 170 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
         step done
