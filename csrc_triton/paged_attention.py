@@ -18,6 +18,11 @@ e4m3's range, P.V runs as an fp8 dot, and every block's product is accumulated i
 nothing here: ``cache_write`` stores K minus a per-head mean, which shifts every score of a
 query by the same q.mean and leaves the softmax unchanged.
 
+PAGE_TILES: each key block is one page (BLOCK_N >= PAGE_SIZE, the rest of the tile masked):
+one table read and one scale per block instead of one per token, and contiguous page rows
+instead of a per-token gather, for (BLOCK_N - PAGE_SIZE) / BLOCK_N masked work (6% at 120-token
+pages in 128-row tiles). Off by default; ``scripts/tune_kernels.py`` times both forms.
+
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
 ``_paged_attn_combine_kernel`` merges the splits. Without SPLIT the output is written directly.
@@ -46,6 +51,42 @@ def _mma(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
+                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr):
+    """One key block of the online softmax: k, v [BLOCK_N, D] as stored, ks_ptrs/vs_ptrs
+    [BLOCK_N] where their tokens' page scales are (fp8 pages; loaded where used: loading them up
+    front keeps them live across the QK^T product and spilled), valid [BLOCK_N].
+    -> updated (m_i, l_i, acc)."""
+    if FP8_Q:
+        qk = tl.dot(q, tl.trans(k))
+    else:
+        qk = _mma(q, tl.trans(k.to(cdt)), IEEE)
+    if KV_FP8:
+        ks = tl.load(ks_ptrs, mask=valid, other=0.0)
+        qk = qk * (qk_mul * ks)[None, :]
+    else:
+        qk = qk * qk_mul
+    qk = tl.where(valid[None, :], qk, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if KV_FP8:
+        vs = tl.load(vs_ptrs, mask=valid, other=0.0)
+        if FP8_Q:
+            vmax = tl.maximum(tl.max(vs, 0), 1e-30)
+            p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
+            acc += tl.dot(p8, v) * (vmax / FP8_MAX)
+        else:
+            acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
+    else:
+        acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _paged_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, table_ptr, lens_ptr, o_ptr, lse_ptr,
     qk_scale, Lq, H, kv_per_split,
@@ -58,7 +99,7 @@ def _paged_attn_fwd_kernel(
     stride_lb, stride_ls, stride_ll, stride_lh,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
-    FIX_ROUND: tl.constexpr,
+    FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -87,43 +128,36 @@ def _paged_attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     table_row = table_ptr + b * stride_tb
-    for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        valid = offs_n < hi
-        # the gather: each token's page comes from the table, so pages may lie anywhere
-        page = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tp, mask=valid, other=0).to(tl.int64)
-        off = offs_n % PAGE_SIZE
-        k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_ks + h * stride_kh
-                    + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vs + h * stride_vh
-                    + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
-        if FP8_Q:
-            qk = tl.dot(q, tl.trans(k))
-        else:
-            qk = _mma(q, tl.trans(k.to(cdt)), IEEE)
-        if KV_FP8:
-            ks = tl.load(ks_ptr + page * stride_ksp + h * stride_ksh, mask=valid, other=0.0)
-            qk = qk * (qk_mul * ks)[None, :]
-        else:
-            qk = qk * qk_mul
-        qk = tl.where(valid[None, :], qk, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if KV_FP8:
-            vs = tl.load(vs_ptr + page * stride_vsp + h * stride_vsh, mask=valid, other=0.0)
-            if FP8_Q:
-                vmax = tl.maximum(tl.max(vs, 0), 1e-30)
-                p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
-                acc += tl.dot(p8, v) * (vmax / FP8_MAX)
-            else:
-                acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
-        else:
-            acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
-        m_i = m_new
+    offs_t = tl.arange(0, BLOCK_N)
+    if PAGE_TILES:
+        # one page per block (BLOCK_N >= PAGE_SIZE, the rows past it masked): one table entry and
+        # one scale per block, and the tile is contiguous rows of one page (the launcher makes
+        # kv_per_split a multiple of PAGE_SIZE, so lo starts a page)
+        for pg in range(lo // PAGE_SIZE, tl.cdiv(hi, PAGE_SIZE)):
+            page = tl.load(table_row + pg * stride_tp).to(tl.int64)
+            valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
+            k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
+                        + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
+                        + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+            zero = offs_t * 0                                 # the page's scales, on every row
+            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh + zero,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh + zero, valid,
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND)
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + offs_t
+            valid = offs_n < hi
+            # the gather: each token's page comes from the table, so pages may lie anywhere
+            page = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tp, mask=valid, other=0).to(tl.int64)
+            off = offs_n % PAGE_SIZE
+            k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_ks + h * stride_kh
+                        + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vs + h * stride_vh
+                        + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid,
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]

@@ -124,9 +124,13 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     launch = configure(kern._paged_attn_fwd_kernel,
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
-                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1), warps, stages)
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=False), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
+    page_tiles = bool(cx.get("PAGE_TILES", False))
+    if page_tiles and block_n < page_size:
+        raise ValueError(f"triton paged_attention: PAGE_TILES needs BLOCK_N >= page size, got {block_n} < {page_size}")
+    step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles
     grid_m = triton.cdiv(Lq, block_m)
     combine = None
     if not cx["SPLIT"]:
@@ -136,7 +140,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         combine = configure(kern._paged_attn_combine_kernel, dict(HEAD_DIM=D, FIX_ROUND=interpreting()),
                             dict(BLOCK_S=triton.next_power_of_2(splits)), 4 if D <= 64 else 8)
         splits = min(splits, combine.constexprs["BLOCK_S"])
-    kv_per_split = triton.cdiv(triton.cdiv(kv_max, splits), block_n) * block_n
+    kv_per_split = triton.cdiv(triton.cdiv(kv_max, splits), step) * step
     out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out

@@ -95,6 +95,41 @@ def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens,
 
 
 @pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
+def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype,
+                                         kv_dtype, splits):
+    """The PAGE_TILES form (one page per key block, tile rows past the page masked) on the same
+    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
+    bn = max(16, 1 << (page_size - 1).bit_length())                      # the next power of two
+    from lpm_rt.ops import _launch
+
+    launches, real = [], _launch._Jit.__getitem__
+
+    def spy(self, grid):                                               # what the launch was compiled with
+        launches.append(dict(self.constexprs))
+        return real(self, grid)
+    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True), 4, 2):
+        out = paged_attention(*args, num_splits=splits)
+    assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn
+    ref, low = references(*args)
+    assert_calibrated(out, low, ref, floor=1e-5)
+
+
+def test_page_tiles_need_a_whole_page_per_block(triton_backend):
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    args = make_case(1, 2, 1, 16, 32, [40])
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=16, PAGE_TILES=True), 4, 2):
+        with pytest.raises(ValueError, match="PAGE_TILES"):
+            paged_attention(*args)
+
+
+@pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
 def test_cpu_runtime_path_matches_fp64_reference(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, splits):
     """The reference as the CPU runtime streams with it (``ref`` backend: upcast to fp32, output in
     q's dtype) against the fp64 formula, bound by the kernel-style low-precision math's error."""
