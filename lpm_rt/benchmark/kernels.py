@@ -290,6 +290,9 @@ def _run_op(op, quick, peaks, shapes, device, only) -> list[dict]:
             except Exception as e:                                         # noqa: BLE001 -- a baseline may be unsupported
                 rows.append(dict(row, skipped=f"{type(e).__name__}: {str(e)[:160]}"))
                 continue
+            tile = autotuned_tile(op, name)
+            if tile is not None:
+                row["autotuned"] = tile
             flops, nbytes = work(op, sh, precision)
             sec = t["median_ms"] * 1e-3
             row.update(t, tflops=flops / sec * 1e-12 if flops else None, gbps=nbytes / sec * 1e-9)
@@ -305,6 +308,19 @@ def _run_op(op, quick, peaks, shapes, device, only) -> list[dict]:
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def autotuned_tile(op: str, provider: str) -> dict | None:
+    """The tile the JIT GEMM's autotuner chose for the call just timed (what a frozen table
+    should hold for that shape), or None (not an autotuned launch, or not on a GPU)."""
+    if op != "fp8_linear" or not provider.startswith("triton") or not torch.cuda.is_available():
+        return None
+    from csrc_triton import fp8_linear as kern
+
+    best = getattr(kern.autotuned_fp8_linear(), "best_config", None)
+    if best is None:
+        return None
+    return dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
 
 
 # ---------------------------------------------------------------- CPU smoke
