@@ -112,7 +112,7 @@ def _attention_variants(ctx: BuildContext) -> list:
         ce = dict(PAGE_SIZE=ps, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv_fp8,
                   FP8_Q=kv_fp8 and tgt.sm >= 89 and D >= 32,   # fp8 dots need K >= 32
                   SPLIT=split, IEEE=False, FIX_ROUND=False,
-                  PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and bn >= ps)
+                  PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and bn >= ps, V_TRANS_LOAD=False)
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[

@@ -22,6 +22,11 @@ PAGE_TILES: each key block is one page (BLOCK_N >= PAGE_SIZE, the rest of the ti
 one table read and one scale per block instead of one per token, and contiguous page rows
 instead of a per-token gather, for (BLOCK_N - PAGE_SIZE) / BLOCK_N masked work (6% at 120-token
 pages in 128-row tiles). Off by default; ``scripts/tune_kernels.py`` times both forms.
+V_TRANS_LOAD (with PAGE_TILES): V's tile is loaded as its transpose [D, BLOCK_N] and viewed
+back, so that pages whose tokens are contiguous (V stored [P, H, D, page]) land in shared memory
+K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout the kernel
+transposes each V tile through registers. An experiment for the sweep: the cache does not
+store V that way (yet).
 
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
@@ -99,7 +104,7 @@ def _paged_attn_fwd_kernel(
     stride_lb, stride_ls, stride_ll, stride_lh,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
-    FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr,
+    FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr, V_TRANS_LOAD: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -138,8 +143,12 @@ def _paged_attn_fwd_kernel(
             valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
             k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
                         + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-            v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
-                        + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+            if V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
+                v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
+                                     + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
+            else:
+                v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
+                            + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
             zero = offs_t * 0                                 # the page's scales, on every row
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh + zero,
                                           vs_ptr + page * stride_vsp + h * stride_vsh + zero, valid,

@@ -69,11 +69,18 @@ def tune_attention(dev, bench, smoke, emit):
 
     tiles = [(16, 16, 4, 2, False), (32, 16, 4, 2, True)] if smoke else ATTN_TILES
     for sh in attention_cases(smoke):
-        for mode in ("bf16", "fp8", "fp8kv"):
+        for mode in ("bf16", "fp8", "fp8kv", "fp8-vtok"):
             args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
             if mode == "bf16":
                 args = args[:5] + (None, None)
-            kw = dict(fp8_q=mode == "fp8", num_splits=1)
+            if mode == "fp8-vtok":
+                # V pages stored token-contiguous ([P, H, D, page], passed as the [P, page, H, D]
+                # view the op takes): e4m3 wgmma wants P.V's B operand K-major, which the standard
+                # layout makes the kernel transpose through shared memory every block. A layout
+                # the cache does not use yet: this measures whether changing it would pay.
+                v = args[2]
+                args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
+            kw = dict(fp8_q=mode in ("fp8", "fp8-vtok"), num_splits=1)
             # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
             nh = min(2, sh["H"])
             q, kp, vp, table, lens, ks, vs = args
@@ -84,13 +91,13 @@ def tune_attention(dev, bench, smoke, emit):
             ops.set_backend("triton")
             bound = 1e-2 if mode == "bf16" else 0.056            # bf16 P; fp8: SQNR >= 25 dB
             for bm, bn, w, st, pt in tiles:
-                if pt and bn < sh["page_size"]:
-                    continue
+                if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and not pt):
+                    continue                 # token-contiguous V only vectorizes within a page
                 row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
                            num_warps=w, num_stages=st, PAGE_TILES=pt)
                 try:
-                    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False,
-                                                                     PAGE_TILES=pt), w, st):
+                    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
+                                                                     V_TRANS_LOAD=mode == "fp8-vtok"), w, st):
                         fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
                         out = fn()
                         row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)

@@ -111,7 +111,8 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128):
 
     bm, bn, warps, stages = _config(1560, d, kv == "fp8e4nv", torch.device("cuda"))   # the launcher's choice
     ce = dict(PAGE_SIZE=120, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
-              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=False)
+              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=False,
+              V_TRANS_LOAD=False)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages)
 

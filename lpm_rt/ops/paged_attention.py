@@ -124,10 +124,13 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     launch = configure(kern._paged_attn_fwd_kernel,
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
-                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=False), warps, stages)
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=False,
+                            V_TRANS_LOAD=False), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
     page_tiles = bool(cx.get("PAGE_TILES", False))
+    if cx.get("V_TRANS_LOAD") and not page_tiles:
+        raise ValueError("triton paged_attention: V_TRANS_LOAD needs PAGE_TILES")
     if page_tiles and block_n < page_size:
         raise ValueError(f"triton paged_attention: PAGE_TILES needs BLOCK_N >= page size, got {block_n} < {page_size}")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles

@@ -119,6 +119,28 @@ def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, 
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype,fp8_q", [(None, False), (torch.float8_e4m3fn, True)])
+def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q):
+    """V_TRANS_LOAD (page tiles, V read as its transpose) on V pages stored token-contiguous
+    ([P, H, D, page], passed as the op's [P, page, H, D] view) and on the standard layout."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    q, kp, vp, table, lens, ks, vs = make_case(2, 5, 2, 32, 8, [19, 40], torch.bfloat16, kv_dtype)
+    ref, low = references(q, kp, vp, table, lens, ks, vs)
+    for v in (vp, vp.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):
+        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, PAGE_TILES=True, V_TRANS_LOAD=True),
+                            4, 2):
+            out = paged_attention(q, kp, v, table, lens, ks, vs, fp8_q=fp8_q, num_splits=2)
+        if fp8_q:
+            assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
+        else:
+            assert_calibrated(out, low, ref, floor=1e-5)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=16, V_TRANS_LOAD=True), 4, 2):
+        with pytest.raises(ValueError, match="V_TRANS_LOAD needs PAGE_TILES"):
+            paged_attention(q, kp, vp, table, lens, ks, vs)
+
+
 def test_page_tiles_need_a_whole_page_per_block(triton_backend):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
