@@ -4,7 +4,7 @@
 #
 #   here, on the CPU host:   bash scripts/gpu_session.sh prepare      # h100 artifacts -> build/gpu/
 #   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; <= 6.7 minutes
-#                            bash scripts/gpu_session.sh tune         # right after (still warm); <= 5 minutes
+#                            bash scripts/gpu_session.sh tune         # right after (still warm); <= 6.5 minutes
 #
 # The device image has its own python3 with torch, triton, cuda-python and pytest; the project
 # runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
@@ -35,14 +35,14 @@ if [ "$mode" = tune ]; then
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
+        step "tile sweep: FP8 GEMM and paged attention at production shapes, each variant checked"
+        timeout 200 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
         step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
         timeout 100 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
             --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm,quantize+triton' --out "$OUT/kernels.json"
         step "kernel benchmarks: the memory-bound ops vs their torch.compile'd references"
         timeout 80 $PY -m lpm_rt.cli bench kernels --quick --op cache_write,norm_modulate \
             --providers 'triton*,ref-compiled' --out "$OUT/kernels_mem.json"
-        step "tile sweep: paged attention and FP8 GEMM at production shapes, each variant checked"
-        timeout 170 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
         step done
     } 2>&1 | tee "$OUT/tune_log.txt"
     exit 0
