@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU check and figure the kernels and AOT issues wait on, in two back-to-back device calls
-# (the lease is minutes: prepared commands, results as JSON).
+# Every GPU check and figure the kernels and AOT issues wait on, in two back-to-back runs on the GPU machine
+# (GPU time comes in minutes: prepared commands, results as JSON).
 #
 #   here, on the CPU host:   bash scripts/gpu_session.sh prepare      # h100 artifacts -> build/gpu/
-#   on the lent GPU:         bash scripts/gpu_session.sh run          # carry build/gpu; <= 6.7 minutes
+#   on the GPU machine:      bash scripts/gpu_session.sh run          # with build/gpu copied along; <= 6.7 minutes
 #                            bash scripts/gpu_session.sh tune         # right after (still warm); <= 6.5 minutes
 #
 # The device image has its own python3 with torch, triton, cuda-python and pytest; the project
