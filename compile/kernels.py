@@ -152,7 +152,7 @@ def _linear_variants(ctx: BuildContext) -> list:
             bk = 128      # the kernel promotes fp8 partial sums every 128 products (and 1x128 scale blocks)
             ce = dict(BLOCK_M=kc.tiles["BLOCK_M"], BLOCK_N=_clamp(kc.tiles["BLOCK_N"], N), BLOCK_K=bk,
                       GROUP_M=8, BLOCK_SCALE=block, HAS_BIAS=True, GELU=gelu, RESIDUAL=residual, FIX_ROUND=False,
-                      QUANT_X=quant_x, FAST_ACCUM=bool(kc.tiles.get("FAST_ACCUM", False)))
+                      QUANT_X=quant_x, FAST_ACCUM=bool(kc.tiles.get("FAST_ACCUM", False)), TMA=False)
             ints = dict(N=N, K=K, stride_xm=K, stride_xk=1, stride_wn=K, stride_wk=1,
                         stride_wsn=(K // 128) if block else 1, stride_wsk=1, stride_rn=1, stride_gn=1,
                         stride_om=N, stride_on=1)

@@ -13,6 +13,9 @@ holds an unscaled sum across blocks with different scales. Rows of residual/gate
 as (m // L, m % L) with their own strides, so a per-sample gate ([B, 1, N], stride 0 over L) or
 a strided ``chunk(6)`` view is read in place.
 
+TMA (a tile choice): operand tiles through device-side tensor descriptors (Hopper's TMA) instead
+of per-thread pointer loads; needs unit inner strides and 16-byte aligned rows. Off by default.
+
 FAST_ACCUM (per-channel scales only; a tile choice, not a semantic one): no promotion, the FP8
 MMA accumulates the whole K loop (``torch._scaled_mm(use_fast_accum=True)``'s trade). Off by
 default: the frozen tables and the JIT tiles promote every 128 products.
@@ -43,6 +46,7 @@ def _fp8_linear_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
     RESIDUAL: tl.constexpr, FIX_ROUND: tl.constexpr, QUANT_X: tl.constexpr, FAST_ACCUM: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     # grouped launch order: GROUP_M row-tiles sweep the N tiles together, so a weight tile is
     # reused from L2 by GROUP_M programs in flight instead of being re-read from HBM
@@ -61,22 +65,35 @@ def _fp8_linear_kernel(
     mask_n = offs_n < N
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    if TMA:
+        # tiles through the tensor memory accelerator (cp.async.bulk.tensor): one descriptor per
+        # operand, out-of-range rows and columns read as zeros (the launcher checks unit inner
+        # strides and 16-byte alignment)
+        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
     if QUANT_X:
         # the producer left x in bf16/fp16/fp32: per-token scales from a first pass over the
         # row, then each tile is quantized as it is loaded (quantize_fp8_rows, bit for bit)
         amax = tl.zeros([BLOCK_M], tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            mask_k = (k0 + offs_k) < K
-            a = tl.load(x_ptrs + k0 * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            if TMA:
+                a = x_desc.load([pid_m * BLOCK_M, k0])
+            else:
+                mask_k = (k0 + offs_k) < K
+                a = tl.load(x_ptrs + k0 * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
         xs = tl.maximum(amax / 448.0, 1e-12)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        mask_k = (k0 + offs_k) < K
-        a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        if TMA:
+            a = x_desc.load([pid_m * BLOCK_M, k0])
+            b = w_desc.load([pid_n * BLOCK_N, k0])
+        else:
+            mask_k = (k0 + offs_k) < K
+            a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if QUANT_X:
             a = cast_rne(tl.clamp(a.to(tl.float32) / xs[:, None], -448.0, 448.0), tl.float8e4nv, FIX_ROUND)
-        b = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if BLOCK_SCALE:
             ws = tl.load(ws_ptr + offs_n * stride_wsn + (k0 // 128) * stride_wsk, mask=mask_n, other=0.0)
             acc += tl.dot(a, tl.trans(b)) * ws[None, :]
@@ -121,9 +138,9 @@ def _fp8_linear_kernel(
 # registers). Promoting partial sums (or scaling 1x128 blocks) needs a second accumulator, so a
 # 128x256 tile on 8 warps or 128x128 on 4 spill 0.2-1.3 KB per thread: not offered.
 FP8_LINEAR_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=8, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, TMA=False, num_warps=8, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, TMA=False, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=False, TMA=False, num_warps=4, num_stages=4),
 ]
 
 

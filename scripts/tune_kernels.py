@@ -24,8 +24,8 @@ import torch
 ATTN_TILES = [(128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False),
               (64, 64, 4, 3, False), (128, 128, 8, 2, True), (128, 128, 8, 3, True), (64, 128, 4, 3, True)]
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block; needs BLOCK_N >= the page)
-LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (64, 128, 4, 4), (128, 128, 4, 4),
-             (64, 256, 4, 3)]                                             # (BLOCK_M, BLOCK_N, warps, stages)
+LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (64, 128, 4, 4), (64, 256, 4, 3)]
+# (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 
 
 def rel_l2(a, b) -> float:
@@ -57,8 +57,7 @@ def linear_cases(smoke: bool):
     if smoke:
         return [dict(label="tiny", M=40, K=256, N=48)]
     return [s for s in production_shapes("fp8_linear") if s["label"] in
-            ("lpm-17b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=6f qkv", "lpm-17b 480P chunk=6f ffn-down",
-             "edge-1.3b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=1f qkv")]
+            ("lpm-17b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=6f qkv", "edge-1.3b 480P chunk=6f ffn-up")]
 
 
 def tune_attention(dev, bench, smoke, emit):
@@ -126,11 +125,11 @@ def tune_linear(dev, bench, smoke, emit):
         w8, ws = ops.quantize_fp8_weight(w)
         ref = (x8.float() * xs.float()[:, None]) @ (w8.float() * ws.float()[:, None]).T   # fp32, same codes
         ops.set_backend("triton")
-        for (bm, bn, wp, st), fast in itertools.product(tiles, (False, True)):
+        for (bm, bn, wp, st), fast, tma in itertools.product(tiles, (False, True), (False, True)):
             row = dict(op="fp8_linear", mode="fast_accum" if fast else "promote128", shape=sh["label"],
-                       BLOCK_M=bm, BLOCK_N=bn, num_warps=wp, num_stages=st)
+                       BLOCK_M=bm, BLOCK_N=bn, num_warps=wp, num_stages=st, TMA=tma)
             try:
-                t = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=fast)
+                t = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, GROUP_M=8, FAST_ACCUM=fast, TMA=tma)
                 with override_tiles(_fp8_linear_kernel, t, wp, st):
                     fn = lambda: ops.fp8_linear(x8, xs, w8, ws)                  # noqa: E731
                     out = fn()
@@ -194,7 +193,8 @@ def main(argv=None) -> int:
     print("\nfastest correct variant per op, mode and shape:")
     for r in res["best"]:
         print(f"  {r['op']:16s} {r['mode']:10s} {r['shape']:32s} BM={r['BLOCK_M']:<4d} BN={r['BLOCK_N']:<4d} "
-              f"w={r['num_warps']} s={r['num_stages']}{' page-tiles' if r.get('PAGE_TILES') else ''}  "
+              f"w={r['num_warps']} s={r['num_stages']}{' page-tiles' if r.get('PAGE_TILES') else ''}"
+              f"{' tma' if r.get('TMA') else ''}  "
               f"{r['median_ms']:.3f} ms" +
               (f"  {r['tflops']:.0f} TFLOP/s" if cuda else ""))
     if args.out:

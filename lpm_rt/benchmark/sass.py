@@ -121,7 +121,8 @@ def specs() -> list[Spec]:
     lin_ptr = {"x_ptr": "fp8e4nv", "w_ptr": "fp8e4nv", "xs_ptr": "fp32", "ws_ptr": "fp32", "bias_ptr": "bf16",
                "res_ptr": "bf16", "gate_ptr": "fp32", "out_ptr": "bf16"}
     lin_ce = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, BLOCK_SCALE=False, HAS_BIAS=True,
-                  GELU=True, RESIDUAL=False, FIX_ROUND=False, QUANT_X=False, FAST_ACCUM=False)
+                  GELU=True, RESIDUAL=False, FIX_ROUND=False, QUANT_X=False, FAST_ACCUM=False,
+                  TMA=False)
     nm_ptr = {"x_ptr": "bf16", "shift_ptr": "bf16", "scale_ptr": "bf16", "y_ptr": "fp8e4nv", "ys_ptr": "fp32"}
     cw = {"k_ptr": "bf16", "v_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32", "slot_ptr": "i64",
           "kp_ptr": "fp8e4nv", "vp_ptr": "fp8e4nv", "ks_ptr": "fp32", "vs_ptr": "fp32", "q_ptr": "bf16",

@@ -73,6 +73,26 @@ def _ones(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n, dtype=torch.float32, device=device)
 
 
+def _tma_ready(x2, w8) -> None:
+    """TMA tiles need unit inner strides and 16-byte aligned rows and bases (raise, never fall
+    back); on a GPU, device-side descriptors need Triton's scratch allocator (set once)."""
+    for name, t in (("x", x2), ("w", w8)):
+        if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+            raise ValueError(f"fp8_linear TMA tiles: {name} needs unit inner stride and 16-byte aligned rows, "
+                             f"got strides {tuple(t.stride())} ({t.dtype})")
+    if x2.is_cuda:
+        global _TMA_ALLOCATOR
+        if _TMA_ALLOCATOR is None:
+            import triton
+
+            def _TMA_ALLOCATOR(size: int, alignment: int, stream):            # noqa: N807
+                return torch.empty(size, dtype=torch.int8, device="cuda")
+            triton.set_allocator(_TMA_ALLOCATOR)
+
+
+_TMA_ALLOCATOR = None
+
+
 def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
     import triton
 
@@ -126,8 +146,10 @@ def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_
         return out
     launch = configure(kern._fp8_linear_kernel, dict(BLOCK_K=WEIGHT_BLOCK, **flags),
                        dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_N=64, GROUP_M=4,
-                            FAST_ACCUM=False), num_warps=4)
+                            FAST_ACCUM=False, TMA=False), num_warps=4)
     bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
+    if launch.constexprs.get("TMA"):
+        _tma_ready(x2, w8)
     launch[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](*args)
     return out
 

@@ -59,6 +59,37 @@ def test_matches_fp64_reference(triton_backend, B, L, K, N, block, epilogue, out
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
+@pytest.mark.parametrize("B,L,K,N,block,epilogue,out_dtype", CASES)
+@pytest.mark.parametrize("quant_in_gemm", [False, True])
+def test_tma_tiles_match_pointer_tiles(triton_backend, B, L, K, N, block, epilogue, out_dtype, quant_in_gemm):
+    """TMA (descriptor loads, zero fill past the edges) computes what the pointer loads do, bit for
+    bit (same tiles, same order), and so matches the fp64 reference too."""
+    from csrc_triton.fp8_linear import _fp8_linear_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    x, w, x8, xs, w8, ws, kw = make_case(B, L, K, N, block, epilogue)
+    a, a_s = (x, None) if quant_in_gemm else (x8, xs)
+    with override_tiles(_fp8_linear_kernel, dict(BLOCK_M=16, TMA=False), 4):     # several row tiles
+        plain = fp8_linear(a, a_s, w8, ws, out_dtype=out_dtype, **kw)
+    with override_tiles(_fp8_linear_kernel, dict(BLOCK_M=16, TMA=True), 4):
+        out = fp8_linear(a, a_s, w8, ws, out_dtype=out_dtype, **kw)
+    assert torch.equal(out, plain)
+    if not quant_in_gemm:
+        assert_calibrated(out, fp8_linear_ref(x8, xs, w8, ws, out_dtype=out_dtype, **kw),
+                          fp8_linear_ref(x8, xs, w8, ws, out_dtype=F64, compute_dtype=F64, **kw), floor=1e-5)
+
+
+def test_tma_tiles_refuse_unaligned_rows(triton_backend):
+    from csrc_triton.fp8_linear import _fp8_linear_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    x, w, x8, xs, w8, ws, kw = make_case(1, 3, 64, 24, None, "none")
+    wide = torch.zeros(24, 72, dtype=w8.dtype)                          # rows 72 bytes apart
+    wide[:, :64] = w8
+    with override_tiles(_fp8_linear_kernel, dict(TMA=True), 4), pytest.raises(ValueError, match="TMA"):
+        fp8_linear(x8, xs, wide[:, :64], ws)
+
+
 @pytest.mark.parametrize("block", [None, 128])
 def test_fp8_path_sqnr(triton_backend, block):
     x, w, x8, xs, w8, ws, kw = make_case(2, 9, 256, 48, block, "all")
