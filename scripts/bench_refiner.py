@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 
@@ -58,21 +57,6 @@ def step_inputs(model, seed: int = 0):
     return state, (x0, noise, mels, rf_attn)
 
 
-def timed(fn, cuda: bool, quick: bool) -> dict:
-    if cuda:
-        from triton.testing import do_bench
-        med, p20, p80 = do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 400,
-                                 quantiles=[0.5, 0.2, 0.8])
-        return dict(median_ms=med, p20_ms=p20, p80_ms=p80)
-    fn()
-    ts = []
-    for _ in range(3 if quick else 7):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(1e3 * (time.perf_counter() - t0))
-    return dict(median_ms=statistics.median(ts), p20_ms=min(ts), p80_ms=max(ts))
-
-
 def graphed(fn, cuda: bool):
     """fn captured once in a CUDA graph (after one eager warm-up call); on CPU fn itself."""
     if not cuda:
@@ -90,11 +74,6 @@ def graphed(fn, cuda: bool):
     return replay
 
 
-def rel_l2(a, b) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="edge-1.3b", help="model preset (default edge-1.3b)")
@@ -105,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
     from lpm_rt import ops
+    from lpm_rt.benchmark.kernels import rel_l2, timed
 
     cuda = args.device.startswith("cuda")
     act, kv = ("bf16", "fp8") if cuda else ("fp32", "fp32")
@@ -172,7 +152,8 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 out = fn().float()
                 row["rel_l2_vs_fp32_ref"] = rel_l2(out, want_out)
-                row.update(timed(fn, cuda, args.quick))
+                row.update(timed(fn, 25 if args.quick else 100, 100 if args.quick else 400, cuda,
+                                 cpu_reps=3 if args.quick else 7))
         except Exception as e:                               # noqa: BLE001 -- report, keep the rest
             row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         res["results"].append(row)

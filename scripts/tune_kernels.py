@@ -17,7 +17,6 @@ import argparse
 import itertools
 import json
 import sys
-import time
 
 import torch
 
@@ -28,20 +27,11 @@ LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (64, 128, 4, 
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 
 
-def rel_l2(a, b) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def timer(cuda: bool, quick: bool):
-    if cuda:
-        from triton.testing import do_bench
-        return lambda fn: do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100)
-    def wall(fn):
-        t0 = time.perf_counter()
-        fn()
-        return 1e3 * (time.perf_counter() - t0)
-    return wall
+    """fn -> median ms (CUDA: do_bench; CPU: one call after a warm-up, a smoke figure only)."""
+    from lpm_rt.benchmark.kernels import timed
+
+    return lambda fn: timed(fn, 10 if quick else 25, 30 if quick else 100, cuda, cpu_reps=1)["median_ms"]
 
 
 def attention_cases(smoke: bool):
@@ -63,7 +53,7 @@ def linear_cases(smoke: bool):
 def tune_attention(dev, bench, smoke, emit):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt import ops
-    from lpm_rt.benchmark.kernels import attention_inputs
+    from lpm_rt.benchmark.kernels import attention_inputs, rel_l2
     from lpm_rt.ops._launch import override_tiles
 
     tiles = [(16, 16, 4, 2, False), (32, 16, 4, 2, True)] if smoke else ATTN_TILES
@@ -114,6 +104,7 @@ def tune_attention(dev, bench, smoke, emit):
 def tune_linear(dev, bench, smoke, emit):
     from csrc_triton.fp8_linear import _fp8_linear_kernel
     from lpm_rt import ops
+    from lpm_rt.benchmark.kernels import rel_l2
     from lpm_rt.ops._launch import override_tiles
 
     tiles = [(16, 16, 4, 2), (32, 32, 4, 2)] if smoke else LIN_TILES

@@ -20,8 +20,10 @@ import fnmatch
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -110,12 +112,36 @@ def attention_inputs(sh, kv_dtype, device="cuda", seed=0):
     return (q, kf.to(kv_dtype), vf.to(kv_dtype), table, lens, ks, vs)
 
 
-# ---------------------------------------------------------------- providers
-def _timed(fn, quick):
-    from triton.testing import do_bench
+# ---------------------------------------------------------------- timing and errors
+def timed(fn, warmup_ms: float, rep_ms: float, cuda: bool = True, cpu_reps: int = 3) -> dict:
+    """{median_ms, p20_ms, p80_ms} of ``fn``: on CUDA ``triton.testing.do_bench`` (CUDA events;
+    warm-up and repetitions in milliseconds); elsewhere wall time of ``cpu_reps`` calls after one
+    warm-up call (p20/p80: their min/max)."""
+    if cuda:
+        from triton.testing import do_bench
 
-    med, p20, p80 = do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, quantiles=[0.5, 0.2, 0.8])
-    return dict(median_ms=med, p20_ms=p20, p80_ms=p80)
+        med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        return dict(median_ms=med, p20_ms=p20, p80_ms=p80)
+    fn()
+    ts = []
+    for _ in range(cpu_reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(1e3 * (time.perf_counter() - t0))
+    return dict(median_ms=statistics.median(ts), p20_ms=min(ts), p80_ms=max(ts))
+
+
+def rel_l2(a, b) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _timed(fn, quick):
+    return timed(fn, 10 if quick else 25, 30 if quick else 100)
+
+
+# ---------------------------------------------------------------- providers
 
 
 def providers(op: str, sh: dict, device: str = "cuda"):

@@ -80,17 +80,20 @@ def _tma_ready(x2, w8) -> None:
         if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
             raise ValueError(f"fp8_linear TMA tiles: {name} needs unit inner stride and 16-byte aligned rows, "
                              f"got strides {tuple(t.stride())} ({t.dtype})")
-    if x2.is_cuda:
-        global _TMA_ALLOCATOR
-        if _TMA_ALLOCATOR is None:
-            import triton
+    global _TMA_ALLOCATOR_SET
+    if x2.is_cuda and not _TMA_ALLOCATOR_SET:
+        import triton
 
-            def _TMA_ALLOCATOR(size: int, alignment: int, stream):            # noqa: N807
-                return torch.empty(size, dtype=torch.int8, device="cuda")
-            triton.set_allocator(_TMA_ALLOCATOR)
+        triton.set_allocator(_tma_scratch)
+        _TMA_ALLOCATOR_SET = True
 
 
-_TMA_ALLOCATOR = None
+def _tma_scratch(size: int, alignment: int, stream):
+    """Triton's allocator for device-side tensor descriptors (global scratch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+_TMA_ALLOCATOR_SET = False
 
 
 def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
