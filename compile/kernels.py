@@ -110,9 +110,12 @@ def _attention_variants(ctx: BuildContext) -> list:
             ints.update(stride_ob=lq * H * D, stride_os=0, stride_ol=H * D, stride_oh=D, stride_od=1,
                         stride_lb=0, stride_ls=0, stride_ll=0, stride_lh=0)
         ce = dict(PAGE_SIZE=ps, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv_fp8,
-                  FP8_Q=kv_fp8 and tgt.sm >= 89 and D >= 32,   # fp8 dots need K >= 32
+                  # the launcher's default (lpm_rt.ops.paged_attention: fp8_q off) unless the table
+                  # asks; fp8 dots need sm_89+ and K >= 32
+                  FP8_Q=bool(kc.tiles.get("FP8_Q", False)) and kv_fp8 and tgt.sm >= 89 and D >= 32,
                   SPLIT=split, IEEE=False, FIX_ROUND=False,
-                  PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and bn >= ps, V_TRANS_LOAD=False)
+                  PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and page_tiles_fit(bn, ps),
+                  V_TRANS_LOAD=False)
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[

@@ -274,7 +274,7 @@ def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_chec
                 target=dict(name=tgt.name, arch=tgt.arch, sm=tgt.sm, act_dtype=tgt.act_dtype, kv_dtype=tgt.kv_dtype,
                             page_size=cfg.stream.page_size),
                 quantization=dict(format=tgt.weights.value, summary=summary, step_check=step, layers=rows),
-                kernels=kernels, kernel_notes=notes, kernel_tuning=TUNING, onnx=onnx_report,
+                kernels=kernels, kernel_notes=notes, kernel_tuning=TUNING[tgt.name], onnx=onnx_report,
                 toolchain=toolchain(), files=files)
     (out / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return meta

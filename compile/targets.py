@@ -5,10 +5,13 @@ compiled for (``sm``; None for the CPU target), the weight format of the quantiz
 activation and KV-page dtypes, and the multiprocessor count the kernel table assumes.
 
 Kernel configurations (tile sizes, warps, pipeline stages) are a frozen table per target
-(:data:`KERNEL_TABLES`). They are heuristics chosen from the tile shapes of the published
-FlashAttention-2/3 and Triton fp8 GEMM tutorials and checked to fit shared memory with
-``python -m lpm_rt.benchmark.sass``; **no device tuning was done** (``TUNING`` records this, and
-the manifest copies it). Nothing autotunes on the device: the runtime launches exactly these.
+(:data:`KERNEL_TABLES`), checked to fit shared memory without spills by
+``python -m lpm_rt.benchmark.sass``. ``TUNING[target]`` says where each table comes from (the
+manifest copies it): h100's paged attention and FP8 GEMM entries are the winners of
+``scripts/tune_kernels.py`` on an H200 (the sweep in ``bench/results/gpu-20261204-2/tune.json``,
+every variant checked against the fp32 reference before it was timed); the rest, and all of orin,
+are heuristics from the tile shapes of the published FlashAttention-2/3 and Triton fp8 GEMM
+tutorials. Nothing autotunes on the device: the runtime launches exactly these.
 """
 
 from __future__ import annotations
@@ -99,14 +102,19 @@ class KernelConfig:
     tiles: dict = field(default_factory=dict)     # BLOCK_* constexprs (clamped to the problem later)
 
 
-# Heuristic tables (no device tuning). Keys: kernel family names used by compile/kernels.py.
+# Keys: kernel family names used by compile/kernels.py. TUNING says which entries were tuned.
 KERNEL_TABLES: dict = {
     "h100": {
-        # FA3-like: two consumer warpgroups over 128 query rows; fp8 K/V tiles are half the bytes
-        "paged_attention": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128)),
-        "paged_attention_small": KernelConfig(4, 3, dict(BLOCK_M=64, BLOCK_N=64)),
+        # H200 sweep (lpm-17b 480P, 120-token fp8 pages): one page per 128-key block (PAGE_TILES)
+        # on two warpgroups, 2 stages: 31.4 ms at 6 frames against 43.9 ms for 128x64 key blocks
+        # crossing pages. FP8_Q off: the fp8 Q.K^T / P.V dots measured slower (39.1 ms at their
+        # best tiles) and 14x the error (relative L2 3.7e-2 against 2.6e-3) with Triton 3.6.
+        "paged_attention": KernelConfig(8, 2, dict(BLOCK_M=128, BLOCK_N=128, PAGE_TILES=True, FP8_Q=False)),
+        "paged_attention_small": KernelConfig(4, 3, dict(BLOCK_M=64, BLOCK_N=64, FP8_Q=False)),
         "paged_attention_combine": KernelConfig(4, 1, dict(BLOCK_S=32)),
-        "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128)),
+        # H200 sweep: 128x128 on 8 warps, 3 stages, whole-K accumulation in the FP8 MMA
+        # (csrc_triton/fp8_linear.py, FAST_ACCUM): 1253 TFLOP/s at [9360x5120]x[5120x13824]
+        "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FAST_ACCUM=True)),
         "norm_modulate": KernelConfig(8, 1, {}),
         "cache_write": KernelConfig(8, 1, {}),
         # short key streams (text, a frame's audio window): the head loop is the work
@@ -123,5 +131,15 @@ KERNEL_TABLES: dict = {
     },
 }
 
-TUNING = {"kind": "heuristic", "device": None, "date": None,
-          "note": "frozen heuristic tables; no device tuning was done"}
+_HEURISTIC = {"kind": "heuristic", "device": None, "date": None, "tuned": [],
+              "note": "frozen heuristic tables; no device tuning was done"}
+TUNING: dict = {
+    "h100": {"kind": "device", "device": "NVIDIA H200 (sm_90, 132 SMs), driver 580.159.04",
+             "date": "2026-12-04", "toolchain": "torch 2.11.0+cu130, triton 3.6.0",
+             "tuned": ["paged_attention", "fp8_linear"],
+             "source": "bench/results/gpu-20261204-2/tune.json (scripts/tune_kernels.py --quick)",
+             "note": "the other families are heuristic; the sweep ran on an H200, which has the "
+                     "H100's SM and 1.4x its memory bandwidth"},
+    "orin": _HEURISTIC,
+    "cpu": _HEURISTIC,
+}

@@ -21,7 +21,9 @@ query by the same q.mean and leaves the softmax unchanged.
 PAGE_TILES: each key block is one page (BLOCK_N >= PAGE_SIZE, the rest of the tile masked):
 one table read and one scale per block instead of one per token, and contiguous page rows
 instead of a per-token gather, for (BLOCK_N - PAGE_SIZE) / BLOCK_N masked work (6% at 120-token
-pages in 128-row tiles). Off by default; ``scripts/tune_kernels.py`` times both forms.
+pages in 128-row tiles). The launcher's GPU choice and the h100 table where a page fills at least
+half the block (1.27x the gathered 128x64 blocks at lpm-17b on an H200); ``scripts/tune_kernels.py``
+times both forms.
 V_TRANS_LOAD (with PAGE_TILES): V's tile is loaded as its transpose [D, BLOCK_N] and viewed
 back, so that pages whose tokens are contiguous (V stored [P, H, D, page]) land in shared memory
 K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout the kernel

@@ -1,8 +1,9 @@
 """The refiner's per-chunk step (audio projections, re-noise, one pass over [refs | chunk] with
 its cache writes) timed per backend, side by side in one process: the reference ops eager and
-under ``torch.compile`` (default mode, and ``reduce-overhead``: Inductor's own CUDA graphs, the
-strongest torch baseline), then the Triton kernels eager and replayed as one CUDA graph, in bf16
-and with FP8 block linears.
+under ``torch.compile`` (traced as one graph; default mode, ``reduce-overhead``: Inductor's own
+CUDA graphs, and ``lowp-attention``: the reference attention as SDPA in bf16, not upcast to fp32 --
+the strongest torch baselines), then the Triton kernels eager and replayed as one CUDA graph, in
+bf16 and with FP8 block linears (per-channel weight scales: the h100 target's format).
 
     python scripts/bench_refiner.py --preset edge-1.3b --out refiner.json          # CUDA
     TRITON_INTERPRET=1 python scripts/bench_refiner.py --preset tiny --device cpu  # smoke
@@ -55,6 +56,23 @@ def step_inputs(model, seed: int = 0):
     x0 = torch.randn(shape, generator=g).to(dev, dt)
     noise = torch.randn(shape, generator=g).to(dev, dt)
     return state, (x0, noise, mels, rf_attn)
+
+
+class LowPrecisionAttention:
+    """``set(True)``: the reference attention computes in the activation dtype (SDPA in bf16 when
+    traced) instead of upcasting to fp32 -- the strongest form of the torch baseline, whose
+    attention then runs on the vendor kernels; ``set(False)`` restores the reference."""
+
+    def __init__(self):
+        import functools
+        import importlib
+
+        pa = importlib.import_module("lpm_rt.ops.paged_attention")     # the module, not the op
+        self.mod, self.ref = pa, pa.paged_attention_ref
+        self.lowp = functools.partial(self.ref, upcast=False)
+
+    def set(self, on: bool) -> None:
+        self.mod.paged_attention_ref = self.lowp if on else self.ref
 
 
 def graphed(fn, cuda: bool):
@@ -117,10 +135,12 @@ def main(argv=None) -> int:
     dt = next(model.refiner.parameters()).dtype
 
     fp8_model = None
+    lowp = LowPrecisionAttention()
     plan = [("ref-eager", "ref", False, None), ("triton", "triton", False, None),
             ("triton-graph", "triton", True, None), ("triton-fp8", "triton", False, "fp8"),
             ("triton-fp8-graph", "triton", True, "fp8"), ("ref-compiled", "ref", False, "default"),
-            ("ref-compiled-reduce-overhead", "ref", False, "reduce-overhead")]
+            ("ref-compiled-reduce-overhead", "ref", False, "reduce-overhead"),
+            ("ref-compiled-lowp-attention", "ref", False, "lowp")]
     for name, backend, graph, mode in plan:
         if want is not None and name not in want:
             continue
@@ -128,16 +148,17 @@ def main(argv=None) -> int:
         try:
             ops.set_backend(backend)
             net = model
-            if mode == "fp8":                   # the same weights as FP8 block linears (1x128 scales)
+            if mode == "fp8":                   # the same weights as FP8 block linears, per-channel scales
                 if fp8_model is None:
-                    fp8_model = copy.deepcopy(model).quantize_fp8_(block=128)
+                    fp8_model = copy.deepcopy(model).quantize_fp8_()
                 net = fp8_model
 
             def fn(net=net):
                 return net._refine(st, x0, noise, mels, attn)
             t0 = time.perf_counter()
-            if mode in ("default", "reduce-overhead"):
-                comp = torch.compile(fn, mode=mode)
+            lowp.set(mode == "lowp")
+            if mode in ("default", "reduce-overhead", "lowp"):
+                comp = torch.compile(fn, mode="default" if mode == "lowp" else mode)
 
                 def fn(comp=comp):
                     with torch.no_grad():
@@ -161,6 +182,7 @@ def main(argv=None) -> int:
         if args.out:                                         # after every row: a time limit keeps the rest
             with open(args.out, "w") as f:
                 json.dump(res, f, indent=1)
+    lowp.set(False)
     base = {r["provider"]: r.get("median_ms") for r in res["results"]}
     best_torch = min((v for k, v in base.items() if k.startswith("ref-compiled") and v), default=None)
     if best_torch:

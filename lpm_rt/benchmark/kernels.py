@@ -192,6 +192,9 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "torch-matmul-bf16", "bf16", lambda: x @ w.T
         xs2, ws2, w8t = xs[:, None].contiguous(), ws[None, :].contiguous(), w8.T
         yield "scaled_mm", "fp8", lambda: torch._scaled_mm(x8, w8t, scale_a=xs2, scale_b=ws2, out_dtype=BF16)
+        # the vendor GEMM with the accumulation trade the h100 tiles make (FAST_ACCUM)
+        yield "scaled_mm-fast-accum", "fp8", lambda: torch._scaled_mm(x8, w8t, scale_a=xs2, scale_b=ws2,
+                                                                      out_dtype=BF16, use_fast_accum=True)
     elif op == "norm_modulate":
         x = torch.randn(1, sh["M"], sh["C"], device=device, dtype=BF16)
         e = torch.randn(1, 1, 6, sh["C"], device=device, dtype=BF16)
@@ -445,7 +448,7 @@ def provider_names(op: str) -> list[str]:
     return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8",
                                 "sdpa-flash_attention", "sdpa-cudnn_attention", "sdpa-efficient_attention"],
             "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
-                           "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm"],
+                           "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm", "scaled_mm-fast-accum"],
             "norm_modulate": ["ref-eager", "ref-compiled", "triton", "triton-fp8out"],
             "cache_write": ["ref-eager", "ref-compiled", "triton"],
             "cross_attention": ["ref-eager", "ref-compiled", "triton", "sdpa-alone"]}[op]

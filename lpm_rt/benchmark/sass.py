@@ -109,9 +109,9 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128):
 
     from lpm_rt.ops.paged_attention import _config
 
-    bm, bn, warps, stages = _config(1560, d, kv == "fp8e4nv", torch.device("cuda"))   # the launcher's choice
+    bm, bn, warps, stages, page_tiles = _config(1560, d, 120, torch.device("cuda"))   # the launcher's choice
     ce = dict(PAGE_SIZE=120, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
-              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=False,
+              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles,
               V_TRANS_LOAD=False)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages)
@@ -121,7 +121,7 @@ def specs() -> list[Spec]:
     lin_ptr = {"x_ptr": "fp8e4nv", "w_ptr": "fp8e4nv", "xs_ptr": "fp32", "ws_ptr": "fp32", "bias_ptr": "bf16",
                "res_ptr": "bf16", "gate_ptr": "fp32", "out_ptr": "bf16"}
     lin_ce = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, BLOCK_SCALE=False, HAS_BIAS=True,
-                  GELU=True, RESIDUAL=False, FIX_ROUND=False, QUANT_X=False, FAST_ACCUM=False,
+                  GELU=True, RESIDUAL=False, FIX_ROUND=False, QUANT_X=False, FAST_ACCUM=True,
                   TMA=False)
     nm_ptr = {"x_ptr": "bf16", "shift_ptr": "bf16", "scale_ptr": "bf16", "y_ptr": "fp8e4nv", "ys_ptr": "fp32"}
     cw = {"k_ptr": "bf16", "v_ptr": "bf16", "cos_ptr": "fp32", "sin_ptr": "fp32", "slot_ptr": "i64",
@@ -130,6 +130,7 @@ def specs() -> list[Spec]:
     comb = {"part_ptr": "fp32", "lse_ptr": "fp32", "o_ptr": "bf16"}
     out = [
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
+        _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
         _attn(87, "bf16", "bf16", False, "HMMA", "paged_attention bf16, d64 (Orin)", d=64),
@@ -170,11 +171,14 @@ def specs() -> list[Spec]:
 
     for i, c in enumerate(FP8_LINEAR_CONFIGS):                 # every tile the GPU autotuner may pick
         tile = {k: v for k, v in c.items() if k.isupper()}
-        for quant_x in (False, True):                          # e4m3 input / bf16 quantized in-kernel
+        for block, quant_x in ((True, False), (True, True), (False, False), (False, True)):
+            # weight scales per 1x128 block / per channel (FAST_ACCUM as the tile says);
+            # e4m3 input / bf16 quantized in-kernel
+            kind = ("block scales" if block else "per-channel") + (", bf16 x" if quant_x else "")
             out.append(Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel",
                             {**lin_ptr, "x_ptr": "bf16"} if quant_x else lin_ptr,
-                            {**lin_ce, **tile, "BLOCK_SCALE": True, "RESIDUAL": True, "QUANT_X": quant_x}, 90,
-                            "QGMMA", f"fp8_linear autotune cfg {i} (block scales{', bf16 x' if quant_x else ''})",
+                            {**lin_ce, **tile, "BLOCK_SCALE": block, "RESIDUAL": True, "QUANT_X": quant_x}, 90,
+                            "QGMMA", f"fp8_linear autotune cfg {i} ({kind})",
                             num_warps=c["num_warps"], num_stages=c["num_stages"]))
     return out
 

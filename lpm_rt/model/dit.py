@@ -241,7 +241,7 @@ class Block(nn.Module):
         (``LPMDiT.embed_timestep``: the online step's fixed noise levels) the sum is memoized
         with it, per block and version of this block's modulation, so it costs no launch."""
         memo = getattr(e, "_lpm_memo", None)
-        if memo is None or torch.is_grad_enabled():
+        if memo is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)
         key = (id(self), self.modulation._version, self.modulation.data_ptr())
         hit = memo.get(key)
@@ -312,7 +312,7 @@ class LPMDiT(nn.Module):
         is memoized: the online step's noise levels are the same few every chunk, and their
         embedding (~15 small launches) is computed once per value, frames, device, dtype and
         version of the weights it is made of (an optimizer step or a load bumps the version)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():   # traced: fused, not memoized
             return self.embed_time(torch.full((1, frames), value, device=device))
         params = (*self.time_embedding.parameters(), *self.time_projection.parameters())
         key = (float(value), frames, str(device), self.patch_embedding.weight.dtype,

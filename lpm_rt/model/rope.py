@@ -42,7 +42,7 @@ def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xd = x.to(dt)
     c, s = cos.to(x.device, dt)[:, None, :], sin.to(x.device, dt)[:, None, :]   # (N, 1, D/2)
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():   # no complex type / codegen
         return rope_rotate_real(xd, c, s).to(x.dtype)
     if xd.stride(-1) != 1 or xd.storage_offset() % 2 or any(st % 2 for st in xd.stride()[:-1]):
         xd = xd.clone(memory_format=torch.contiguous_format)        # view_as_complex: (re, im) adjacent, even offset

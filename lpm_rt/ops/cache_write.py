@@ -41,7 +41,9 @@ def _write(x, pages, scale, slot_mapping):
     src = x.abs().amax(-1).float()                                         # (N, H)
     amax.scatter_reduce_(0, page_ids[:, None].expand_as(src), src, "amax")
     s = (amax / FP8_MAX).clamp_min(1e-12)
-    scale.index_copy_(0, page_ids.unique(), s.index_select(0, page_ids.unique()))
+    # every token of a page carries its page's scale: repeated indices copy equal values (no
+    # data-dependent unique(), so torch.compile traces it whole)
+    scale.index_copy_(0, page_ids, s.index_select(0, page_ids))
     q = (x.float() / s.index_select(0, page_ids)[:, :, None]).clamp(-FP8_MAX, FP8_MAX)
     # CPU has no fp8 index_copy: scatter the raw bytes
     flat.view(torch.uint8).index_copy_(0, slot_mapping, q.to(pages.dtype).view(torch.uint8))

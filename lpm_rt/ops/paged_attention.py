@@ -32,6 +32,26 @@ def gather_pages(pages: torch.Tensor, scale: torch.Tensor | None, table_row: tor
     return kv.flatten(0, 1)[:n]                                     # (n, H, D)
 
 
+def _paged_attention_masked(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale, cdt):
+    """The reference as ``torch.compile`` traces it: no host read of ``kv_lens`` (a data-dependent
+    length is a graph break), so every page of the table is gathered and keys at or past
+    ``kv_lens[b]`` are masked; the product is SDPA's (the fused attention Inductor keeps), in ``cdt``."""
+    B, Lq, H, D = q.shape
+    page_size = k_pages.shape[1]
+    n = block_table.shape[1] * page_size
+    lens = kv_lens.to(q.device)
+    out = []
+    for b in range(B):
+        ids = block_table[b].long()
+        k = gather_pages(k_pages, k_scale, ids, n, cdt).transpose(0, 1)        # (H, N, D)
+        v = gather_pages(v_pages, v_scale, ids, n, cdt).transpose(0, 1)
+        keep = torch.arange(n, device=q.device) < lens[b]                       # (N,)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[b].to(cdt).transpose(0, 1), k, v, attn_mask=keep[None, None, :], scale=sm_scale)
+        out.append(o.transpose(0, 1).to(q.dtype))
+    return torch.stack(out)
+
+
 def paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens,
                         k_scale=None, v_scale=None, sm_scale=None, upcast=True):
     """Pure-torch reference (and CPU fallback).
@@ -45,6 +65,9 @@ def paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens,
         raise ValueError(f"pages {tuple(k_pages.shape)} do not match q heads/dim {H}/{D}")
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
     cdt = (torch.float64 if q.dtype == torch.float64 else torch.float32) if upcast else q.dtype
+    if torch.compiler.is_compiling():
+        return _paged_attention_masked(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale,
+                                       sm_scale, cdt)
     lens = kv_lens.tolist() if kv_lens.device.type == "cpu" else kv_lens.cpu().tolist()
     out = torch.empty_like(q)
     for b in range(B):
@@ -56,18 +79,26 @@ def paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens,
     return out
 
 
-def _config(Lq: int, D: int, kv_fp8: bool, device: torch.device):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). On a GPU: FA2-style 128-row query tiles (two
-    warpgroups) once Lq fills them; fp8 K/V tiles are half the bytes, so 128-token KV blocks.
-    Checked to fit sm_90a shared memory by ``python -m lpm_rt.benchmark.sass``."""
+def page_tiles_fit(block_n: int, page_size: int) -> bool:
+    """Whether one page per key block (PAGE_TILES) fills a BLOCK_N tile at least half way."""
+    return block_n // 2 < page_size <= block_n
+
+
+def _config(Lq: int, D: int, page_size: int, device: torch.device):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, PAGE_TILES). On a GPU, once Lq fills 128-row query
+    tiles (two warpgroups): the H200 sweep's winner (compile/targets.py, h100) -- one page per
+    128-key block on 2 stages where the page fills most of the block, else 128x64 blocks crossing
+    pages. Checked to fit sm_90a shared memory by ``python -m lpm_rt.benchmark.sass``."""
     import triton
 
     small_m = min(64, max(16, triton.next_power_of_2(Lq)))
     if device.type != "cuda":
-        return small_m, (64 if D <= 64 else 32), 4, 2          # interpreter: fewer, larger numpy ops
+        return small_m, (64 if D <= 64 else 32), 4, 2, False   # interpreter: fewer, larger numpy ops
     if Lq >= 128 and D <= 128:
-        return 128, (128 if kv_fp8 else 64), 8, 3
-    return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2
+        if page_tiles_fit(128, page_size):
+            return 128, 128, 8, 2, True
+        return 128, 64, 8, 3, False
+    return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
 
 
 def _pick_splits(n_ctas: int, kv_max: int, block_n: int, device: torch.device) -> int:
@@ -118,13 +149,13 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     dummy = torch.empty(1, 1, dtype=torch.float32, device=q.device)
     ks, vs = (k_scale, v_scale) if kv_fp8 else (dummy, dummy)
 
-    block_m, block_n, warps, stages = _config(Lq, D, kv_fp8, q.device)
+    block_m, block_n, warps, stages, page_tiles = _config(Lq, D, page_size, q.device)
     kv_max = block_table.shape[1] * page_size
     splits = num_splits or _pick_splits(triton.cdiv(Lq, block_m) * B * H, kv_max, block_n, q.device)
     launch = configure(kern._paged_attn_fwd_kernel,
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
-                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=False,
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
                             V_TRANS_LOAD=False), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
@@ -184,15 +215,15 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     """Launcher: the selected backend's kernel (``lpm_rt.ops.set_backend``); same contract as the ref.
 
     Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T and P.V as fp8 dots
-    (needs fp8 pages; default: on for fp8 pages on sm_89+), ``num_splits`` forces split-KV
-    (0 = heuristic: split when the grid cannot fill the GPU).
+    (needs fp8 pages and sm_89+; default off: on an H200 with Triton 3.6 it measured slower than
+    the bf16 dots over dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2),
+    ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
     """
     from . import get_backend
 
     if get_backend() == "ref":
         return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
     if fp8_q is None:
-        fp8_q = (k_pages.dtype == torch.float8_e4m3fn and q.is_cuda
-                 and torch.cuda.get_device_capability(q.device) >= (8, 9))
+        fp8_q = False
     return torch.ops.lpm_rt.paged_attention(q, k_pages, v_pages, block_table, kv_lens, k_scale,
                                             v_scale, sm_scale, bool(fp8_q), int(num_splits))

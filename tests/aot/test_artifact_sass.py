@@ -48,10 +48,13 @@ def test_h100_kernels(artifact):
 
 
 FP8_ATTENTION_SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 from lpm_rt.config import preset
 from lpm_compile.kernels import BuildContext, enumerate_variants, compile_variant
-from lpm_compile.targets import target
+from lpm_compile.targets import KERNEL_TABLES, target
+for fam in ("paged_attention", "paged_attention_small"):      # the FP8-Q form, off in the tuned table
+    kc = KERNEL_TABLES["h100"][fam]
+    KERNEL_TABLES["h100"][fam] = dataclasses.replace(kc, tiles={**kc.tiles, "FP8_Q": True})
 cfg, t = preset(sys.argv[1]), target("h100")
 vs, _ = enumerate_variants(BuildContext(cfg, t, frozenset({"fp8_e4m3_channel"})))
 out = []
@@ -65,7 +68,8 @@ print(json.dumps(out))
 
 
 def test_h100_fp8_attention_at_demo_head_dim(tmp_path):
-    """The demo preset (head_dim 32) gets the FP8-Q attention: Q.K^T and P.V on QGMMA."""
+    """Where the table asks for FP8-Q (the tuned h100 table does not: it measured slower), the demo
+    preset's attention (head_dim 32) compiles to Q.K^T and P.V on QGMMA."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", FP8_ATTENTION_SCRIPT, "demo", str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=300)

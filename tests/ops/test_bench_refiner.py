@@ -24,3 +24,23 @@ def test_refiner_bench_runs_and_checks_each_provider(triton_backend, tmp_path):
     assert 1e-5 < rows["triton-fp8-graph"]["rel_l2_vs_fp32_ref"] < 2e-2  # FP8 GEMMs: quantized, not wrong
     assert all(r["median_ms"] > 0 for r in rows.values())
     assert res["shape"]["refiner_layers"] == 1
+
+
+def test_compiled_reference_traces_whole():
+    """The ``ref-compiled`` baselines are one graph: no graph break left to run eager (memoized
+    embeddings, complex RoPE, the host read of kv_lens, unique() in the cache write all broke it)."""
+    import torch
+    import torch._dynamo
+
+    import lpm_rt.ops as ops
+    bench = script("bench_refiner")
+    ops.set_backend("ref")
+    model = bench.build("tiny", "cpu", "fp32", "fp32", 1)
+    st, (x0, noise, mels, attn) = bench.step_inputs(model)
+    try:
+        with torch.no_grad():
+            exp = torch._dynamo.explain(lambda: model._refine(st, x0, noise, mels, attn))()
+    finally:
+        st.close()
+    assert exp.graph_break_count == 0, [str(b.reason)[:200] for b in exp.break_reasons]
+    assert exp.graph_count == 1
