@@ -241,9 +241,10 @@ def load_artifact(path, runtime: RuntimeConfig | None = None):
         raise ArtifactError(f"{d / 'manifest.json'}: bad config ({e})") from None
     tgt = meta["target"]
     gpu = tgt.get("sm") is not None
-    if runtime is None:
+    if runtime is None:       # on its GPU: the cubins, the per-chunk step replayed as one CUDA graph
         runtime = cfg.runtime.replace(device="cuda" if gpu else "cpu", dtype=tgt["act_dtype"],
-                                      kv_dtype=tgt["kv_dtype"], ops_backend="aot" if gpu else "ref")
+                                      kv_dtype=tgt["kv_dtype"], ops_backend="aot" if gpu else "ref",
+                                      cuda_graphs=gpu)
     cfg = cfg.replace(runtime=runtime)
     kernels = load_kernels(d, meta) if gpu else {}
     if runtime.ops_backend == "aot":
