@@ -24,6 +24,10 @@ instead of a per-token gather, for (BLOCK_N - PAGE_SIZE) / BLOCK_N masked work (
 pages in 128-row tiles). The launcher's GPU choice and the h100 table where a page fills at least
 half the block (1.27x the gathered 128x64 blocks at lpm-17b on an H200); ``scripts/tune_kernels.py``
 times both forms.
+TMA_KV (with PAGE_TILES): K and V page tiles through device-side tensor descriptors (Hopper's TMA)
+instead of per-thread cp.async copies: no per-thread address arithmetic, the rows past the page
+zero-filled by the hardware. Needs the [P, page, H, D] layout with unit d stride. Off by default:
+an experiment for the sweep.
 V_TRANS_LOAD (with PAGE_TILES): V's tile is loaded as its transpose [D, BLOCK_N] and viewed
 back, so that pages whose tokens are contiguous (V stored [P, H, D, page]) land in shared memory
 K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout the kernel
@@ -96,7 +100,7 @@ def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: 
 @triton.jit
 def _paged_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, table_ptr, lens_ptr, o_ptr, lse_ptr,
-    qk_scale, Lq, H, kv_per_split,
+    qk_scale, Lq, H, kv_per_split, num_pages,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kp, stride_ks, stride_kh, stride_kd,
     stride_vp, stride_vs, stride_vh, stride_vd,
@@ -107,6 +111,7 @@ def _paged_attn_fwd_kernel(
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
     FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr, V_TRANS_LOAD: tl.constexpr,
+    TMA_KV: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -140,12 +145,26 @@ def _paged_attn_fwd_kernel(
         # one page per block (BLOCK_N >= PAGE_SIZE, the rows past it masked): one table entry and
         # one scale per block, and the tile is contiguous rows of one page (the launcher makes
         # kv_per_split a multiple of PAGE_SIZE, so lo starts a page)
+        if TMA_KV:
+            # a page's rows of head h through the tensor memory accelerator: pages viewed as
+            # [num_pages, PAGE_SIZE, H * HEAD_DIM] (the launcher checks the head-major row layout);
+            # the block's rows past PAGE_SIZE are out of that view and read as zeros
+            k_desc = tl.make_tensor_descriptor(k_ptr, shape=[num_pages, PAGE_SIZE, H * HEAD_DIM],
+                                               strides=[stride_kp, stride_ks, 1], block_shape=[1, BLOCK_N, HEAD_DIM])
+            v_desc = tl.make_tensor_descriptor(v_ptr, shape=[num_pages, PAGE_SIZE, H * HEAD_DIM],
+                                               strides=[stride_vp, stride_vs, 1], block_shape=[1, BLOCK_N, HEAD_DIM])
         for pg in range(lo // PAGE_SIZE, tl.cdiv(hi, PAGE_SIZE)):
             page = tl.load(table_row + pg * stride_tp).to(tl.int64)
             valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
-            k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
-                        + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-            if V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
+            if TMA_KV:
+                k = tl.reshape(k_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+            else:
+                k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
+                            + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+            if TMA_KV:   # rows of the page past kv_len are zeroed: P is 0 there, but 0 * NaN is not
+                v = tl.reshape(v_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+                v = tl.where(valid[:, None], v, tl.zeros_like(v))
+            elif V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
                 v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
                                      + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
             else:

@@ -7,7 +7,8 @@ Checks that matter for the AOT issue and can only run on a GPU: the cubins load 
 cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), the
 frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps), and the
 per-chunk step (backbone and refiner) captured and replayed as a CUDA graph (``runtime.cuda_graphs``,
-what ``lpm_rt.load`` of a GPU artifact selects) gives the eager frames.
+what ``lpm_rt.load`` of a GPU artifact selects) gives the eager frames; and the artifact's frames
+against the fp32 reference ops on the same weights (``ref_*``: the whole quantized path's error).
 Wall time per push of PUSH_S seconds of audio (``push_ms_*``; ``rtf_*`` = that / PUSH_S): median
 over the pushes after two of warm-up, CUDA-synchronized.
 """
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cache = tempfile.mkdtemp(prefix="triton-aot-")
     os.environ["TRITON_CACHE_DIR"] = cache                   # before triton is imported
+    import numpy as np
     import torch
 
     import lpm_rt
@@ -97,6 +99,18 @@ def main(argv=None) -> int:
                push_ms_aot=ms(t_aot), push_ms_jit=ms(t_jit))
     if v_g is not None:
         res["graph_max_abs_diff_255"] = float(abs(v_g - v_aot).max())
+    # the artifact path against the fp32 reference ops on the same (dequantized) weights: what
+    # quantized activations and pages, FP8 GEMMs and bf16 cost, end to end
+    try:
+        ref = lpm_rt.load(args.artifact, runtime=RuntimeConfig(device="cuda", dtype="fp32", kv_dtype="fp32",
+                                                               ops_backend="ref"))
+        v_ref, t_ref = stream(ref, args.seconds, sync)
+        d = v_aot - v_ref
+        res.update(ref_max_abs_diff_255=float(abs(d).max()), ref_mean_abs_diff_255=float(abs(d).mean()),
+                   ref_psnr_db=float(10 * np.log10(255.0 ** 2 / max(float((d ** 2).mean()), 1e-12))),
+                   push_ms_ref_fp32=ms(t_ref))
+    except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
+        res["ref_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     res.update({f"rtf_{k[8:]}": v / (1e3 * PUSH_S) for k, v in list(res.items()) if k.startswith("push_ms_")})
     try:
         from lpm_rt import ops

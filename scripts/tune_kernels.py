@@ -20,11 +20,15 @@ import sys
 
 import torch
 
-ATTN_TILES = [(128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False),
-              (64, 64, 4, 3, False), (128, 128, 8, 2, True), (128, 128, 8, 3, True), (64, 128, 4, 3, True)]
-# (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block; needs BLOCK_N >= the page)
-LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (64, 128, 4, 4), (64, 256, 4, 3)]
+ATTN_TILES = [(128, 64, 8, 3, False, False), (128, 128, 8, 2, True, False), (128, 128, 8, 2, True, True),
+              (128, 128, 8, 3, True, False), (128, 128, 8, 3, True, True), (64, 128, 4, 3, True, False),
+              (64, 128, 4, 3, True, True)]
+# (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
+# TMA_KV: those page tiles through tensor descriptors). The first run's sweep (128x64 and 128x128
+# key blocks crossing pages, 64x64) is in bench/results/gpu-20261204-2/tune.json.
+LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3)]
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
+# (64-row tiles lost at every shape of the first sweep)
 
 
 def timer(cuda: bool, quick: bool):
@@ -56,7 +60,8 @@ def tune_attention(dev, bench, smoke, emit):
     from lpm_rt.benchmark.kernels import attention_inputs, rel_l2
     from lpm_rt.ops._launch import override_tiles
 
-    tiles = [(16, 16, 4, 2, False), (32, 16, 4, 2, True)] if smoke else ATTN_TILES
+    tiles = [(16, 16, 4, 2, False, False), (32, 16, 4, 2, True, False), (32, 16, 4, 2, True, True)] if smoke \
+        else ATTN_TILES
     for sh in attention_cases(smoke):
         for mode in ("bf16", "fp8", "fp8kv", "fp8-vtok"):
             args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
@@ -79,14 +84,14 @@ def tune_attention(dev, bench, smoke, emit):
             ref = ops.paged_attention_ref(*sub).float()
             ops.set_backend("triton")
             bound = 1e-2 if mode == "bf16" else 0.056            # bf16 P; fp8: SQNR >= 25 dB
-            for bm, bn, w, st, pt in tiles:
-                if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and not pt):
-                    continue                 # token-contiguous V only vectorizes within a page
+            for bm, bn, w, st, pt, tma in tiles:
+                if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
+                    continue                 # token-contiguous V: page tiles, pointer loads
                 row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
-                           num_warps=w, num_stages=st, PAGE_TILES=pt)
+                           num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma)
                 try:
                     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
-                                                                     V_TRANS_LOAD=mode == "fp8-vtok"), w, st):
+                                                                     V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma), w, st):
                         fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
                         out = fn()
                         row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
     for r in res["best"]:
         print(f"  {r['op']:16s} {r['mode']:10s} {r['shape']:32s} BM={r['BLOCK_M']:<4d} BN={r['BLOCK_N']:<4d} "
               f"w={r['num_warps']} s={r['num_stages']}{' page-tiles' if r.get('PAGE_TILES') else ''}"
-              f"{' tma' if r.get('TMA') else ''}  "
+              f"{' tma' if r.get('TMA') or r.get('TMA_KV') else ''}  "
               f"{r['median_ms']:.3f} ms" +
               (f"  {r['tflops']:.0f} TFLOP/s" if cuda else ""))
     if args.out:

@@ -56,8 +56,9 @@ def signature_for(fn, spec: Spec) -> tuple[dict, dict, dict]:
     integers 'i32', floats 'fp32'."""
     sig, attrs, ce = {}, {}, dict(spec.constexprs)
     for i, name in enumerate(fn.arg_names):
-        if name in ce:
+        if name in ce or fn.params[i].is_constexpr:      # declared constexprs keep their defaults
             sig[name] = "constexpr"
+            ce.setdefault(name, fn.params[i].default)
         elif UNIT.match(name):
             sig[name], ce[name] = "constexpr", 1
         elif name in spec.pointers:
@@ -102,17 +103,18 @@ def sass_of(cubin: bytes) -> str:
                               text=True).stdout
 
 
-def _attn(arch, q, kv, fp8_q, expect, label, d=128):
+def _attn(arch, q, kv, fp8_q, expect, label, d=128, **extra):
     ptr = {"q_ptr": q, "k_ptr": kv, "v_ptr": kv, "ks_ptr": "fp32", "vs_ptr": "fp32", "table_ptr": "i32",
            "lens_ptr": "i32", "o_ptr": q, "lse_ptr": "fp32"}
     import torch
 
     from lpm_rt.ops.paged_attention import _config
 
-    bm, bn, warps, stages, page_tiles = _config(1560, d, 120, torch.device("cuda"))   # the launcher's choice
+    bm, bn, warps, stages, page_tiles = _config(1560, d, 120, torch.device("cuda"),      # the launcher's
+                                                (arch // 10, arch % 10))                  # choice there
     ce = dict(PAGE_SIZE=120, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
               SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles,
-              V_TRANS_LOAD=False)
+              V_TRANS_LOAD=False, **extra)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages)
 
@@ -132,6 +134,7 @@ def specs() -> list[Spec]:
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
+        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
         _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
         _attn(87, "bf16", "bf16", False, "HMMA", "paged_attention bf16, d64 (Orin)", d=64),
         Spec("csrc_triton.paged_attention", "_paged_attn_combine_kernel", comb,
@@ -208,6 +211,7 @@ def check_all(selected=None) -> list[dict]:
         rows.append(dict(label=spec.label, kernel=k.metadata.name, arch=f"sm_{spec.arch}{'a' if spec.arch >= 90 else ''}",
                          num_warps=k.metadata.num_warps, shared=k.metadata.shared, mma=dict(mma),
                          resources=resource_usage(k.asm["cubin"]), local_stores=len(STL_RE.findall(sass)),
+                         tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
                          expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
     return rows
 

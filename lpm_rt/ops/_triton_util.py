@@ -23,3 +23,21 @@ def check_device(ref: torch.Tensor, **tensors) -> None:
     for name, t in tensors.items():
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name} is on {t.device}, expected {ref.device}")
+
+
+_TMA_ALLOCATOR_SET = False
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    """Triton's allocator for device-side tensor descriptors (global scratch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def tma_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors (TMA tiles) need Triton's scratch allocator on a GPU: set once."""
+    global _TMA_ALLOCATOR_SET
+    if device.type == "cuda" and not _TMA_ALLOCATOR_SET:
+        import triton
+
+        triton.set_allocator(_tma_scratch)
+        _TMA_ALLOCATOR_SET = True

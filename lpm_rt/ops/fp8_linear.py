@@ -80,20 +80,9 @@ def _tma_ready(x2, w8) -> None:
         if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
             raise ValueError(f"fp8_linear TMA tiles: {name} needs unit inner stride and 16-byte aligned rows, "
                              f"got strides {tuple(t.stride())} ({t.dtype})")
-    global _TMA_ALLOCATOR_SET
-    if x2.is_cuda and not _TMA_ALLOCATOR_SET:
-        import triton
+    from ._triton_util import tma_allocator
 
-        triton.set_allocator(_tma_scratch)
-        _TMA_ALLOCATOR_SET = True
-
-
-def _tma_scratch(size: int, alignment: int, stream):
-    """Triton's allocator for device-side tensor descriptors (global scratch)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-_TMA_ALLOCATOR_SET = False
+    tma_allocator(x2.device)
 
 
 def _fp8_linear_triton(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):

@@ -84,21 +84,39 @@ def page_tiles_fit(block_n: int, page_size: int) -> bool:
     return block_n // 2 < page_size <= block_n
 
 
-def _config(Lq: int, D: int, page_size: int, device: torch.device):
+def _config(Lq: int, D: int, page_size: int, device: torch.device, capability=None):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages, PAGE_TILES). On a GPU, once Lq fills 128-row query
-    tiles (two warpgroups): the H200 sweep's winner (compile/targets.py, h100) -- one page per
-    128-key block on 2 stages where the page fills most of the block, else 128x64 blocks crossing
-    pages. Checked to fit sm_90a shared memory by ``python -m lpm_rt.benchmark.sass``."""
+    tiles (two warpgroups): on Hopper the H200 sweep's winner (compile/targets.py, h100) -- one
+    page per 128-key block on 2 stages where the page fills most of the block (160 KB of shared
+    memory in bf16) -- else 128x64 blocks crossing pages (96 KB: sm_80-sm_89 fit it). Checked to
+    fit by ``python -m lpm_rt.benchmark.sass`` (which passes the ``capability`` it compiles for)."""
     import triton
 
     small_m = min(64, max(16, triton.next_power_of_2(Lq)))
     if device.type != "cuda":
         return small_m, (64 if D <= 64 else 32), 4, 2, False   # interpreter: fewer, larger numpy ops
     if Lq >= 128 and D <= 128:
-        if page_tiles_fit(128, page_size):
+        major = (capability or torch.cuda.get_device_capability(device))[0]
+        if page_tiles_fit(128, page_size) and major == 9:
             return 128, 128, 8, 2, True
         return 128, 64, 8, 3, False
     return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
+
+
+def _tma_kv_ready(k_pages, v_pages, page_tiles: bool) -> None:
+    """TMA_KV reads a page's rows of one head as a [page, D] box of pages viewed [P, page, H * D]:
+    one page per key block, unit d stride, heads adjacent, 16-byte aligned rows (raise, never fall back)."""
+    from ._triton_util import tma_allocator
+
+    if not page_tiles:
+        raise ValueError("triton paged_attention: TMA_KV needs PAGE_TILES")
+    for name, t in (("k_pages", k_pages), ("v_pages", v_pages)):
+        P, ps, H, D = t.shape
+        if t.stride(3) != 1 or t.stride(2) != D or any((s * t.element_size()) % 16 for s in t.stride()[:2]) \
+                or t.data_ptr() % 16:
+            raise ValueError(f"triton paged_attention TMA_KV: {name} needs [P, page, H, D] rows with unit d "
+                             f"stride, heads adjacent and 16-byte aligned rows, got strides {tuple(t.stride())}")
+    tma_allocator(k_pages.device)
 
 
 def _pick_splits(n_ctas: int, kv_max: int, block_n: int, device: torch.device) -> int:
@@ -156,7 +174,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
-                            V_TRANS_LOAD=False), warps, stages)
+                            V_TRANS_LOAD=False, TMA_KV=False), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
     page_tiles = bool(cx.get("PAGE_TILES", False))
@@ -164,6 +182,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         raise ValueError("triton paged_attention: V_TRANS_LOAD needs PAGE_TILES")
     if page_tiles and block_n < page_size:
         raise ValueError(f"triton paged_attention: PAGE_TILES needs BLOCK_N >= page size, got {block_n} < {page_size}")
+    if cx.get("TMA_KV"):
+        _tma_kv_ready(k_pages, v_pages, page_tiles)
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles
     grid_m = triton.cdiv(Lq, block_m)
     combine = None
@@ -188,7 +208,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         lstr = (0, 0, 0, 0)
     launch[(grid_m, B * H, splits)](
         q, k_pages, v_pages, ks, vs, block_table, kv_lens, o, lse,
-        sm_scale * _LOG2E, Lq, H, kv_per_split,
+        sm_scale * _LOG2E, Lq, H, kv_per_split, P,
         *q.stride(), *k_pages.stride(), *v_pages.stride(), *ks.stride(), *vs.stride(),
         *block_table.stride(), *ostr, *lstr)
     if combine is not None:

@@ -119,6 +119,36 @@ def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, 
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
+@pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
+def test_tma_page_tiles_match_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype,
+                                             splits):
+    """TMA_KV (page tiles through tensor descriptors, rows past the page zero-filled) on the same
+    cases, with the unwritten rows of every last page poisoned (NaN): they must not leak."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    q, kp, vp, table, lens, ks, vs = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
+    ref, low = references(q, kp, vp, table, lens, ks, vs)
+    kp, vp = kp.clone(), vp.clone()
+    for b, n in enumerate(kv_lens):                                     # past kv_len in the last page
+        if n % page_size:
+            last = int(table[b, n // page_size])
+            kp[last, n % page_size:] = float("nan")
+            vp[last, n % page_size:] = float("nan")
+    bn = max(16, 1 << (page_size - 1).bit_length())
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, TMA_KV=True), 4, 2):
+        out = paged_attention(q, kp, vp, table, lens, ks, vs, num_splits=splits)
+    assert_calibrated(out, low, ref, floor=1e-5)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=bn, TMA_KV=True), 4, 2):
+        with pytest.raises(ValueError, match="TMA_KV needs PAGE_TILES"):
+            paged_attention(q, kp, vp, table, lens, ks, vs)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, TMA_KV=True), 4, 2):
+        padded = torch.zeros(*kp.shape[:3], D + 16, dtype=kp.dtype)[..., :D]   # rows of H * (D + 16)
+        padded.copy_(kp)
+        with pytest.raises(ValueError, match="heads adjacent"):
+            paged_attention(q, padded, vp, table, lens, ks, vs)
+
+
 @pytest.mark.parametrize("kv_dtype,fp8_q", [(None, False), (torch.float8_e4m3fn, True)])
 def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q):
     """V_TRANS_LOAD (page tiles, V read as its transpose) on V pages stored token-contiguous

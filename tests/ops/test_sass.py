@@ -34,6 +34,8 @@ def test_kernels_compile_to_the_intended_mma():
     assert by_label["paged_attention fp8 pages, FP8-Q, d128"]["mma"].get("QGMMA", 0) > 0
     assert by_label["fp8_linear 1x128 blocks + gated residual"]["mma"].get("QGMMA", 0) > 0
     assert by_label["paged_attention fp16, d128 (Orin)"]["mma"].get("HMMA", 0) > 0
+    assert by_label["paged_attention bf16, TMA page tiles, d128"]["tma_loads"] > 0       # UTMALDG
+    assert by_label["paged_attention bf16, d128"]["tma_loads"] == 0
     # spilled registers: the stack frame (cuobjdump's LOCAL reads 0 even then) and STL in the SASS.
     # The known ones, bytes per thread, and why they stay: 1x128 weight blocks and in-GEMM
     # quantization need a second [BM, BN] fp32 tile beside the accumulator; the cache write's fp8

@@ -43,4 +43,5 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
         assert 0 < r["rel_l2_vs_fp32"] < bound and r["median_ms"] > 0
     assert len(res["best"]) == 6
     vtok = [r for r in rows if r["mode"] == "fp8-vtok"]
-    assert vtok and all(r["PAGE_TILES"] for r in vtok)       # token-contiguous V: page tiles only
+    assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
+    assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv"}  # TMA page tiles ran
