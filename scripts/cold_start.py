@@ -42,9 +42,21 @@ sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 sync()
 t_load = time.perf_counter()
 refs = default_character(avatar.spec.height, avatar.spec.width)
+prof = None
+if a["profile"]:                          # where opening a session spends its time
+    import cProfile, pstats
+    prof = cProfile.Profile()
+    prof.enable()
 sess = avatar.open_session(references=refs, prompt="calm", seed=0)
 sync()
 t_open = time.perf_counter()
+top = []
+if prof is not None:
+    prof.disable()
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][3])[:25]
+    top = [[f"{f[0].split('site-packages/')[-1].split('/work/')[-1]}:{f[1]}({f[2]})", round(v[3], 4)]
+           for f, v in rows]
 sr = avatar.spec.sample_rate
 t = np.arange(sr) / sr
 sess.push_audio((0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), sr)
@@ -53,7 +65,8 @@ sync()
 t_first = time.perf_counter()
 sess.close()
 print("RESULT " + json.dumps(dict(import_s=t_import - t0, load_s=t_load - t_import, open_s=t_open - t_load,
-                                  first_frame_s=t_first - t_open, frame_shape=list(frame.image.shape))))
+                                  first_frame_s=t_first - t_open, frame_shape=list(frame.image.shape),
+                                  **(dict(open_profile=top) if top else {}))))
 """
 
 
@@ -61,7 +74,8 @@ def run_once(args, cache_dir: str | None) -> dict:
     env = dict(os.environ)
     if cache_dir is not None:
         env["TRITON_CACHE_DIR"] = cache_dir
-    spec = dict(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend, kv_dtype=args.kv_dtype)
+    spec = dict(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend, kv_dtype=args.kv_dtype,
+                profile=args.profile_open)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True, text=True,
                           timeout=args.timeout)
@@ -84,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-cache", default=None, help="reuse this TRITON_CACHE_DIR instead of an empty one")
     ap.add_argument("--runs", type=int, default=3, help="fresh processes to take the median of (default 3)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    ap.add_argument("--profile-open", action="store_true",
+                    help="also record the 25 functions opening the session spends most time in (cProfile)")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
     runs = []

@@ -62,7 +62,7 @@ fi
     timeout 100 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
 
     step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
-    timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --out "$OUT/cold_aot.json"
+    timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --profile-open --out "$OUT/cold_aot.json"
     timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
         --runs 1 --out "$OUT/cold_jit.json"
 
