@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="artifact directory to write (replaced if it is an artifact)")
     ap.add_argument("--weights", choices=[w.value for w in WeightFormat], default=None,
                     help="weight format (default: the target's; h100: fp8_e4m3_channel, orin: int8_channel, cpu: fp32)")
+    ap.add_argument("--kv-dtype", choices=("fp8", "bf16", "fp16", "fp32"), default=None,
+                    help="KV page dtype (default: the target's; h100: fp8, or bf16 -- twice the page memory, "
+                         "attention 1.65x faster as measured on an H200; orin: fp16; cpu: fp32)")
     ap.add_argument("--step-check", dest="step_check", action="store_true", default=None,
                     help="measure the quantized online step vs fp32 on CPU (default: models <= 200M parameters)")
     ap.add_argument("--no-step-check", dest="step_check", action="store_false")
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
     from lpm_rt.errors import LPMError
 
     try:
-        build(args.model, args.target, args.out, weights=args.weights, step_check=args.step_check, onnx=args.onnx)
+        build(args.model, args.target, args.out, weights=args.weights, step_check=args.step_check, onnx=args.onnx,
+              kv_dtype=args.kv_dtype)
     except (LPMError, ValueError) as e:
         print(f"lpm-rt compile: error: {e}", file=sys.stderr)
         return 1

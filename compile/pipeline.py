@@ -162,7 +162,7 @@ def _write_file(out: Path, rel: str, data: bytes, files: dict) -> None:
 
 
 def build(src: str, target_name: str, out_dir, weights: str | None = None, step_check: bool | None = None,
-          onnx: bool | None = None, log=_log) -> dict:
+          onnx: bool | None = None, log=_log, kv_dtype: str | None = None) -> dict:
     """Run the pipeline; returns the manifest written to ``out_dir/manifest.json``."""
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -170,6 +170,8 @@ def build(src: str, target_name: str, out_dir, weights: str | None = None, step_
     tgt = get_target(target_name)
     if weights:
         tgt = tgt.with_weights(weights)
+    if kv_dtype:
+        tgt = tgt.with_kv(kv_dtype)
     model, origin = resolve_model(src)
     cfg = model.cfg
     cfg = cfg.replace(runtime=cfg.runtime.replace(kv_dtype=tgt.kv_dtype, dtype=tgt.act_dtype))

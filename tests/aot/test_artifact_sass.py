@@ -92,3 +92,26 @@ def test_orin_kernels(artifact):
         assert not bad, (k["name"], bad)
         if k["role"] == "attention":
             assert {"HMMA", "IMMA"} & set(MMA.findall(code)), k["name"]
+
+
+def test_h100_bf16_pages(tmp_path):
+    """``--kv-dtype bf16`` (the faster attention, twice the page memory): the manifest and the
+    runtime it selects say bf16, the attention and cache-write kernels take bf16 pages and the
+    attention runs on bf16 wgmma; a dtype the target does not offer is refused before any work."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from artifact_fixture import compile_artifact
+
+    out = tmp_path / "tiny-h100-bf16"
+    r = compile_artifact("tiny", "h100", out, "--kv-dtype", "bf16", "--no-step-check")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["target"]["kv_dtype"] == "bf16" and meta["config"]["runtime"]["kv_dtype"] == "bf16"
+    attn = [k for k in meta["kernels"] if k["role"] == "attention"]
+    assert attn and all(k["signature"]["k_ptr"] == "*bf16" and not k["constexprs"]["KV_FP8"] for k in attn)
+    for k in attn:
+        assert {"HGMMA", "HMMA"} & set(MMA.findall(sass(out / k["file"]))), k["name"]
+    bad = compile_artifact("tiny", "h100", tmp_path / "no", "--kv-dtype", "fp16")
+    assert bad.returncode == 1 and "does not support KV pages fp16; choose from fp8, bf16" in bad.stderr
+    assert not (tmp_path / "no").exists()
+    bad = compile_artifact("tiny", "orin", tmp_path / "no", "--kv-dtype", "fp8")
+    assert bad.returncode == 1 and "does not support KV pages fp8" in bad.stderr
