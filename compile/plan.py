@@ -15,6 +15,10 @@ and the audio encoder are counted by running the model's own modules on the meta
 an activation estimate (each linear's input and output once). Stage time = max(FLOPs / (peak *
 mma_util), bytes / (bandwidth * bw_util)); stages run back to back (the refiner/decode overlap
 with the next backbone is not credited), so the fps is a conservative roofline prediction.
+
+``--kernels measured`` replaces the utilisation assumptions of the linear and attention stages
+with what this project's kernels reached when they were timed (:data:`MEASURED`; h100 only so
+far): the prediction for today's code rather than for the hardware.
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ DEVICES = {
                        "Orin technical brief: ~170 sparse / ~85 dense INT8 TOPS GPU, ~42 dense FP16 TFLOP/s, 204.8 GB/s"),
     "orin-nano": Device("Jetson Orin Nano Super 8GB", dict(int8=33.5e12, fp16=16.75e12), 102e9, 8e9, "fp16", "fp16",
                         1, 2, 2, "datasheet: 67 sparse INT8 TOPS (33.5 dense), 102 GB/s; FP16 = INT8 / 2"),
+}
+
+
+# Throughput of this project's kernels at production shapes, timed on a GPU (FLOP/s), with where
+# each figure comes from. Attention over e4m3 pages with bf16 dots (the h100 artifact's form) and
+# over bf16 pages (``lpm-rt compile --kv-dtype bf16``); the FP8 GEMM with the h100 table's tiles.
+MEASURED = {
+    "h100": dict(device="NVIDIA H200 (the H100's SM), 2026-12-04, bench/results/gpu-20261204-2/tune.json",
+                 linear=1253e12,               # fp8_linear 128x128 FAST_ACCUM, lpm-17b 6f ffn-up
+                 attention={1: 200e12, 2: 331e12}),  # paged attention by KV bytes, lpm-17b 6f, best tile
 }
 
 
@@ -111,10 +125,13 @@ class Plan:
     fps: float              # predicted at the utilisation assumptions
     fps_ceiling: float      # at 100% of peak and bandwidth
     video_frames: int
+    measured: str | None = None   # the kernels' measured throughput used instead of mma_util (its source)
+    kv_bytes: float = 1.0
 
 
 def plan(model: str, device: str, width: int, height: int, chunk_frames: int | None = None,
-         history: int | None = None, refs: int | None = None, mma_util: float = 0.5, bw_util: float = 0.7) -> Plan:
+         history: int | None = None, refs: int | None = None, mma_util: float = 0.5, bw_util: float = 0.7,
+         measured: bool = False, kv_bytes: float | None = None) -> Plan:
     cfg = preset(model)
     m, s = cfg.model, cfg.stream
     dev = DEVICES[device]
@@ -130,26 +147,34 @@ def plan(model: str, device: str, width: int, height: int, chunk_frames: int | N
     ka = m.audio_window_tokens
     counts = _meta_counts(cfg, C, lh, lw)
     peak_lin, peak_att = dev.peak[dev.linear], dev.peak[dev.attention]
-    wb, ab, kb = dev.weight_bytes, dev.act_bytes, dev.kv_bytes
+    wb, ab, kb = dev.weight_bytes, dev.act_bytes, dev.kv_bytes if kv_bytes is None else kv_bytes
+    rate = {}                                  # stage kind -> FLOP/s reached, replacing peak * mma_util
+    if measured:
+        if device not in MEASURED:
+            raise ValueError(f"no kernel measurements for {device}: only {', '.join(MEASURED)} kernels have been timed")
+        att = MEASURED[device]["attention"]
+        if kb not in att:
+            raise ValueError(f"no attention measurement with {kb:g}-byte KV pages on {device}")
+        rate = dict(linear=MEASURED[device]["linear"], attention=att[kb])
     lin_w_layer = (counts["params"]["linear"] / (m.num_layers + m.refiner_layers))   # linear params per block
 
     def dit(layers, kv_frames, passes):
         fl = pass_flops(m, T, kv_frames * tpf, layers, m.text_len, ka)
         act = T * (12 * m.dim + 2 * m.ffn_dim) * ab * layers
         kv = kv_cache_bytes(m, tpf, kv_frames, layers, kb) + kv_cache_bytes(m, tpf, C, layers, kb)
-        return dict(linear=(fl["linear"] * passes, (lin_w_layer * layers * wb + act) * passes, peak_lin),
-                    attention=((fl["attention"] + fl["cross"]) * passes, kv * passes, peak_att))
+        return dict(linear=(fl["linear"] * passes, (lin_w_layer * layers * wb + act) * passes, peak_lin, "linear"),
+                    attention=((fl["attention"] + fl["cross"]) * passes, kv * passes, peak_att, "attention"))
 
     bb, rf = dit(m.num_layers, R + Hf + C, s.backbone_steps), dit(m.refiner_layers, R + C, 1)
     audio_kv = 2 * 2 * ka * C * m.audio_dim * m.dim * (m.num_layers + m.refiner_layers)
     raw = {"backbone linear": bb["linear"], "backbone attention": bb["attention"],
            "refiner linear": rf["linear"], "refiner attention": rf["attention"],
            "vae decode": (counts["vae"]["flops"], 2 * counts["vae"]["elems"] * ab + counts["params"]["vae"] * ab,
-                          dev.peak[dev.attention]),
-           "audio": (4 * counts["audio_flops"] + audio_kv, 0.0, dev.peak[dev.attention])}
+                          dev.peak[dev.attention], None),
+           "audio": (4 * counts["audio_flops"] + audio_kv, 0.0, dev.peak[dev.attention], None)}
     stages, total, ceiling = {}, 0.0, 0.0
-    for name, (fl, by, pk) in raw.items():
-        sec = max(fl / (pk * mma_util), by / (dev.bandwidth * bw_util))
+    for name, (fl, by, pk, kind) in raw.items():
+        sec = max(fl / rate.get(kind, pk * mma_util), by / (dev.bandwidth * bw_util))
         stages[name] = dict(flops=fl, bytes=by, seconds=sec)
         total += sec
         ceiling += max(fl / pk, by / dev.bandwidth)
@@ -161,7 +186,8 @@ def plan(model: str, device: str, width: int, height: int, chunk_frames: int | N
               "activations (est.)": T * (4 * m.dim + m.ffn_dim) * ab + 2 * max(counts["vae"]["elems"] / max(frames, 1), 0) * ab}
     memory["total"] = sum(memory.values())
     return Plan(model, dev, width, height, C, Hf, R, s.backbone_steps, tpf, stages, memory,
-                fps=frames / total, fps_ceiling=frames / ceiling, video_frames=frames)
+                fps=frames / total, fps_ceiling=frames / ceiling, video_frames=frames,
+                measured=MEASURED[device]["device"] if measured else None, kv_bytes=kb)
 
 
 def anchor_pass(model: str, width: int, height: int, chunk_frames: int = 6, history: int = 12, refs: int = 3) -> dict:
@@ -181,14 +207,15 @@ def format_plan(p: Plan) -> str:
     lines = [f"{p.model} @ {p.width}x{p.height} on {d.name} ({d.source})",
              f"chunk {p.chunk_frames} latent frames = {p.video_frames} video frames, {p.tokens_per_frame} tokens/frame, "
              f"history {p.history}, refs {p.refs}, {p.steps} backbone passes + 1 refiner pass; "
-             f"linear math {d.linear}, attention {d.attention}, weights {d.weight_bytes:g} B, KV {d.kv_bytes:g} B",
+             f"linear math {d.linear}, attention {d.attention}, weights {d.weight_bytes:g} B, KV {p.kv_bytes:g} B",
              f"{'stage':22s} {'TFLOP':>10s} {'GB':>10s} {'ms':>10s}"]
     for name, st in p.stages.items():
         lines.append(f"{name:22s} {st['flops'] / 1e12:10.3f} {st['bytes'] / 1e9:10.3f} {st['seconds'] * 1e3:10.1f}")
     tf = sum(st["flops"] for st in p.stages.values())
     lines.append(f"{'total per chunk':22s} {tf / 1e12:10.3f} {sum(st['bytes'] for st in p.stages.values()) / 1e9:10.3f} "
                  f"{sum(st['seconds'] for st in p.stages.values()) * 1e3:10.1f}")
-    lines.append(f"predicted {p.fps:.1f} fps (roofline ceiling {p.fps_ceiling:.1f} fps; real time = 24 fps)")
+    how = f"with the kernels as measured on {p.measured}" if p.measured else "at the utilisation assumed"
+    lines.append(f"predicted {p.fps:.1f} fps {how} (roofline ceiling {p.fps_ceiling:.1f} fps; real time = 24 fps)")
     lines.append("memory: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in p.memory.items())
                  + f" of {d.memory / 1e9:.0f} GB" + ("" if p.memory["total"] <= d.memory else "  -> DOES NOT FIT"))
     return "\n".join(lines)
@@ -204,10 +231,16 @@ def main(argv=None) -> int:
     ap.add_argument("--refs", type=int, default=None, help="reference frames (default: the preset's slots)")
     ap.add_argument("--mma-util", type=float, default=0.5, help="fraction of peak FLOP/s reached (default 0.5)")
     ap.add_argument("--bw-util", type=float, default=0.7, help="fraction of peak bandwidth reached (default 0.7)")
+    ap.add_argument("--kernels", choices=("roofline", "measured"), default="roofline",
+                    help="linear/attention at --mma-util of peak (default), or at what this project's kernels "
+                         "reached when timed on the device (h100)")
+    ap.add_argument("--kv-bytes", type=float, default=None, choices=(1, 2),
+                    help="bytes per KV element (default: the target's; h100 1 = e4m3 pages, 2 = bf16 pages)")
     args = ap.parse_args(argv)
     try:
         w, h = (int(x) for x in args.resolution.lower().split("x"))
-        p = plan(args.model, args.target, w, h, args.chunk_frames, args.history, args.refs, args.mma_util, args.bw_util)
+        p = plan(args.model, args.target, w, h, args.chunk_frames, args.history, args.refs, args.mma_util, args.bw_util,
+                 measured=args.kernels == "measured", kv_bytes=args.kv_bytes)
     except ValueError as e:
         print(f"lpm-rt plan: error: {e}", file=sys.stderr)
         return 2

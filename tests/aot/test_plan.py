@@ -50,3 +50,25 @@ def test_plan_flags_what_does_not_fit(capsys):
     assert planner.main(["--target", "orin-nano", "--model", "lpm-17b", "--resolution", "832x480"]) == 0
     assert "DOES NOT FIT" in capsys.readouterr().out
     assert planner.main(["--target", "h100", "--model", "tiny", "--resolution", "100x100"]) == 2
+
+
+def test_plan_with_the_kernels_as_measured(capsys):
+    """--kernels measured: the linear and attention stages at the throughput this project's kernels
+    reached on the GPU (h100), not at an assumed fraction of peak; bf16 pages (--kv-bytes 2) trade
+    page memory for the faster attention; a device nobody timed is refused."""
+    roof = planner.plan("lpm-17b", "h100", 832, 480)
+    meas = planner.plan("lpm-17b", "h100", 832, 480, measured=True)
+    bf16 = planner.plan("lpm-17b", "h100", 832, 480, measured=True, kv_bytes=2)
+    m = planner.MEASURED["h100"]
+    att = meas.stages["backbone attention"]
+    assert att["seconds"] == pytest.approx(att["flops"] / m["attention"][1])       # compute-bound at 200 TFLOP/s
+    lin = meas.stages["backbone linear"]
+    assert lin["seconds"] == pytest.approx(max(lin["flops"] / m["linear"], lin["bytes"] / (3.35e12 * 0.7)))
+    assert meas.fps < bf16.fps < roof.fps and meas.stages["vae decode"] == roof.stages["vae decode"]
+    assert bf16.memory["kv pages (backbone)"] == pytest.approx(2 * meas.memory["kv pages (backbone)"])
+    assert planner.main(["--target", "h100", "--model", "lpm-17b", "--resolution", "832x480", "--kernels", "measured"]) == 0
+    out = capsys.readouterr().out
+    assert "as measured on NVIDIA H200" in out and "gpu-20261204-2" in out
+    assert planner.main(["--target", "orin-agx", "--model", "edge-1.3b", "--resolution", "256x256",
+                         "--kernels", "measured"]) == 2
+    assert "no kernel measurements for orin-agx" in capsys.readouterr().err
