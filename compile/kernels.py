@@ -137,21 +137,29 @@ def _attention_combine_variants(ctx):
 def _linear_variants(ctx: BuildContext) -> list:
     """One specialization per (weight-scale layout, epilogue, input form) the DiT block linears
     use on fp8 targets. e4m3 input from norm_modulate: q|k|v and the cross-attention q (bias),
-    ffn up (bias + GELU). Activations quantized inside the GEMM: o of every attention and ffn down
-    (bias + gated residual), k/v of the audio and text tokens (bias)."""
+    ffn up (bias + GELU). bf16 input quantized per token: o of every attention and ffn down
+    (bias + gated residual), k/v of the audio and text tokens (bias) -- inside the GEMM, or by the
+    row-quantization kernel first and then the e4m3 GEMM, as ``quantize_separately`` picks for
+    the GEMM's N (the launcher's rule)."""
     tgt, m = ctx.target, ctx.cfg.model
     fp8 = {f for f in ctx.weight_formats if f.startswith("fp8")}
     if not fp8:
         return []
+    from lpm_rt.ops.fp8_linear import quantize_separately
+
     kc = KERNEL_TABLES[tgt.name]["fp8_linear"]
     act = _TRITON_DT[tgt.act_dtype]
-    out = []
+    out, quant_k = [], set()
     for fmt in sorted(fp8):
         block = fmt == WeightFormat.FP8_BLOCK.value
         for epi, (gelu, residual, quant_x, K, N) in dict(
-                qkv=(False, False, False, m.dim, m.dim), o=(False, True, True, m.dim, m.dim),
+                qkv=(False, False, False, m.dim, 3 * m.dim), o=(False, True, True, m.dim, m.dim),
                 ffn_up=(True, False, False, m.dim, m.ffn_dim), ffn_down=(False, True, True, m.ffn_dim, m.dim),
-                kv=(False, False, True, m.audio_dim, m.dim)).items():
+                kv=(False, False, True, m.audio_dim, 2 * m.dim)).items():
+            if quant_x and quantize_separately(N):
+                # the text k|v take the model width, the audio k|v the audio width
+                quant_k |= {K, m.dim} if epi == "kv" else {K}
+                quant_x = False
             bk = 128      # the kernel promotes fp8 partial sums every 128 products (and 1x128 scale blocks)
             ce = dict(BLOCK_M=kc.tiles["BLOCK_M"], BLOCK_N=_clamp(kc.tiles["BLOCK_N"], N), BLOCK_K=bk,
                       GROUP_M=8, BLOCK_SCALE=block, HAS_BIAS=True, GELU=gelu, RESIDUAL=residual, FIX_ROUND=False,
@@ -166,7 +174,15 @@ def _linear_variants(ctx: BuildContext) -> list:
             tag = "b128" if block else "ch"
             out.append(Variant(f"fp8_linear_{epi}_{tag}_{tgt.arch}_k{K}_n{N}", KERNELS_BY_FN["_fp8_linear_kernel"],
                                ptr, ce, ints, kc.num_warps, kc.num_stages, (), "linear"))
+    for bk in sorted({triton.next_power_of_2(k) for k in quant_k}):
+        out.append(Variant(f"quantize_rows_{tgt.arch}_{act}_k{bk}", KERNELS_BY_FN["_quantize_rows_kernel"],
+                           dict(x_ptr=act, q_ptr="fp8e4nv", s_ptr="fp32"), dict(BLOCK_K=bk, FIX_ROUND=False),
+                           dict(stride_xk=1, stride_qk=1), 8 if bk >= 4096 else 4, 1, (), "quantize"))
     return out
+
+
+def _quantize_variants(ctx):
+    return []      # emitted together with the fp8 linears whose bf16 input it quantizes
 
 
 def _norm_modulate_variants(ctx: BuildContext) -> list:
@@ -236,6 +252,7 @@ KERNELS: tuple = (
     KernelEntry("paged_attention_combine", "csrc_triton.paged_attention", "_paged_attn_combine_kernel",
                 _attention_combine_variants),
     KernelEntry("fp8_linear", "csrc_triton.fp8_linear", "_fp8_linear_kernel", _linear_variants),
+    KernelEntry("fp8_quantize", "csrc_triton.fp8_linear", "_quantize_rows_kernel", _quantize_variants),
     KernelEntry("norm_modulate", "csrc_triton.norm_modulate", "_norm_modulate_kernel", _norm_modulate_variants),
     KernelEntry("cache_write", "csrc_triton.cache_write", "_cache_write_kernel", _cache_write_variants),
     KernelEntry("cross_attention", "csrc_triton.cross_attention", "_cross_attn_kernel", _cross_attention_variants),

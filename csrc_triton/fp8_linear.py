@@ -163,3 +163,23 @@ def autotuned_fp8_linear():
 
 
 _AUTOTUNED = None
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, s_ptr, K,
+    stride_xm, stride_xk, stride_qm, stride_qk,
+    BLOCK_K: tl.constexpr, FIX_ROUND: tl.constexpr,
+):
+    """Per-token e4m3 quantization of a GEMM input, one row per program (memory-bound: one read of
+    the row, one e4m3 write): s = max(amax |x| / 448, 1e-12), q = e4m3(clamp(x / s, +-448)).
+    What the GEMM's QUANT_X does inside every N tile, done once: the launcher runs it first when
+    the GEMM has more than one N tile (each would repeat it)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    mask = offs < K
+    x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
+    s = tl.maximum(tl.max(tl.abs(x), 0) / 448.0, 1e-12)
+    tl.store(s_ptr + row, s)
+    q = tl.minimum(tl.maximum(x / s, -448.0), 448.0)
+    tl.store(q_ptr + row * stride_qm + offs * stride_qk, cast_rne(q, q_ptr.dtype.element_ty, FIX_ROUND), mask=mask)

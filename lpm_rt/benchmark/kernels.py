@@ -187,8 +187,11 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton", "fp8", triton_call(ops.fp8_linear, x8, xs, w8, ws)
         yield "triton-block128", "fp8", triton_call(ops.fp8_linear, x8, xs, wb8, wbs)
         # bf16 activations: quantize launch + GEMM, vs the quantization inside the GEMM (QUANT_X)
+        # bf16 activations: torch's quantization + the e4m3 GEMM; the launcher's choice (its row-
+        # quantization kernel first, or inside the GEMM for N <= QUANT_SPLIT_N); inside, forced
         yield "quantize+triton", "fp8-bf16in", triton_call(lambda: ops.fp8_linear(*ops.quantize_fp8_rows(x), w8, ws))
-        yield "triton-quant-in-gemm", "fp8-bf16in", triton_call(ops.fp8_linear, x, None, w8, ws)
+        yield "triton-bf16-input", "fp8-bf16in", triton_call(ops.fp8_linear, x, None, w8, ws)
+        yield "triton-quant-in-gemm", "fp8-bf16in", triton_call(_in_gemm(ops.fp8_linear), x, None, w8, ws)
         yield "torch-matmul-bf16", "bf16", lambda: x @ w.T
         xs2, ws2, w8t = xs[:, None].contiguous(), ws[None, :].contiguous(), w8.T
         yield "scaled_mm", "fp8", lambda: torch._scaled_mm(x8, w8t, scale_a=xs2, scale_b=ws2, out_dtype=BF16)
@@ -444,11 +447,27 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def _in_gemm(fn):
+    """fn with every bf16-input GEMM quantizing inside the kernel (QUANT_X), whatever its N."""
+    import importlib
+
+    fl = importlib.import_module("lpm_rt.ops.fp8_linear")             # the module, not the op
+
+    def run(*a, **k):
+        prev, fl.QUANT_SPLIT_N = fl.QUANT_SPLIT_N, 1 << 62
+        try:
+            return fn(*a, **k)
+        finally:
+            fl.QUANT_SPLIT_N = prev
+    return run
+
+
 def provider_names(op: str) -> list[str]:
     return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8",
                                 "sdpa-flash_attention", "sdpa-cudnn_attention", "sdpa-efficient_attention"],
             "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
-                           "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm", "scaled_mm-fast-accum"],
+                           "triton-bf16-input", "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm",
+                           "scaled_mm-fast-accum"],
             "norm_modulate": ["ref-eager", "ref-compiled", "triton", "triton-fp8out"],
             "cache_write": ["ref-eager", "ref-compiled", "triton"],
             "cross_attention": ["ref-eager", "ref-compiled", "triton", "sdpa-alone"]}[op]

@@ -2,7 +2,8 @@
 
 Every op that reaches the dispatcher is recorded except those that launch nothing: views
 (``OpOverload.is_view``) and allocations. An ``lpm_rt::`` op is one Triton launch (two for a
-split-KV attention: the combine); an aten op is at least one kernel. This is the measure behind
+split-KV attention: the combine, and for a GEMM of bf16 input wider than one N tile: the
+row quantization first); an aten op is at least one kernel. This is the measure behind
 the fused block form's "short fixed sequence of launches": a launch costs a few microseconds of
 CPU and GPU time whatever its size, which at the refiner's small shapes is what dominates.
 

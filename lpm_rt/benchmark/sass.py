@@ -147,6 +147,8 @@ def specs() -> list[Spec]:
         Spec("csrc_triton.fp8_linear", "_fp8_linear_kernel", {**lin_ptr, "x_ptr": "bf16"},
              {**lin_ce, "GELU": False, "RESIDUAL": True, "QUANT_X": True}, 90, "QGMMA",
              "fp8_linear bf16 input quantized in-kernel + gated residual", num_warps=8, num_stages=3),
+        Spec("csrc_triton.fp8_linear", "_quantize_rows_kernel", {"x_ptr": "bf16", "q_ptr": "fp8e4nv", "s_ptr": "fp32"},
+             dict(BLOCK_K=16384, FIX_ROUND=False), 90, None, "quantize rows -> fp8, K 13824", num_warps=8),
         Spec("csrc_triton.norm_modulate", "_norm_modulate_kernel", nm_ptr,
              dict(BLOCK_C=8192, RMS=False, FP8_OUT=True, FIX_ROUND=False), 90, None, "norm_modulate -> fp8, C 5120",
              num_warps=8),

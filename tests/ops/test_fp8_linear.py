@@ -105,16 +105,33 @@ def test_fp8_path_sqnr(triton_backend, block):
     pytest.param(2, 5, 96, 40, None, "residual", torch.bfloat16, id="odd-K-residual-bf16"),
     pytest.param(1, 37, 256, 72, 128, "bias_gelu", torch.float32, id="block128-gelu-fp32"),
     pytest.param(1, 1, 128, 64, None, "none", torch.float16, id="L1-fp16"),
+    pytest.param(2, 5, 96, 200, None, "residual", torch.bfloat16, id="N200-quantize-first-bf16"),
+    pytest.param(1, 37, 256, 160, 128, "bias_gelu", torch.float32, id="N160-quantize-first-block128-fp32"),
 ])
-def test_quantizes_activations_inside_the_gemm(triton_backend, B, L, K, N, block, epilogue, x_dtype):
-    """x_scale=None: the kernel takes per-token scales from a first pass over K and quantizes on
-    load -- the same codes and scales as quantize_fp8_rows, so the output is bit-identical to the
-    two-launch form (a zero row included: its scale is the 1e-12 floor), and the reference agrees."""
+def test_quantizes_activations_inside_the_gemm(triton_backend, monkeypatch, B, L, K, N, block, epilogue, x_dtype):
+    """x_scale=None: per-token scales and e4m3 codes as quantize_fp8_rows makes them -- inside the
+    GEMM (a first pass over K in every N tile) while N <= QUANT_SPLIT_N, else by the row-quantization
+    kernel in its own launch before the e4m3 GEMM. Either way the output is bit-identical to
+    quantizing with torch first (a zero row included: its scale is the 1e-12 floor), and the
+    reference agrees."""
+    from lpm_rt.ops import _launch
+    from lpm_rt.ops.fp8_linear import quantize_separately
+
     x, w, _, _, w8, ws, kw = make_case(B, L, K, N, block, epilogue, dtype=x_dtype)
     x[0, 0] = 0
     x8, xs = quantize_fp8_rows(x)
     two_launch = fp8_linear(x8, xs, w8, ws, **kw)
+    launched, real = [], _launch._Jit.__getitem__
+
+    def spy(self, grid):
+        launched.append((self.fn.fn.__name__, self.constexprs.get("QUANT_X")))
+        return real(self, grid)
+    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
     fused = fp8_linear(x, None, w8, ws, **kw)
+    if quantize_separately(N):
+        assert launched == [("_quantize_rows_kernel", None), ("_fp8_linear_kernel", False)]
+    else:
+        assert launched == [("_fp8_linear_kernel", True)]
     assert torch.equal(fused, two_launch)
     assert torch.equal(fp8_linear_ref(x, None, w8, ws, **kw), fp8_linear_ref(x8, xs, w8, ws, **kw))
 
