@@ -60,7 +60,9 @@ DEVICES = {
 
 # Throughput of this project's kernels at production shapes, timed on a GPU (FLOP/s), with where
 # each figure comes from. Attention over e4m3 pages with bf16 dots (the h100 artifact's form) and
-# over bf16 pages (``lpm-rt compile --kv-dtype bf16``); the FP8 GEMM with the h100 table's tiles.
+# over bf16 pages (``lpm-rt compile --kv-dtype bf16``); the FP8 GEMM with the h100 table's tiles, for
+# every linear -- the row quantization before the o and FFN-down GEMMs (memory-bound, ~0.05 ms at
+# 9360 x 13824) was not timed yet, so the linear stage is a little optimistic.
 MEASURED = {
     "h100": dict(device="NVIDIA H200 (the H100's SM), 2026-12-04, bench/results/gpu-20261204-2/tune.json",
                  linear=1253e12,               # fp8_linear 128x128 FAST_ACCUM, lpm-17b 6f ffn-up
