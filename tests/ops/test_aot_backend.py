@@ -50,7 +50,11 @@ REAL: dict = {}
 @pytest.fixture
 def aot_kernels(artifact, monkeypatch):
     """Install the h100 artifact's records as InterpretedCubins; JIT launches raise."""
-    d = artifact("h100")
+    yield from _install(artifact("h100"), monkeypatch)
+    _launch.uninstall()
+
+
+def _install(d, monkeypatch):
     meta = json.loads((d / "manifest.json").read_text())
     launched = []
 
@@ -73,7 +77,6 @@ def aot_kernels(artifact, monkeypatch):
         kernels[rec["name"]] = k
     _launch.install(kernels)
     yield d, meta, launched
-    _launch.uninstall()
 
 
 def _model(d, meta):
@@ -137,3 +140,33 @@ def test_aot_backend_needs_an_artifact():
             ops.norm_modulate(torch.randn(1, 2, 64), torch.zeros(1, 1, 64), torch.zeros(1, 1, 64))
     finally:
         ops.set_backend("ref")
+
+
+def test_wide_bf16_input_gemm_runs_quantizer_then_gemm(artifact, monkeypatch):
+    """The demo model is wider than one N tile: its o / FFN-down GEMMs quantize their bf16 input
+    in a launch of its own. The demo h100 artifact holds both specializations, and the aot
+    launcher runs them: the same output as the JIT kernels, bit for bit."""
+    d = artifact("h100", "demo")
+    gen = _install(d, monkeypatch)
+    _, meta, launched = next(gen)
+    try:
+        g = torch.Generator().manual_seed(0)
+        C = meta["config"]["model"]["dim"]
+        x = torch.randn(1, 5, C, generator=g).bfloat16()
+        w8, ws = ops.quantize_fp8_weight(torch.randn(C, C, generator=g) * C ** -0.5)
+        bias, res = torch.randn(C, generator=g).bfloat16(), torch.randn(1, 5, C, generator=g).bfloat16()
+        gate = torch.randn(1, 1, C, generator=g)
+        ops.set_backend("aot")
+        got = ops.fp8_linear(x, None, w8, ws, bias, residual=res, gate=gate)
+        assert [n.split("_sm_")[0] for n in launched] == ["quantize_rows", "fp8_linear_o_ch"], launched
+    finally:
+        ops.set_backend("ref")
+        _launch.uninstall()
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    ops.set_backend("triton")
+    try:
+        want = ops.fp8_linear(x, None, w8, ws, bias, residual=res, gate=gate)
+    finally:
+        ops.set_backend("ref")
+    assert torch.equal(got, want)
