@@ -174,12 +174,14 @@ def _quantize_rows_kernel(
     """Per-token e4m3 quantization of a GEMM input, one row per program (memory-bound: one read of
     the row, one e4m3 write): s = max(amax |x| / 448, 1e-12), q = e4m3(clamp(x / s, +-448)).
     What the GEMM's QUANT_X does inside every N tile, done once: the launcher runs it first when
-    the GEMM has more than one N tile (each would repeat it)."""
+    the GEMM has more than one N tile (each would repeat it). Bit-identical to
+    ``lpm_rt.ops.quantize_fp8_rows`` (IEEE divisions, round-to-nearest-even e4m3)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
     x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-    s = tl.maximum(tl.max(tl.abs(x), 0) / 448.0, 1e-12)
+    # IEEE divisions (div.rn; Triton's "/" is div.full, within 2 ulp): torch's scales and codes
+    s = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), 448.0), 1e-12)
     tl.store(s_ptr + row, s)
-    q = tl.minimum(tl.maximum(x / s, -448.0), 448.0)
+    q = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -448.0), 448.0)
     tl.store(q_ptr + row * stride_qm + offs * stride_qk, cast_rne(q, q_ptr.dtype.element_ty, FIX_ROUND), mask=mask)

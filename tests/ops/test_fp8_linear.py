@@ -175,9 +175,9 @@ def test_gpu_lpm17b_ffn_up(gpu_triton, block):
 @pytest.mark.gpu
 def test_gpu_lpm17b_ffn_down_bf16_input(gpu_triton):
     """lpm-17b FFN down-projection with the GELU's bf16 output as input ([9360 x 13824] x [13824 x
-    5120] + bias + gated residual): N is 40 tiles wide, so the row quantizer runs first. Its e4m3
-    codes may differ from torch's by a rounding of the GPU's division, so: SQNR against the
-    unquantized layer, and agreement with the in-GEMM form."""
+    5120] + bias + gated residual): N is 40 tiles wide, so the row quantizer runs first. Its IEEE
+    divisions make torch's scales and codes, so the output is the torch-quantized GEMM's bit for
+    bit; SQNR against the unquantized layer; the in-GEMM form (approximate division) agrees."""
     import importlib
 
     fl = importlib.import_module("lpm_rt.ops.fp8_linear")
@@ -191,6 +191,7 @@ def test_gpu_lpm17b_ffn_down_bf16_input(gpu_triton):
     w8, ws = quantize_fp8_weight(w)
     assert fl.quantize_separately(m.dim)
     out = fp8_linear(x, None, w8, ws, bias, residual=res, gate=gate)
+    assert torch.equal(out, fp8_linear(*quantize_fp8_rows(x), w8, ws, bias, residual=res, gate=gate))
     exact = res.double() + gate.double() * (x.double() @ w.double().T + bias.double())
     assert_sqnr(out.double() - res.double(), exact - res.double(), min_db=25.0, min_cos=0.995, name="gated branch")
     prev, fl.QUANT_SPLIT_N = fl.QUANT_SPLIT_N, 1 << 62
