@@ -189,8 +189,10 @@ def describe(path) -> dict:
     return {"path": str(d), "model": meta["config"]["model"]["name"], "config_hash": meta["config_hash"],
             "target": meta["target"], "quantization": {k: v for k, v in meta["quantization"].items() if k != "layers"},
             "kernels": [k["name"] for k in meta["kernels"]], "onnx": sorted(f for f in meta["files"] if f.startswith("onnx/")),
-            "toolchain": meta["toolchain"], "bytes": size, "integrity": integrity,
-            "ops_backend": "aot (the kernels above, launched with cuda-python; nothing compiled)"
+            "kernel_tuning": meta.get("kernel_tuning"), "toolchain": meta["toolchain"], "bytes": size,
+            "integrity": integrity,
+            "ops_backend": "aot (the kernels above, launched with cuda-python; nothing compiled; the "
+                           "per-chunk step replayed as one CUDA graph)"
             if meta["target"].get("sm") is not None else "ref (pure torch)",
             "runnable_here": integrity == "ok" and not probs, "problems": probs}
 

@@ -133,6 +133,7 @@ def test_gpu_artifact_refused_without_matching_gpu(artifact, target, arch):
     info = describe(artifact(target))
     assert info["integrity"] == "ok" and info["runnable_here"] is False
     assert info["target"]["arch"] == arch and info["kernels"]
+    assert info["kernel_tuning"]["kind"] == ("device" if target == "h100" else "heuristic")   # where tiles come from
     assert describe(artifact("cpu"))["runnable_here"] is True
 
 
