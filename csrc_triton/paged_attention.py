@@ -158,18 +158,18 @@ def _paged_attn_fwd_kernel(
             valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
             if TMA_KV:
                 k = tl.reshape(k_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+                # rows of the page past kv_len are zeroed: P is 0 there, but 0 * NaN is not
+                v = tl.reshape(v_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+                v = tl.where(valid[:, None], v, tl.zeros_like(v))
             else:
                 k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
                             + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-            if TMA_KV:   # rows of the page past kv_len are zeroed: P is 0 there, but 0 * NaN is not
-                v = tl.reshape(v_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
-                v = tl.where(valid[:, None], v, tl.zeros_like(v))
-            elif V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
-                v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
-                                     + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
-            else:
-                v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
-                            + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+                if V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
+                    v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
+                                         + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
+                else:
+                    v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
+                                + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
             zero = offs_t * 0                                 # the page's scales, on every row
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh + zero,
                                           vs_ptr + page * stride_vsp + h * stride_vsh + zero, valid,

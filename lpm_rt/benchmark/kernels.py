@@ -186,7 +186,6 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "ref-compiled", "fp8", None if big else (lambda: compiled(x8, xs, w8, ws))
         yield "triton", "fp8", triton_call(ops.fp8_linear, x8, xs, w8, ws)
         yield "triton-block128", "fp8", triton_call(ops.fp8_linear, x8, xs, wb8, wbs)
-        # bf16 activations: quantize launch + GEMM, vs the quantization inside the GEMM (QUANT_X)
         # bf16 activations: torch's quantization + the e4m3 GEMM; the launcher's choice (its row-
         # quantization kernel first, or inside the GEMM for N <= QUANT_SPLIT_N); inside, forced
         yield "quantize+triton", "fp8-bf16in", triton_call(lambda: ops.fp8_linear(*ops.quantize_fp8_rows(x), w8, ws))
