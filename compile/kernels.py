@@ -116,6 +116,8 @@ def _attention_variants(ctx: BuildContext) -> list:
                   SPLIT=split, IEEE=False, FIX_ROUND=False,
                   PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and page_tiles_fit(bn, ps),
                   V_TRANS_LOAD=False)
+        # fp8 pages under bf16 activations: fp16 dots, as the launcher picks (F16_DOTS), unless the table says
+        ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and kv_fp8 and act == "bf16" and not ce["FP8_Q"]
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[

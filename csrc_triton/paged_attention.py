@@ -34,6 +34,15 @@ K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout th
 transposes each V tile through registers. An experiment for the sweep: the cache does not
 store V that way (yet).
 
+F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q (clamped to fp16's range) and P in fp16, so the
+pages' e4m3 codes widen to the dot type with one packed convert per two values
+(cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes that plus one convert per value on the
+conversion pipe (e4m3 -> f16 -> bf16): on sm_90a 128 per thread per 128x128 key block, about as
+many cycles of that pipe as the block's two MMAs take on the tensor cores; F16_DOTS removes them
+(SASS: no F2F in the loop, 907 instructions per block instead of 1103, no spills). fp16 holds
+every e4m3 value exactly and P with 3 more bits than bf16. With PAGE_TILES a block's K and V
+scales are one scalar each (the whole block is one page), loaded once per block.
+
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
 ``_paged_attn_combine_kernel`` merges the splits. Without SPLIT the output is written directly.
@@ -63,18 +72,23 @@ def _mma(a, b, IEEE: tl.constexpr):
 
 @triton.jit
 def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
-                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr):
-    """One key block of the online softmax: k, v [BLOCK_N, D] as stored, ks_ptrs/vs_ptrs
-    [BLOCK_N] where their tokens' page scales are (fp8 pages; loaded where used: loading them up
-    front keeps them live across the QK^T product and spilled), valid [BLOCK_N].
+                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
+                  PAGE_SCALES: tl.constexpr):
+    """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
+    pages ks_ptrs/vs_ptrs point at the scales: [BLOCK_N] pointers, one per token, or with
+    PAGE_SCALES (the block is one page) one scalar pointer each. Scales are loaded where used
+    (loaded up front, a per-token vector stays live across the QK^T product and spills).
     -> updated (m_i, l_i, acc)."""
     if FP8_Q:
         qk = tl.dot(q, tl.trans(k))
     else:
         qk = _mma(q, tl.trans(k.to(cdt)), IEEE)
     if KV_FP8:
-        ks = tl.load(ks_ptrs, mask=valid, other=0.0)
-        qk = qk * (qk_mul * ks)[None, :]
+        if PAGE_SCALES:       # a scalar: no per-token copies of it through shared memory
+            qk = qk * (qk_mul * tl.load(ks_ptrs))
+        else:
+            ks = tl.load(ks_ptrs, mask=valid, other=0.0)
+            qk = qk * (qk_mul * ks)[None, :]
     else:
         qk = qk * qk_mul
     qk = tl.where(valid[None, :], qk, float("-inf"))
@@ -85,13 +99,21 @@ def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: 
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if KV_FP8:
-        vs = tl.load(vs_ptrs, mask=valid, other=0.0)
-        if FP8_Q:
-            vmax = tl.maximum(tl.max(vs, 0), 1e-30)
-            p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
-            acc += tl.dot(p8, v) * (vmax / FP8_MAX)
+        if PAGE_SCALES:
+            vs = tl.load(vs_ptrs)
+            if FP8_Q:         # one scale for the block: P times 448 fills e4m3's range
+                p8 = cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND)
+                acc += tl.dot(p8, v) * (vs / FP8_MAX)
+            else:
+                acc += _mma(cast_rne(p * vs, cdt, FIX_ROUND), v.to(cdt), IEEE)
         else:
-            acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
+            vs = tl.load(vs_ptrs, mask=valid, other=0.0)
+            if FP8_Q:
+                vmax = tl.maximum(tl.max(vs, 0), 1e-30)
+                p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
+                acc += tl.dot(p8, v) * (vmax / FP8_MAX)
+            else:
+                acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
     else:
         acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
     return m_new, l_i, acc
@@ -111,7 +133,7 @@ def _paged_attn_fwd_kernel(
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
     FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr, V_TRANS_LOAD: tl.constexpr,
-    TMA_KV: tl.constexpr = False,
+    TMA_KV: tl.constexpr = False, F16_DOTS: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -135,6 +157,13 @@ def _paged_attn_fwd_kernel(
         qk_mul = q_sc
     else:
         qk_mul = qk_scale
+    if F16_DOTS:
+        # fp8 pages under bf16 q: Q (clamped to fp16's range; RMS-normed q is far inside it) and
+        # P in fp16, the pages' e4m3 -> fp16 one packed convert per two values, where e4m3 -> bf16
+        # takes that plus a convert per value on the slow conversion pipe (SASS: F2F.BF16.F16)
+        tl.static_assert(KV_FP8 and not FP8_Q, "F16_DOTS: fp8 pages with 16-bit dots")
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+        cdt = tl.float16
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -170,10 +199,9 @@ def _paged_attn_fwd_kernel(
                 else:
                     v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
                                 + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
-            zero = offs_t * 0                                 # the page's scales, on every row
-            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh + zero,
-                                          vs_ptr + page * stride_vsp + h * stride_vsh + zero, valid,
-                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND)
+            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid,
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True)
     else:
         for start in range(lo, hi, BLOCK_N):
             offs_n = start + offs_t
@@ -187,7 +215,7 @@ def _paged_attn_fwd_kernel(
                         + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                           vs_ptr + page * stride_vsp + h * stride_vsh, valid,
-                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND)
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]

@@ -38,10 +38,10 @@ if [ "$mode" = tune ]; then
         step "tile sweep: FP8 GEMM and paged attention at production shapes, each variant checked"
         timeout 200 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
         step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
-        timeout 100 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
+        timeout 130 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
             --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm*,quantize+triton' --out "$OUT/kernels.json"
         step "kernel benchmarks: the memory-bound ops vs their torch.compile'd references"
-        timeout 80 $PY -m lpm_rt.cli bench kernels --quick --op cache_write,norm_modulate \
+        timeout 60 $PY -m lpm_rt.cli bench kernels --quick --op cache_write,norm_modulate \
             --providers 'triton*,ref-compiled' --out "$OUT/kernels_mem.json"
         step done
     } 2>&1 | tee "$OUT/tune_log.txt"

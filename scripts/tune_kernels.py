@@ -26,6 +26,13 @@ ATTN_TILES = [(128, 64, 8, 3, False, False), (128, 128, 8, 2, True, False), (128
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
 # TMA_KV: those page tiles through tensor descriptors). The first run's sweep (128x64 and 128x128
 # key blocks crossing pages, 64x64) is in bench/results/gpu-20261204-2/tune.json.
+MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok")
+# bf16: bf16 pages; fp8kv: fp8 pages, fp16 dots (F16_DOTS, the default); fp8kv-bf16: fp8 pages, bf16
+# dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
+# token-contiguous V pages
+MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False)], "fp8": [(128, 128, 8, 3, True, False)],
+              "fp8-vtok": [(64, 128, 4, 3, True, False)]}
+# the modes measured before on every tile (bench/results/gpu-20261204-2/tune.json) keep their best
 LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3)]
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 # (64-row tiles lost at every shape of the first sweep)
@@ -63,7 +70,7 @@ def tune_attention(dev, bench, smoke, emit):
     tiles = [(16, 16, 4, 2, False, False), (32, 16, 4, 2, True, False), (32, 16, 4, 2, True, True)] if smoke \
         else ATTN_TILES
     for sh in attention_cases(smoke):
-        for mode in ("bf16", "fp8", "fp8kv", "fp8-vtok"):
+        for mode in MODES:
             args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
             if mode == "bf16":
                 args = args[:5] + (None, None)
@@ -75,6 +82,7 @@ def tune_attention(dev, bench, smoke, emit):
                 v = args[2]
                 args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
             kw = dict(fp8_q=mode in ("fp8", "fp8-vtok"), num_splits=1)
+            f16 = mode == "fp8kv"
             # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
             nh = min(2, sh["H"])
             q, kp, vp, table, lens, ks, vs = args
@@ -84,14 +92,15 @@ def tune_attention(dev, bench, smoke, emit):
             ref = ops.paged_attention_ref(*sub).float()
             ops.set_backend("triton")
             bound = 1e-2 if mode == "bf16" else 0.056            # bf16 P; fp8: SQNR >= 25 dB
-            for bm, bn, w, st, pt, tma in tiles:
+            for bm, bn, w, st, pt, tma in (tiles if smoke else MODE_TILES.get(mode, tiles)):
                 if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
                     continue                 # token-contiguous V: page tiles, pointer loads
                 row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
-                           num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma)
+                           num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma, F16_DOTS=f16)
                 try:
                     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
-                                                                     V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma), w, st):
+                                                                     V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma,
+                                                                     F16_DOTS=f16), w, st):
                         fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
                         out = fn()
                         row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)

@@ -166,6 +166,7 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "ref-compiled", "bf16", None if big else (lambda: compiled(*a16))
         yield "triton", "bf16", triton_call(ops.paged_attention, *a16)
         yield "triton-fp8kv", "fp8kv", triton_call(ops.paged_attention, *a8, fp8_q=False)
+        yield "triton-fp8kv-bf16dots", "fp8kv", triton_call(_bf16_dots(ops.paged_attention, sh), *a8, fp8_q=False)
         yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
         from torch.nn.attention import SDPBackend, sdpa_kernel
         for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
@@ -173,6 +174,10 @@ def providers(op: str, sh: dict, device: str = "cuda"):
                 with sdpa_kernel([be]):
                     return torch.nn.functional.scaled_dot_product_attention(qc, kc, vc)
             yield f"sdpa-{be.name.lower()}", "bf16", sdpa
+        # the vendor route for the paged layout: gather (and dequantize) the pages into contiguous
+        # K/V every call, then cuDNN's attention -- what using it for the dense part would cost
+        yield "sdpa-gathered-cudnn", "bf16", lambda: _gathered_sdpa(*a16, sh["kv"])
+        yield "sdpa-gathered-cudnn-fp8kv", "fp8kv", lambda: _gathered_sdpa(*a8, sh["kv"])
     elif op == "fp8_linear":
         g = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(sh["M"], sh["K"], generator=g).to(device, BF16)
@@ -461,9 +466,39 @@ def _in_gemm(fn):
     return run
 
 
+def _bf16_dots(fn, sh):
+    """fn with fp8-page attention on bf16 dots (F16_DOTS off, the form before it), the launcher's tile."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+
+    from ..ops._launch import override_tiles
+    from ..ops.paged_attention import _config
+
+    def run(*a, **k):
+        bm, bn, warps, stages, pt = _config(sh["Lq"], sh["D"], sh["page_size"], a[0].device)
+        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, PAGE_TILES=pt, F16_DOTS=False),
+                            warps, stages):
+            return fn(*a, **k)
+    return run
+
+
+def _gathered_sdpa(q, k_pages, v_pages, table, lens, k_scale, v_scale, n: int):
+    """Batch-1 paged attention the vendor way: the first n tokens of the table's pages gathered
+    (fp8 pages dequantized) into contiguous bf16 K/V, then cuDNN's SDPA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..ops.paged_attention import gather_pages
+
+    k = gather_pages(k_pages, k_scale, table[0], n, BF16).transpose(0, 1)[None]     # (1, H, n, D)
+    v = gather_pages(v_pages, v_scale, table[0], n, BF16).transpose(0, 1)[None]
+    backends = [SDPBackend.CUDNN_ATTENTION] if q.is_cuda else [SDPBackend.MATH]
+    with sdpa_kernel(backends):
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v).transpose(1, 2)
+
+
 def provider_names(op: str) -> list[str]:
-    return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8",
-                                "sdpa-flash_attention", "sdpa-cudnn_attention", "sdpa-efficient_attention"],
+    return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8kv-bf16dots",
+                                "triton-fp8", "sdpa-flash_attention", "sdpa-cudnn_attention",
+                                "sdpa-efficient_attention", "sdpa-gathered-cudnn", "sdpa-gathered-cudnn-fp8kv"],
             "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
                            "triton-bf16-input", "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm",
                            "scaled_mm-fast-accum"],

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 MMA_RE = re.compile(r"\b(QGMMA|HGMMA|IGMMA|HMMA|IMMA)\b")
 STL_RE = re.compile(r"\bSTL(?:\.\w+)*\b")           # stores to local memory: spilled registers
+F2F_RE = re.compile(r"\bF2F\.\w+")                 # one value per instruction on the conversion pipe
 
 
 @dataclass
@@ -133,6 +134,7 @@ def specs() -> list[Spec]:
     out = [
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128"),
+        _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, fp16 dots, d128", F16_DOTS=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
         _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
@@ -214,6 +216,7 @@ def check_all(selected=None) -> list[dict]:
                          num_warps=k.metadata.num_warps, shared=k.metadata.shared, mma=dict(mma),
                          resources=resource_usage(k.asm["cubin"]), local_stores=len(STL_RE.findall(sass)),
                          tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
+                         scalar_converts=len(F2F_RE.findall(sass)),
                          expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
     return rows
 

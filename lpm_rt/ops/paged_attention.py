@@ -103,6 +103,14 @@ def _config(Lq: int, D: int, page_size: int, device: torch.device, capability=No
     return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
 
 
+def f16_dots(q_dtype, kv_dtype, fp8_q: bool) -> bool:
+    """Whether attention over fp8 pages under bf16 q runs its dots in fp16 (F16_DOTS): e4m3 -> fp16
+    is one packed convert per two values on sm_89+, e4m3 -> bf16 that plus one convert per value on
+    the conversion pipe -- 128 per thread per 128x128 block on sm_90a, which F16_DOTS removes
+    (``python -m lpm_rt.benchmark.sass``). fp16 holds e4m3 exactly and P with 3 more bits than bf16."""
+    return kv_dtype == torch.float8_e4m3fn and q_dtype == torch.bfloat16 and not fp8_q
+
+
 def _tma_kv_ready(k_pages, v_pages, page_tiles: bool) -> None:
     """TMA_KV reads a page's rows of one head as a [page, D] box of pages viewed [P, page, H * D]:
     one page per key block, unit d stride, heads adjacent, 16-byte aligned rows (raise, never fall back)."""
@@ -174,7 +182,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
-                            V_TRANS_LOAD=False, TMA_KV=False), warps, stages)
+                            V_TRANS_LOAD=False, TMA_KV=False,
+                            F16_DOTS=f16_dots(q.dtype, k_pages.dtype, bool(fp8_q))), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
     page_tiles = bool(cx.get("PAGE_TILES", False))
@@ -184,6 +193,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         raise ValueError(f"triton paged_attention: PAGE_TILES needs BLOCK_N >= page size, got {block_n} < {page_size}")
     if cx.get("TMA_KV"):
         _tma_kv_ready(k_pages, v_pages, page_tiles)
+    if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q)):
+        raise ValueError("triton paged_attention: F16_DOTS needs fp8 pages, bf16 q and no fp8_q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles
     grid_m = triton.cdiv(Lq, block_m)
     combine = None
@@ -238,6 +249,7 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     (needs fp8 pages and sm_89+; default off: on an H200 with Triton 3.6 it measured slower than
     the bf16 dots over dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2),
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
+    Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
     """
     from . import get_backend
 

@@ -192,6 +192,40 @@ def test_cpu_runtime_path_matches_fp64_reference(B, Lq, H, D, page_size, kv_lens
     assert_calibrated(out, low, ref, floor=2e-6, name="upcast")
 
 
+@pytest.mark.parametrize("page_tiles", [False, True])
+def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page_tiles):
+    """fp8 pages under bf16 q run their dots in fp16 by default (F16_DOTS), fp16 q or fp8_q never;
+    the bf16-dot form stays selectable (for the tile sweep) and both match the fp64 reference."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops import _launch
+    from lpm_rt.ops._launch import override_tiles
+
+    launches, real = [], _launch._Jit.__getitem__
+
+    def spy(self, grid):
+        if self.fn is _paged_attn_fwd_kernel:
+            launches.append(dict(self.constexprs))
+        return real(self, grid)
+    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
+    args = make_case(2, 5, 2, 32, 8, [19, 40], torch.bfloat16, torch.float8_e4m3fn)
+    ref, low = references(*args)
+    tiles = dict(BLOCK_M=16, BLOCK_N=16, PAGE_TILES=True) if page_tiles else dict(BLOCK_M=16, BLOCK_N=16)
+    outs = {}
+    for f16 in (None, False):
+        with override_tiles(_paged_attn_fwd_kernel, tiles if f16 is None else {**tiles, "F16_DOTS": f16}, 4, 2):
+            outs[f16] = paged_attention(*args, num_splits=2)
+        assert launches[-1]["F16_DOTS"] is (f16 is None)
+        assert_calibrated(outs[f16], low, ref, floor=1e-5)
+    assert not torch.equal(outs[None], outs[False])                     # two roundings: two paths
+    paged_attention(args[0].half(), *args[1:])
+    assert launches[-1]["F16_DOTS"] is False
+    paged_attention(*args, fp8_q=True)
+    assert launches[-1]["F16_DOTS"] is False
+    with override_tiles(_paged_attn_fwd_kernel, {**tiles, "F16_DOTS": True}, 4, 2):
+        with pytest.raises(ValueError, match="F16_DOTS needs"):
+            paged_attention(*args, fp8_q=True)
+
+
 @pytest.mark.parametrize("Lq,page_size,splits", [(1, 8, 1), (20, 120, 2)])
 def test_fp8_q_sqnr(triton_backend, Lq, page_size, splits):
     """FP8 Q.K^T and P.V: ~3 mantissa bits per operand, so judged by SQNR and cosine."""

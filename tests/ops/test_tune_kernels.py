@@ -35,13 +35,15 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     rows = res["rows"]
     assert {(r["op"], r["mode"]) for r in rows} == {
         ("paged_attention", "bf16"), ("paged_attention", "fp8"), ("paged_attention", "fp8kv"),
-        ("paged_attention", "fp8-vtok"),
+        ("paged_attention", "fp8kv-bf16"), ("paged_attention", "fp8-vtok"),
         ("fp8_linear", "promote128"), ("fp8_linear", "fast_accum")}
     assert not [r for r in rows if "error" in r], rows
     for r in rows:
         bound = 1e-2 if r["mode"] in ("bf16", "promote128", "fast_accum") else 0.056
         assert 0 < r["rel_l2_vs_fp32"] < bound and r["median_ms"] > 0
-    assert len(res["best"]) == 6
+    assert len(res["best"]) == 7
+    attn = [r for r in rows if r["op"] == "paged_attention"]
+    assert all(r["F16_DOTS"] == (r["mode"] == "fp8kv") for r in attn)    # fp16 dots: fp8kv only
     vtok = [r for r in rows if r["mode"] == "fp8-vtok"]
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
-    assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv"}  # TMA page tiles ran
+    assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16"}  # TMA page tiles ran
