@@ -193,6 +193,21 @@ def test_cpu_runtime_path_matches_fp64_reference(B, Lq, H, D, page_size, kv_lens
 
 
 @pytest.mark.parametrize("page_tiles", [False, True])
+def test_long_query_streams(triton_backend, page_tiles):
+    """Lq past 10k rows (lpm-17b's 6-frame chunk is 9360): 161 query tiles over fp8 pages with a
+    partial last page, both key-block forms."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    args = make_case(1, 10_300, 1, 16, 8, [45], torch.bfloat16, torch.float8_e4m3fn)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=64, BLOCK_N=8 if page_tiles else 16,
+                                                     PAGE_TILES=page_tiles), 4, 2):
+        out = paged_attention(*args)
+    ref, low = references(*args)
+    assert_calibrated(out, low, ref, floor=1e-5)
+
+
+@pytest.mark.parametrize("page_tiles", [False, True])
 def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page_tiles):
     """fp8 pages under bf16 q run their dots in fp16 by default (F16_DOTS), fp16 q or fp8_q never;
     the bf16-dot form stays selectable (for the tile sweep) and both match the fp64 reference."""
