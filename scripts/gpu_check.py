@@ -7,7 +7,8 @@ Checks that matter for the AOT issue and can only run on a GPU: the cubins load 
 cuda-python, no kernel is JIT-compiled on the aot path (Triton's cache folder stays empty), the
 frames match the JIT kernels' (same code, the artifact's frozen tiles: a few bf16 ulps), and the
 per-chunk step (backbone and refiner) captured and replayed as a CUDA graph (``runtime.cuda_graphs``,
-what ``lpm_rt.load`` of a GPU artifact selects) gives the eager frames; and the artifact's frames
+what ``lpm_rt.load`` of a GPU artifact selects) gives the eager frames, on the cubins and on the
+JIT kernels (``jit_graph_*``); and the artifact's frames
 against the fp32 reference ops on the same weights (``ref_*``: the whole quantized path's error).
 Wall time per push of PUSH_S seconds of audio (``push_ms_*``; ``rtf_*`` = that / PUSH_S): median
 over the pushes after two of warm-up, CUDA-synchronized.
@@ -99,6 +100,14 @@ def main(argv=None) -> int:
                push_ms_aot=ms(t_aot), push_ms_jit=ms(t_jit))
     if v_g is not None:
         res["graph_max_abs_diff_255"] = float(abs(v_g - v_aot).max())
+    # the JIT kernels in the captured step as well (RuntimeConfig(cuda_graphs=True) without an
+    # artifact): whether that path replays the eager frames too
+    try:
+        jit_g = lpm_rt.load(args.artifact, runtime=jit.model.cfg.runtime.replace(cuda_graphs=True))
+        v_jg, t_jg = stream(jit_g, args.seconds, sync)
+        res.update(push_ms_jit_graphs=ms(t_jg), jit_graph_max_abs_diff_255=float(abs(v_jg - v_jit).max()))
+    except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
+        res["jit_graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     # the artifact path against the fp32 reference ops on the same (dequantized) weights: what
     # quantized activations and pages, FP8 GEMMs and bf16 cost, end to end
     try:
