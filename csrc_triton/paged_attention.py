@@ -34,14 +34,15 @@ K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout th
 transposes each V tile through registers. An experiment for the sweep: the cache does not
 store V that way (yet).
 
-F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q (clamped to fp16's range) and P in fp16, so the
-pages' e4m3 codes widen to the dot type with one packed convert per two values
-(cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes that plus one convert per value on the
-conversion pipe (e4m3 -> f16 -> bf16): on sm_90a 128 per thread per 128x128 key block, about as
-many cycles of that pipe as the block's two MMAs take on the tensor cores; F16_DOTS removes them
-(SASS: no F2F in the loop, 907 instructions per block instead of 1103, no spills). fp16 holds
-every e4m3 value exactly and P with 3 more bits than bf16. With PAGE_TILES a block's K and V
-scales are one scalar each (the whole block is one page), loaded once per block.
+F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond fp16's range is
+scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
+type with one packed convert per two values (cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes
+that plus one convert per value on the conversion pipe (e4m3 -> f16 -> bf16): on sm_90a 128 per
+thread per 128x128 key block, about as many cycles of that pipe as the block's two MMAs take on
+the tensor cores; F16_DOTS removes them (SASS: no F2F in the loop, 907 instructions per block
+instead of 1103, no spills). fp16 holds every e4m3 value exactly and P with 3 more bits than
+bf16. With PAGE_TILES a block's K and V scales are one scalar each (the whole block is one page),
+loaded once per block.
 
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
@@ -158,11 +159,16 @@ def _paged_attn_fwd_kernel(
     else:
         qk_mul = qk_scale
     if F16_DOTS:
-        # fp8 pages under bf16 q: Q (clamped to fp16's range; RMS-normed q is far inside it) and
-        # P in fp16, the pages' e4m3 -> fp16 one packed convert per two values, where e4m3 -> bf16
-        # takes that plus a convert per value on the slow conversion pipe (SASS: F2F.BF16.F16)
+        # fp8 pages under bf16 q: Q and P in fp16, the pages' e4m3 -> fp16 one packed convert per
+        # two values, where e4m3 -> bf16 takes that plus a convert per value on the slow conversion
+        # pipe (SASS: F2F.BF16.F16). A Q tile beyond fp16's range (bf16 reaches 3e38; RMS-normed q
+        # stays far inside) is scaled by a power of two, exactly, and the scores by its inverse.
         tl.static_assert(KV_FP8 and not FP8_Q, "F16_DOTS: fp8 pages with 16-bit dots")
-        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+        qf = q.to(tl.float32)
+        q_amax = tl.max(tl.max(tl.abs(qf), 1), 0)
+        q_pow2 = tl.where(q_amax > 32768.0, tl.exp2(tl.ceil(tl.log2(q_amax / 32768.0))), 1.0)
+        q = (qf / q_pow2).to(tl.float16)
+        qk_mul = qk_mul * q_pow2
         cdt = tl.float16
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)

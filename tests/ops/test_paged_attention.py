@@ -232,6 +232,13 @@ def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page
         assert launches[-1]["F16_DOTS"] is (f16 is None)
         assert_calibrated(outs[f16], low, ref, floor=1e-5)
     assert not torch.equal(outs[None], outs[False])                     # two roundings: two paths
+    big = args[0].clone()
+    big[0, 1, 0] *= 3e5                                               # one query row past fp16's range
+    ref_big, low_big = references(big, *args[1:])
+    with override_tiles(_paged_attn_fwd_kernel, tiles, 4, 2):
+        out_big = paged_attention(big, *args[1:], num_splits=2)
+    assert launches[-1]["F16_DOTS"] is True
+    assert_calibrated(out_big, low_big, ref_big, floor=1e-5)         # scaled by a power of two, not clipped
     paged_attention(args[0].half(), *args[1:])
     assert launches[-1]["F16_DOTS"] is False
     paged_attention(*args, fp8_q=True)
