@@ -1,7 +1,8 @@
 """Sweep the tiles of the two kernels that carry the load -- paged attention and the FP8 GEMM --
 at production shapes, each variant checked against the fp32 reference (attention: on two of the
-heads; bound rel. L2 1e-2 for 16-bit dots, 0.056 = SQNR 25 dB for fp8 dots) and timed; the fastest correct variant per (op, mode, shape) is what the
-frozen tables in ``compile/targets.py`` should hold (record device and date there).
+heads; bound rel. L2 1e-2 for 16-bit dots, 0.056 = SQNR 25 dB for fp8 dots) and timed; the
+fastest correct variant per (op, mode, shape) is what the frozen tables in ``compile/targets.py``
+should hold (record device and date there).
 
     python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
     TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
