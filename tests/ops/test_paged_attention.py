@@ -81,6 +81,8 @@ CASES = [  # B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, num_splits
     pytest.param(2, 7, 2, 32, 8, [0, 9], torch.float16, None, 4, id="empty-row-empty-splits"),
     pytest.param(2, 4, 2, 32, 8, [19, 40], torch.bfloat16, torch.float8_e4m3fn, 1, id="fp8-pages-bf16"),
     pytest.param(1, 2, 2, 16, 8, [13], torch.float32, torch.float8_e4m3fn, 2, id="fp8-pages-fp32-split"),
+    pytest.param(2, 9, 2, 32, 16, [40, 17], torch.float16, None, 1, id="p16-fp16"),
+    pytest.param(1, 3, 1, 64, 256, [300], torch.bfloat16, torch.float8_e4m3fn, 2, id="p256-fp8-split"),
 ]
 
 
