@@ -158,8 +158,10 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         big = sh["H"] * sh["Lq"] * sh["kv"] * 4 > SCORES_LIMIT
         a16, a8 = attention_inputs(sh, BF16, device), attention_inputs(sh, F8, device)
         q, k, v, table, lens = a16[:5]
-        kc = k[table[0].long()].flatten(0, 1)[: sh["kv"]].permute(1, 0, 2).unsqueeze(0)    # (1, H, kv, D)
-        vc = v[table[0].long()].flatten(0, 1)[: sh["kv"]].permute(1, 0, 2).unsqueeze(0)
+        from ..ops.paged_attention import gather_pages
+
+        kc = gather_pages(k, None, table[0], sh["kv"], BF16).transpose(0, 1)[None]           # (1, H, kv, D)
+        vc = gather_pages(v, None, table[0], sh["kv"], BF16).transpose(0, 1)[None]
         qc = q.transpose(1, 2)
         compiled = torch.compile(ops.paged_attention_ref)
         yield "ref-eager", "bf16", None if big else (lambda: ops.paged_attention_ref(*a16))

@@ -96,3 +96,18 @@ def stream_chunks(model, backend: str, n_chunks: int = 2):
     finally:
         ops.set_backend(prev)
     return torch.cat([c[1] for c in cap], 2).float(), torch.cat(video, 2)
+
+
+def spy_constexprs(monkeypatch, kernel) -> list:
+    """Record the constexprs (semantic + tiles) of every JIT launch of ``kernel`` (a csrc_triton
+    @triton.jit function); returns the (live) list, one dict per launch."""
+    from lpm_rt.ops import _launch
+
+    launches, real = [], _launch._Jit.__getitem__
+
+    def spy(self, grid):
+        if self.fn is kernel:
+            launches.append(dict(self.constexprs))
+        return real(self, grid)
+    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
+    return launches

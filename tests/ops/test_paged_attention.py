@@ -17,7 +17,7 @@ from lpm_rt.ops import paged_attention, paged_attention_ref
 from lpm_rt.ops.cache_write import FP8_MAX
 from lpm_rt.ops.paged_attention import gather_pages
 
-from _checks import assert_calibrated, assert_sqnr, spy_triton
+from _checks import assert_calibrated, assert_sqnr, spy_constexprs, spy_triton
 
 pytestmark = pytest.mark.usefixtures("poison_allocations")   # unwritten outputs show as NaN
 
@@ -106,14 +106,7 @@ def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, 
 
     args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
     bn = max(16, 1 << (page_size - 1).bit_length())                      # the next power of two
-    from lpm_rt.ops import _launch
-
-    launches, real = [], _launch._Jit.__getitem__
-
-    def spy(self, grid):                                               # what the launch was compiled with
-        launches.append(dict(self.constexprs))
-        return real(self, grid)
-    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)     # what the launch was compiled with
     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True), 4, 2):
         out = paged_attention(*args, num_splits=splits)
     assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn
@@ -214,16 +207,9 @@ def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page
     """fp8 pages under bf16 q run their dots in fp16 by default (F16_DOTS), fp16 q or fp8_q never;
     the bf16-dot form stays selectable (for the tile sweep) and both match the fp64 reference."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
-    from lpm_rt.ops import _launch
     from lpm_rt.ops._launch import override_tiles
 
-    launches, real = [], _launch._Jit.__getitem__
-
-    def spy(self, grid):
-        if self.fn is _paged_attn_fwd_kernel:
-            launches.append(dict(self.constexprs))
-        return real(self, grid)
-    monkeypatch.setattr(_launch._Jit, "__getitem__", spy)
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
     args = make_case(2, 5, 2, 32, 8, [19, 40], torch.bfloat16, torch.float8_e4m3fn)
     ref, low = references(*args)
     tiles = dict(BLOCK_M=16, BLOCK_N=16, PAGE_TILES=True) if page_tiles else dict(BLOCK_M=16, BLOCK_N=16)
