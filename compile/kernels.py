@@ -33,6 +33,7 @@ __all__ = ["KernelEntry", "Variant", "BuildContext", "KERNELS", "discover", "enu
            "compile_variant"]
 
 _TRITON_DT = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8e4nv"}
+_TORCH_DT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}   # torch.<name>
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ def _clamp(block: int, n: int, lo: int = 16) -> int:
 
 # ---------------------------------------------------------------- table entries
 def _attention_variants(ctx: BuildContext) -> list:
+    import torch
+
+    from lpm_rt.ops.paged_attention import f16_dots, page_tiles_fit
+
     cfg, tgt = ctx.cfg, ctx.target
     m, s = cfg.model, cfg.stream
     H, D, ps = m.num_heads, m.head_dim, s.page_size
@@ -117,7 +122,8 @@ def _attention_variants(ctx: BuildContext) -> list:
                   PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and page_tiles_fit(bn, ps),
                   V_TRANS_LOAD=False)
         # fp8 pages under bf16 activations: fp16 dots, as the launcher picks (F16_DOTS), unless the table says
-        ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and kv_fp8 and act == "bf16" and not ce["FP8_Q"]
+        ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and f16_dots(
+            getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), ce["FP8_Q"])
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[

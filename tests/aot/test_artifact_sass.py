@@ -115,3 +115,44 @@ def test_h100_bf16_pages(tmp_path):
     assert not (tmp_path / "no").exists()
     bad = compile_artifact("tiny", "orin", tmp_path / "no", "--kv-dtype", "fp8")
     assert bad.returncode == 1 and "does not support KV pages fp8" in bad.stderr
+
+
+PRODUCTION_SCRIPT = """
+import json, sys
+from lpm_rt.config import preset
+from lpm_compile.kernels import BuildContext, enumerate_variants, compile_variant
+from lpm_compile.targets import target
+out = {}
+for name in ("edge-1.3b", "lpm-17b"):
+    for tn in ("h100", "orin"):
+        vs, _ = enumerate_variants(BuildContext(preset(name), target(tn), frozenset({"fp8_e4m3_channel"})))
+        out[f"{name}/{tn}"] = sorted(v.name for v in vs)
+t = target("h100")
+vs, _ = enumerate_variants(BuildContext(preset("lpm-17b"), t, frozenset({"fp8_e4m3_channel"})))
+recs = []
+for v in vs:
+    if v.role == "attention":
+        cubin, rec = compile_variant(v, t)
+        open(sys.argv[1] + "/" + v.name + ".cubin", "wb").write(cubin)
+        recs.append(rec)
+print(json.dumps(dict(variants=out, attention=recs)))
+"""
+
+
+def test_production_presets_enumerate_and_lpm17b_attention_compiles(tmp_path):
+    """The kernel list of the production presets (head_dim 128, pages of 120: the tuned h100 table's
+    one-page key blocks) on h100 and orin, and lpm-17b's h100 attention compiled: page tiles, fp16
+    dots over its fp8 pages (no per-value F2F converts in the SASS), wgmma."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", PRODUCTION_SCRIPT, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    for key, names in res["variants"].items():
+        assert any(n.startswith("paged_attention_backbone") for n in names), key
+    assert res["attention"]
+    for rec in res["attention"]:
+        ce = rec["constexprs"]
+        assert ce["PAGE_TILES"] and ce["F16_DOTS"] and not ce["FP8_Q"], rec["name"]
+        code = sass(tmp_path / f"{rec['name']}.cubin")
+        assert "HGMMA" in MMA.findall(code) and not re.search(r"\bF2F\.", code), rec["name"]
