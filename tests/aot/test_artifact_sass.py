@@ -124,8 +124,8 @@ from lpm_compile.kernels import BuildContext, enumerate_variants, compile_varian
 from lpm_compile.targets import target
 out = {}
 for name in ("edge-1.3b", "lpm-17b"):
-    for tn in ("h100", "orin"):
-        vs, _ = enumerate_variants(BuildContext(preset(name), target(tn), frozenset({"fp8_e4m3_channel"})))
+    for tn, fmt in (("h100", "fp8_e4m3_channel"), ("orin", "int8_channel")):
+        vs, _ = enumerate_variants(BuildContext(preset(name), target(tn), frozenset({fmt})))
         out[f"{name}/{tn}"] = sorted(v.name for v in vs)
 t = target("h100")
 vs, _ = enumerate_variants(BuildContext(preset("lpm-17b"), t, frozenset({"fp8_e4m3_channel"})))
