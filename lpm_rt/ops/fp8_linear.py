@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .norm_modulate import FP8_MAX, quantize_fp8_rows
+from .norm_modulate import quantize_fp8_rows
 
 __all__ = ["fp8_linear", "fp8_linear_ref", "quantize_fp8_weight", "quantize_fp8_rows"]
 
