@@ -235,6 +235,10 @@ def _export_one(module, inputs: dict, outputs: list, path: Path, int8_weights: d
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     opts = ort.SessionOptions()
+    # free each tensor when it dies instead of keeping planned arena blocks: at 480P the explicit
+    # attention's scores are GBs per tensor (peak 18.1 -> 17.1 GB with 2 of edge-1.3b's layers)
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     if qdq:
         # onnxruntime's CPU optimizer turns DQ(weight) -> MatMul into an integer MatMul that also
         # quantizes the activations (rel L2 ~6e-3 on tiny): check the graph's own semantics here;

@@ -146,11 +146,16 @@ def step_sqnr(model: OnlineLPM, stored: dict, tgt: Target, chunks: int = 8, seed
                 chunks=chunks, kv_dtype=tgt.kv_dtype, inputs="default character + built-in conversation")
 
 
-def _dequantized(cfg, stored: dict) -> OnlineLPM:
-    """An fp32 CPU model holding exactly the artifact's (dequantized) weights."""
-    m = OnlineLPM(cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype="fp32")))
+def _dequantized(cfg, stored: dict, into: OnlineLPM | None = None) -> OnlineLPM:
+    """An fp32 CPU model holding exactly the artifact's (dequantized) weights: a new one, or
+    ``into`` overwritten in place (no second fp32 copy: 7.5 GB for edge-1.3b)."""
+    fp32 = cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype="fp32"))
+    if into is None:
+        m = OnlineLPM(fp32)
+    else:
+        m, m.cfg, m.pools = into, fp32, None
     for part in PARTS:
-        getattr(m, part).load_state_dict(dequantize_state_dict(stored[part]))
+        getattr(m, part).float().load_state_dict(dequantize_state_dict(stored[part]))
     return m.eval()
 
 
@@ -260,7 +265,8 @@ def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_chec
         int8 = {part: {k: (v, stored[part][k + QSCALE_SUFFIX]) for k, v in stored[part].items()
                        if v.dtype == torch.int8 and k + QSCALE_SUFFIX in stored[part]}
                 for part in ("backbone", "refiner")}
-        onnx_report = export_all(_dequantized(cfg, stored), out / "onnx", log=log,
+        # the source weights are not needed past step 3: the dequantized ones overwrite them
+        onnx_report = export_all(_dequantized(cfg, stored, into=model), out / "onnx", log=log,
                                  int8_weights={k: v for k, v in int8.items() if v})
         for name in onnx_report["graphs"]:
             files[f"onnx/{name}.onnx"] = sha256_file(out / "onnx" / f"{name}.onnx")
