@@ -38,8 +38,8 @@ F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond f
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
 type with one packed convert per two values (cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes
 that plus one convert per value on the conversion pipe (e4m3 -> f16 -> bf16): on sm_90a 128 per
-thread per 128x128 key block, about as many cycles of that pipe as the block's two MMAs take on
-the tensor cores; F16_DOTS removes them (SASS: no F2F in the loop, 907 instructions per block
+thread per 128x128 key block, by estimate (16 per clock per SM) the order of the block's MMA time
+on the tensor cores; F16_DOTS removes them (SASS: no F2F in the loop, 907 instructions per block
 instead of 1103, no spills). fp16 holds every e4m3 value exactly and P with 3 more bits than
 bf16. With PAGE_TILES a block's K and V scales are one scalar each (the whole block is one page),
 loaded once per block.
