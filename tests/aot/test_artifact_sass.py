@@ -47,23 +47,32 @@ def test_h100_kernels(artifact):
         assert k["num_warps"] in (4, 8) and k["shared"] >= 0 and k["params"]
 
 
-FP8_ATTENTION_SCRIPT = """
-import dataclasses, json, sys
+COMPILE_ATTENTION = """
+import json, sys
 from lpm_rt.config import preset
 from lpm_compile.kernels import BuildContext, enumerate_variants, compile_variant
 from lpm_compile.targets import KERNEL_TABLES, target
+
+
+def compile_attention(name, out_dir):
+    \"\"\"h100 attention variants of preset ``name``: cubins to out_dir, -> their records.\"\"\"
+    t = target("h100")
+    vs, _ = enumerate_variants(BuildContext(preset(name), t, frozenset({"fp8_e4m3_channel"})))
+    recs = []
+    for v in vs:
+        if v.role == "attention":
+            cubin, rec = compile_variant(v, t)
+            open(out_dir + "/" + v.name + ".cubin", "wb").write(cubin)
+            recs.append(rec)
+    return recs
+"""
+
+FP8_ATTENTION_SCRIPT = COMPILE_ATTENTION + """
+import dataclasses
 for fam in ("paged_attention", "paged_attention_small"):      # the FP8-Q form, off in the tuned table
     kc = KERNEL_TABLES["h100"][fam]
     KERNEL_TABLES["h100"][fam] = dataclasses.replace(kc, tiles={**kc.tiles, "FP8_Q": True})
-cfg, t = preset(sys.argv[1]), target("h100")
-vs, _ = enumerate_variants(BuildContext(cfg, t, frozenset({"fp8_e4m3_channel"})))
-out = []
-for v in vs:
-    if v.role == "attention":
-        cubin, rec = compile_variant(v, t)
-        open(sys.argv[2] + "/" + v.name + ".cubin", "wb").write(cubin)
-        out.append(rec)
-print(json.dumps(out))
+print(json.dumps(compile_attention(sys.argv[1], sys.argv[2])))
 """
 
 
@@ -117,25 +126,13 @@ def test_h100_bf16_pages(tmp_path):
     assert bad.returncode == 1 and "does not support KV pages fp8" in bad.stderr
 
 
-PRODUCTION_SCRIPT = """
-import json, sys
-from lpm_rt.config import preset
-from lpm_compile.kernels import BuildContext, enumerate_variants, compile_variant
-from lpm_compile.targets import target
+PRODUCTION_SCRIPT = COMPILE_ATTENTION + """
 out = {}
 for name in ("edge-1.3b", "lpm-17b"):
     for tn, fmt in (("h100", "fp8_e4m3_channel"), ("orin", "int8_channel")):
         vs, _ = enumerate_variants(BuildContext(preset(name), target(tn), frozenset({fmt})))
         out[f"{name}/{tn}"] = sorted(v.name for v in vs)
-t = target("h100")
-vs, _ = enumerate_variants(BuildContext(preset("lpm-17b"), t, frozenset({"fp8_e4m3_channel"})))
-recs = []
-for v in vs:
-    if v.role == "attention":
-        cubin, rec = compile_variant(v, t)
-        open(sys.argv[1] + "/" + v.name + ".cubin", "wb").write(cubin)
-        recs.append(rec)
-print(json.dumps(dict(variants=out, attention=recs)))
+print(json.dumps(dict(variants=out, attention=compile_attention("lpm-17b", sys.argv[1]))))
 """
 
 
