@@ -22,11 +22,12 @@ h100 table and the JIT autotune tiles since the H200 sweep of 2026-12-04
 (``bench/results/gpu-20261204-2``): at [9360x5120]x[5120x13824] 1.06 ms (1253 TFLOP/s) against
 1.61 ms promoting every 128 products, relative L2 vs the fp32 product of the same e4m3 inputs
 2.3e-3 against 1.7e-3, which is the bf16 output's rounding alone; quantizing the inputs to e4m3
-costs 3.7e-2 against the fp32 product (Gaussian data, measured on the CPU).
-Off, the kernel promotes every 128 products.
+costs 3.7e-2 against the fp32 product (Gaussian data, measured on the CPU). On the H200 at the
+same shape: 2.0e-3 against 1.66e-3, the worst element 0.043 against 0.016 (bench/results/
+gpu-20261204-3). Off, the kernel promotes every 128 products.
 
 QUANT_X: x is a bf16/fp16/fp32 activation instead of (x8, xs): the kernel takes each row's
-scale from a first pass over K (amax / 448) and quantizes tiles to e4m3 as it loads them, so a
+scale from a first pass over K (amax * fp32(1/448)) and quantizes tiles to e4m3 as it loads them, so a
 producer that cannot see whole rows (attention, the FFN's first GEMM) needs no quantize launch.
 
 dtypes: x8, w8 float8_e4m3fn (sm_89+), scales fp32, bias/residual/gate any float, out fp32/fp16/bf16.
@@ -37,6 +38,10 @@ import triton
 import triton.language as tl
 
 from ._fp import cast_rne
+
+# Scales are amax * fp32(1 / 448), as lpm_rt.ops.quantize_fp8_rows makes them on every device:
+# torch's GPU division by a Python scalar multiplies by its reciprocal, its CPU division divides.
+INV_FP8_MAX = tl.constexpr(1.0 / 448.0)
 
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 
@@ -87,7 +92,7 @@ def _fp8_linear_kernel(
                 mask_k = (k0 + offs_k) < K
                 a = tl.load(x_ptrs + k0 * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(a.to(tl.float32)), axis=1))
-        xs = tl.maximum(amax / 448.0, 1e-12)
+        xs = tl.maximum(amax * INV_FP8_MAX, 1e-12)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if TMA:
@@ -172,16 +177,17 @@ def _quantize_rows_kernel(
     BLOCK_K: tl.constexpr, FIX_ROUND: tl.constexpr,
 ):
     """Per-token e4m3 quantization of a GEMM input, one row per program (memory-bound: one read of
-    the row, one e4m3 write): s = max(amax |x| / 448, 1e-12), q = e4m3(clamp(x / s, +-448)).
+    the row, one e4m3 write): s = max(amax |x| * fp32(1/448), 1e-12), q = e4m3(clamp(x / s, +-448)).
     What the GEMM's QUANT_X does inside every N tile, done once: the launcher runs it first when
     the GEMM has more than one N tile (each would repeat it). Bit-identical to
-    ``lpm_rt.ops.quantize_fp8_rows`` (IEEE divisions, round-to-nearest-even e4m3)."""
+    ``lpm_rt.ops.quantize_fp8_rows`` (the scale by reciprocal, x / s by IEEE division, e4m3 rounded
+    to nearest even): bf16 rows land on e4m3 rounding ties often, so one ulp of scale flips codes."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
     x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
-    # IEEE divisions (div.rn; Triton's "/" is div.full, within 2 ulp): torch's scales and codes
-    s = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), 0), 448.0), 1e-12)
+    # x / s as an IEEE division (div.rn; Triton's "/" is div.full, within 2 ulp): torch's codes
+    s = tl.maximum(tl.max(tl.abs(x), 0) * INV_FP8_MAX, 1e-12)
     tl.store(s_ptr + row, s)
     q = tl.minimum(tl.maximum(tl.math.div_rn(x, s), -448.0), 448.0)
     tl.store(q_ptr + row * stride_qm + offs * stride_qk, cast_rne(q, q_ptr.dtype.element_ty, FIX_ROUND), mask=mask)

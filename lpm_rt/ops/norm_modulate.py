@@ -20,8 +20,11 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 def quantize_fp8_rows(y: torch.Tensor):
-    """Per-row (per-token) e4m3 quantization: scale = max(amax|row| / 448, 1e-12)."""
-    s = (y.abs().amax(-1).float() / FP8_MAX).clamp_min(1e-12)                  # (..., )
+    """Per-row (per-token) e4m3 quantization: scale = max(amax|row| * fp32(1/448), 1e-12).
+    The scale multiplies by the reciprocal on every device (torch divides by a Python scalar that
+    way on a GPU but truly on the CPU; a one-ulp scale flips e4m3 ties, frequent on bf16 rows),
+    so the kernels that quantize rows match it bit for bit on both."""
+    s = (y.abs().amax(-1).float() * (1.0 / FP8_MAX)).clamp_min(1e-12)          # (..., )
     q = (y.float() / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, s
 

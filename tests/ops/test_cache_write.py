@@ -231,3 +231,25 @@ def test_qk_norm_launches_one_program_per_page_and_tensor(triton_backend, monkey
     assert launches == [(2, 1, 3)]
     with pytest.raises(ValueError, match="qk_norm needs q"):
         cache_write(k, v, kp, vp, slots, cos=cos, sin=sin, qk_norm=(w, w, 1e-6))
+
+
+@pytest.mark.gpu
+def test_gpu_lpm17b_fp8_pages(gpu_triton):
+    """lpm-17b pages (120 tokens x 128 channels per head, 8 of the 40 heads) for a 6-frame 480P
+    chunk: every page's per-head scale is the max of what it holds / 448 (rtol 1e-2 leaves the
+    rotated keys' rounding; a max reduced wrong is off by percents), and the pages dequantize to fp64."""
+    s = preset("lpm-17b")
+    N, H, D, ps = 6 * s.stream.tokens_per_frame, 8, s.model.head_dim, s.stream.page_size
+    P = N // ps + 3
+    k, v, slots, cos, sin = (t.cuda() for t in make_case(N, H, D, ps, P, torch.bfloat16))
+    kp, vp, ks, vs = (t.cuda() for t in new_pages(P, ps, H, D, torch.float8_e4m3fn))
+    cache_write(k, v, kp, vp, slots, ks, vs, cos, sin)
+    rkp, rvp, rks, rvs = (t.cuda() for t in new_pages(P, ps, H, D, torch.float8_e4m3fn))
+    cache_write_ref(k, v, rkp, rvp, slots, rks, rvs, cos, sin)
+    written = slots.div(ps, rounding_mode="floor").unique()
+    for name, got, want in (("k_scale", ks, rks), ("v_scale", vs, rvs)):
+        torch.testing.assert_close(got[written], want[written], rtol=1e-2, atol=0, msg=name)
+    k64 = rope_apply(k.double(), cos.double(), sin.double())
+    for name, pages, sc, exact in (("k", kp, ks, k64), ("v", vp, vs, v.double())):
+        got = (pages.double() * sc.double()[:, None, :, None]).view(-1, H, D)[slots]
+        assert_sqnr(got, exact, min_db=30.0, min_cos=0.999, name=f"{name} dequantized")

@@ -71,3 +71,18 @@ def test_bad_broadcast_raises(triton_backend):
     x, shift, scale = make_case(1, 3, 32, torch.float32, True)
     with pytest.raises(ValueError, match="broadcast"):
         norm_modulate(x, shift[..., :16], scale)
+
+
+@pytest.mark.gpu
+def test_gpu_lpm17b_fp8_output(gpu_triton):
+    """lpm-17b width (C = 5120, one 8192-wide block per row) over a 6-frame 480P chunk: each row's
+    scale is its true max / 448 (rtol 1e-3 leaves the norm's rounding; a row max reduced wrong
+    is off by percents), and the e4m3 rows dequantize to
+    the fp64 reference."""
+    C = preset("lpm-17b").model.dim
+    x, shift, scale = (t.cuda() for t in make_case(1, 6 * 1560, C, torch.bfloat16, False))
+    y8, s = norm_modulate(x, shift, scale, out_fp8=True)
+    _, rs = norm_modulate_ref(x, shift, scale, out_fp8=True)
+    torch.testing.assert_close(s, rs, rtol=1e-3, atol=0)
+    ref = norm_modulate_ref(x.double(), shift.double(), scale.double())
+    assert_sqnr(y8.double() * s.double()[..., None], ref, min_db=30.0, min_cos=0.999)
