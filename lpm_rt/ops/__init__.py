@@ -7,7 +7,8 @@ never a silent fallback. ``"aot"`` launches the same kernels from the cubins of 
 artifact (``lpm_rt.load(DIR)`` installs them; see ``_launch``): nothing is compiled, and a call
 no compiled specialization accepts raises ``ArtifactError``.
 The Triton paths are registered as torch custom ops (``torch.ops.lpm_rt.*``) so torch.compile
-traces them as single nodes.
+traces them as single nodes; eager calls with no input asking for gradients (the runtime's) go to
+the implementation directly (:func:`direct`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,29 @@ def get_backend() -> str:
     return _BACKEND
 
 
+def direct(*tensors) -> bool:
+    """Whether a launcher calls its Triton implementation directly rather than through its custom
+    op: in eager mode, under no dispatch mode, with no input requiring grad. The op's dispatch
+    costs microseconds on every call, and the first call of any custom op imports torch._dynamo
+    (5 s of a 7.4 s session open on an H200, bench/results/gpu-20261204-3/cold_aot.json). Under
+    torch.compile the op is what gets traced, a dispatch mode (fake tensors, the launch counter of
+    ``lpm_rt.benchmark.launches``) sees it, and with gradients it raises (no backward is registered)
+    instead of dropping them."""
+    import torch
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
 from .paged_attention import paged_attention, paged_attention_ref  # noqa: E402
 from .cache_write import cache_write, cache_write_ref  # noqa: E402
 from .norm_modulate import norm_modulate, norm_modulate_ref  # noqa: E402
 from .fp8_linear import fp8_linear, fp8_linear_ref, quantize_fp8_rows, quantize_fp8_weight  # noqa: E402
 from .cross_attention import cross_attention, cross_attention_ref  # noqa: E402
 
-__all__ = ["set_backend", "get_backend", "paged_attention", "paged_attention_ref",
+__all__ = ["set_backend", "get_backend", "direct", "paged_attention", "paged_attention_ref",
            "cache_write", "cache_write_ref", "norm_modulate", "norm_modulate_ref",
            "fp8_linear", "fp8_linear_ref", "quantize_fp8_rows", "quantize_fp8_weight",
            "cross_attention", "cross_attention_ref"]

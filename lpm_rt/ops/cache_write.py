@@ -166,12 +166,13 @@ def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None
     """Launcher: the selected backend's kernel; same contract as the ref (returns rope(q) when q
     is given, else None), except that the triton kernel writes whole pages (N a multiple of
     page_size, each page_size-group of slots one page)."""
-    from . import get_backend
+    from . import direct, get_backend
 
     if get_backend() == "ref":
         return cache_write_ref(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q=q,
                                k_shift=k_shift, qk_norm=qk_norm)
     qw, kw, eps = qk_norm if qk_norm is not None else (None, None, 1e-6)
-    q_rot = torch.ops.lpm_rt.cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,
+    run = _cache_write_triton if direct(k, v, q, qw, kw) else torch.ops.lpm_rt.cache_write
+    q_rot = run(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,
                                          k_shift, qw, kw, float(eps))
     return q_rot if q is not None else None

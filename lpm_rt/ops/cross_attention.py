@@ -103,8 +103,9 @@ def _(q, k, v, q_weight, k_weight, eps, sm_scale):
 
 def cross_attention(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm_scale=None):
     """Launcher: the selected backend's kernel; same contract as the ref."""
-    from . import get_backend
+    from . import direct, get_backend
 
     if get_backend() == "ref":
         return cross_attention_ref(q, k, v, q_weight, k_weight, eps, sm_scale)
-    return torch.ops.lpm_rt.cross_attention(q, k, v, q_weight, k_weight, float(eps), sm_scale)
+    run = _cross_attention_triton if direct(q, k, v, q_weight, k_weight) else torch.ops.lpm_rt.cross_attention
+    return run(q, k, v, q_weight, k_weight, float(eps), sm_scale)

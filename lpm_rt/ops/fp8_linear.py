@@ -198,9 +198,10 @@ def _(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype):
 def fp8_linear(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=None, gate=None,
                out_dtype=torch.bfloat16):
     """Launcher: the selected backend's kernel; same contract as ``fp8_linear_ref``."""
-    from . import get_backend
+    from . import direct, get_backend
 
     if get_backend() == "ref":
         return fp8_linear_ref(x8, x_scale, w8, w_scale, bias, act=act, residual=residual, gate=gate,
                               out_dtype=out_dtype)
-    return torch.ops.lpm_rt.fp8_linear(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)
+    run = _fp8_linear_triton if direct(x8, bias, residual, gate) else torch.ops.lpm_rt.fp8_linear
+    return run(x8, x_scale, w8, w_scale, bias, act, residual, gate, out_dtype)

@@ -98,9 +98,11 @@ def _(x, shift, scale, eps, norm):
 
 def norm_modulate(x, shift, scale, eps: float = 1e-6, norm: str = "layer", *, out_fp8: bool = False):
     """Launcher: the selected backend's kernel; same contract as the ref."""
-    from . import get_backend
+    from . import direct, get_backend
 
     if get_backend() == "ref":
         return norm_modulate_ref(x, shift, scale, eps, norm, out_fp8=out_fp8)
+    if direct(x, shift, scale):
+        return _norm_modulate_triton(x, shift, scale, float(eps), norm, out_fp8)
     op = torch.ops.lpm_rt.norm_modulate_fp8 if out_fp8 else torch.ops.lpm_rt.norm_modulate
     return op(x, shift, scale, float(eps), norm)

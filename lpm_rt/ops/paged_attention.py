@@ -251,11 +251,12 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
     Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
     """
-    from . import get_backend
+    from . import direct, get_backend
 
     if get_backend() == "ref":
         return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
     if fp8_q is None:
         fp8_q = False
-    return torch.ops.lpm_rt.paged_attention(q, k_pages, v_pages, block_table, kv_lens, k_scale,
+    run = _paged_attention_triton if direct(q, k_pages, v_pages) else torch.ops.lpm_rt.paged_attention
+    return run(q, k_pages, v_pages, block_table, kv_lens, k_scale,
                                             v_scale, sm_scale, bool(fp8_q), int(num_splits))
