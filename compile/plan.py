@@ -64,9 +64,10 @@ DEVICES = {
 # every linear -- the row quantization before the o and FFN-down GEMMs (memory-bound, ~0.05 ms at
 # 9360 x 13824) was not timed yet, so the linear stage is a little optimistic.
 MEASURED = {
-    "h100": dict(device="NVIDIA H200 (the H100's SM), 2026-12-04, bench/results/gpu-20261204-2/tune.json",
-                 linear=1253e12,               # fp8_linear 128x128 FAST_ACCUM, lpm-17b 6f ffn-up
-                 attention={1: 200e12, 2: 331e12}),  # paged attention by KV bytes, lpm-17b 6f, best tile
+    "h100": dict(device="NVIDIA H200 (the H100's SM), 2026-12-04, bench/results/gpu-20261204-3",
+                 linear=1141e12,               # fp8_linear 128x128 FAST_ACCUM, lpm-17b 6f ffn-up (kernels.json)
+                 attention={1: 273e12, 2: 331e12}),  # paged attention by KV bytes, lpm-17b 6f, the h100
+                                                     # table's tile (fp8 pages: fp16 dots; tune.json)
 }
 
 

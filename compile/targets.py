@@ -86,8 +86,8 @@ TARGETS: dict = {
     "h100": Target("h100", 90, WeightFormat.FP8_CHANNEL, (WeightFormat.FP8_CHANNEL, WeightFormat.FP8_BLOCK),
                    act_dtype="bf16", kv_dtype="fp8", num_sms=132, allowed_kv=("fp8", "bf16"),
                    description="NVIDIA H100 (sm_90a): FP8 e4m3 linears and KV pages, bf16 activations "
-                               "(bf16 pages: twice the memory, 3 dB more accurate; attention measured 1.65x "
-                               "faster on an H200 before fp8 pages moved to fp16 dots)"),
+                               "(bf16 pages: twice the memory, 3 dB more accurate; attention measured 1.21x "
+                               "faster on an H200, 1.65x before fp8 pages got fp16 dots)"),
     "orin": Target("orin", 87, WeightFormat.INT8_CHANNEL, (WeightFormat.INT8_CHANNEL, WeightFormat.FP16),
                    act_dtype="fp16", kv_dtype="fp16", num_sms=16, onnx=True,
                    description="Jetson AGX Orin (sm_87, no FP8): INT8 weight-only or FP16, fp16 KV; "
@@ -119,13 +119,16 @@ KERNEL_TABLES: dict = {
     "h100": {
         # H200 sweep (lpm-17b 480P, 120-token fp8 pages): one page per 128-key block (PAGE_TILES)
         # on two warpgroups, 2 stages: 31.4 ms at 6 frames against 43.9 ms for 128x64 key blocks
-        # crossing pages. FP8_Q off: the fp8 Q.K^T / P.V dots measured slower (39.1 ms at their
+        # crossing pages; 23.0 ms with fp16 dots (F16_DOTS, set by the kernel list for fp8 pages
+        # under bf16 q; bench/results/gpu-20261204-3, where 64x128 on 4 warps was 2.5% faster for
+        # fp8 pages and 46% slower for bf16 pages). FP8_Q off: the fp8 Q.K^T / P.V dots measured slower (39.1 ms at their
         # best tiles) and 14x the error (relative L2 3.7e-2 against 2.6e-3) with Triton 3.6.
         "paged_attention": KernelConfig(8, 2, dict(BLOCK_M=128, BLOCK_N=128, PAGE_TILES=True, FP8_Q=False)),
         "paged_attention_small": KernelConfig(4, 3, dict(BLOCK_M=64, BLOCK_N=64, FP8_Q=False)),
         "paged_attention_combine": KernelConfig(4, 1, dict(BLOCK_S=32)),
         # H200 sweep: 128x128 on 8 warps, 3 stages, whole-K accumulation in the FP8 MMA
         # (csrc_triton/fp8_linear.py, FAST_ACCUM): 1253 TFLOP/s at [9360x5120]x[5120x13824]
+        # (1141 in the bench table of gpu-20261204-3)
         "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FAST_ACCUM=True)),
         "norm_modulate": KernelConfig(8, 1, {}),
         "cache_write": KernelConfig(8, 1, {}),
