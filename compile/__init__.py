@@ -38,7 +38,18 @@ def main(argv=None) -> int:
                     help="measure the quantized online step vs fp32 on CPU (default: models <= 200M parameters)")
     ap.add_argument("--no-step-check", dest="step_check", action="store_false")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false", default=None, help="skip the ONNX export (orin)")
+    ap.add_argument("--resolution", default=None, metavar="WxH",
+                    help="stream at this size instead of the model's (e.g. 256x256 for an Orin; multiples of 16): "
+                         "the ONNX graphs' static shapes and the KV page size follow it")
     args = ap.parse_args(argv)
+    resolution = None
+    if args.resolution:
+        try:
+            resolution = tuple(int(x) for x in args.resolution.lower().split("x"))
+            assert len(resolution) == 2
+        except (ValueError, AssertionError):
+            print(f"lpm-rt compile: error: --resolution {args.resolution!r} is not WxH", file=sys.stderr)
+            return 2
     if os.environ.get("TRITON_INTERPRET") == "1" and TARGETS[args.target].sm is not None:
         print("lpm-rt compile: unset TRITON_INTERPRET to compile GPU kernels", file=sys.stderr)
         return 2
@@ -47,7 +58,7 @@ def main(argv=None) -> int:
 
     try:
         build(args.model, args.target, args.out, weights=args.weights, step_check=args.step_check, onnx=args.onnx,
-              kv_dtype=args.kv_dtype)
+              kv_dtype=args.kv_dtype, resolution=resolution)
     except (LPMError, ValueError) as e:
         print(f"lpm-rt compile: error: {e}", file=sys.stderr)
         return 1

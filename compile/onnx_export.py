@@ -44,7 +44,10 @@ from lpm_rt.model.audio import LOG_MEL_SILENCE
 from lpm_rt.model.dit import GuidedKV
 from lpm_rt.model.rope import rope_apply
 
-__all__ = ["ChunkStep", "RefPass", "VaeDecode", "example_inputs", "export_all", "int8_weight_dq", "OPSET", "rel_l2"]
+from .hostmem import release_freed
+
+__all__ = ["ChunkStep", "RefPass", "VaeDecode", "Int8Linear", "example_inputs", "export_all", "int8_weight_dq",
+           "swap_int8", "OPSET", "rel_l2"]
 
 OPSET = 17
 NEG = -30000.0          # additive mask value: exp underflows to 0, and it fits fp16 engines
@@ -221,19 +224,40 @@ def example_inputs(cfg, kind: str, net: str = "backbone", seed: int = 0) -> dict
 _OUTPUTS = dict(step=["velocity", "k_new", "v_new"], refs=["k_ref", "v_ref"], vae=["video", "prev_out"])
 
 
-def _export_one(module, inputs: dict, outputs: list, path: Path, int8_weights: dict | None = None) -> dict:
+PROTO_LIMIT = 2 ** 31 - 1      # protobuf's message limit: larger graphs keep their tensors in <graph>.onnx.data
+
+
+def _export_one(module, inputs: dict, outputs: list, path: Path, int8: bool = False) -> dict:
+    """Export, rewrite the INT8 weights' dequantization as DequantizeLinear, save (one external
+    data file when past 2 GB), check. ``int8``: the module holds :class:`Int8Linear` layers, whose
+    Cast + Mul constant folding would turn back into fp32 initializers: folding stays off."""
+    import shutil
+
     import onnx
     import onnxruntime as ort
 
     module = module.eval()
     args = tuple(inputs.values())
-    with torch.no_grad():
-        want = module(*args)
-        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=outputs,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    qdq = int8_weight_dq(path, int8_weights) if int8_weights else None
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
+    stage = path.parent / f".{path.stem}.export"     # the exporter may write one file per tensor here
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        with torch.no_grad():
+            want = module(*args)
+            torch.onnx.export(module, args, str(stage / path.name), input_names=list(inputs), output_names=outputs,
+                              opset_version=OPSET, dynamo=False, do_constant_folding=not int8)
+        model = onnx.load(str(stage / path.name))
+        qdq = int8_weight_dq(model) if int8 else None
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)
+        external = model.ByteSize() > PROTO_LIMIT
+        onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                  location=data.name)
+        del model
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    release_freed()
+    onnx.checker.check_model(str(path), full_check=True)          # by path: graphs past 2 GB too
     opts = ort.SessionOptions()
     # free each tensor when it dies instead of keeping planned arena blocks: at 480P the explicit
     # attention's scores are GBs per tensor (peak 18.1 -> 17.1 GB with 2 of edge-1.3b's layers)
@@ -247,74 +271,106 @@ def _export_one(module, inputs: dict, outputs: list, path: Path, int8_weights: d
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     fed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
     got = sess.run(outputs, fed)
+    del sess
+    release_freed()
     return dict(inputs={k: list(v.shape) for k, v in inputs.items()},
                 outputs={n: list(g.shape) for n, g in zip(outputs, got)},
                 parity_rel_l2={n: float(f"{rel_l2(g, w_):.3e}") for n, g, w_ in zip(outputs, got, want)},
-                bytes=path.stat().st_size, **({"int8_weight_dq": qdq} if qdq else {}))
+                bytes=path.stat().st_size + (data.stat().st_size if external else 0),
+                **({"external_data": data.name} if external else {}), **({"int8_weight_dq": qdq} if qdq else {}))
 
 
-def int8_weight_dq(path: Path, weights: dict) -> dict:
-    """Rewrite the graph at ``path`` for INT8 weight-only quantization, in place.
+class Int8Linear(nn.Module):
+    """A linear layer exported as INT8 weight-only: the graph holds the int8 weight and its
+    per-output-channel scale and dequantizes them itself (W = q * scale, in fp32), so no fp32
+    copy of the weight exists in the export or in memory (edge-1.3b: 1.9 GB of int8 weights
+    instead of 7.5 GB of fp32). :func:`int8_weight_dq` turns that Cast + Mul into DequantizeLinear."""
 
-    ``weights``: name -> (q int8 [N, K], scale [N]) of the block linears as the artifact stores
-    them. The fp32 export holds each as an initializer equal to dequantize(q, s) -- as W [N, K],
-    or transposed [K, N] where the exporter folded Linear into MatMul. Each such initializer is
-    replaced by the int8 tensor and its per-channel scale behind a ``DequantizeLinear`` (opset
-    >= 13, per-axis; axis 0 or 1 for the transposed layout) that outputs the same name: the
-    graph computes exactly what it did (q * s in fp32), the file shrinks ~4x, and TensorRT sees
-    explicit Q/DQ weights it can fold into INT8 weight-only GEMMs on Orin. Initializers are
-    matched by value, so a weight the exporter rewrote some other way is left fp32 and listed
-    under "absent" -- as are weights the graph does not use (the reference pass needs no
-    cross-attention). Returns {"replaced": n, "absent": [names], "bytes_before", "bytes_after"}."""
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("q", q.to(torch.int8))
+        self.register_buffer("scale", scale.float()[:, None])
+        self.bias = bias
+
+    def forward(self, x):
+        return F.linear(x, self.q.float() * self.scale, self.bias)
+
+
+def swap_int8(net: nn.Module, weights: dict) -> int:
+    """Replace the ``nn.Linear`` layers of ``net`` named in ``weights`` ({"<module>.weight": (q
+    int8 [N, K], scale [N])}, as the artifact stores them) by :class:`Int8Linear`, in place;
+    their fp32 weights are dropped. Returns how many were replaced."""
+    n = 0
+    for key, (q, scale) in weights.items():
+        path = key.removesuffix(".weight")
+        lin = net.get_submodule(path)
+        if not isinstance(lin, nn.Linear) or tuple(lin.weight.shape) != tuple(q.shape) or scale.dim() != 1:
+            raise ValueError(f"{key}: not a per-channel int8 weight of a linear layer")
+        parent, _, name = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, name, Int8Linear(q, scale, lin.bias))
+        n += 1
+    return n
+
+
+def int8_weight_dq(model) -> dict:
+    """Rewrite an exported graph (onnx ModelProto, in place) for TensorRT's INT8 weight-only
+    GEMMs: each ``Cast(int8 initializer) -> Mul(fp32 [N, 1] initializer)`` that an
+    :class:`Int8Linear` exports becomes ``DequantizeLinear(q, scale [N], 0, axis=0)`` with the
+    same output -- the same values (q * scale in fp32), in the form TensorRT folds into INT8
+    GEMMs on Orin. Returns {"replaced": distinct weights, "nodes": rewritten dequantizations}."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
-    before = path.stat().st_size
-    model = onnx.load(str(path))
     g = model.graph
-    by_shape: dict = {}
-    for i, init in enumerate(g.initializer):
-        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
-            by_shape.setdefault(tuple(init.dims), []).append(i)
-    drop, new_inits, nodes, absent, done = set(), [], [], [], set()
-    for name, (q, scale) in weights.items():
-        deq = (q.float() * scale.float()[:, None]).numpy()
-        hit = None
-        for axis, arr in ((0, deq), (1, deq.T)):
-            for i in by_shape.get(arr.shape, []):
-                if i not in done and np.array_equal(numpy_helper.to_array(g.initializer[i]), arr):
-                    hit = (i, axis)
-                    break
-            if hit:
-                break
-        if hit is None:
-            absent.append(name)
+    inits = {i.name: i for i in g.initializer}
+    users: dict = {}
+    for node in g.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    drop, new_nodes, weights, scales = set(), {}, set(), {}
+    for i, node in enumerate(g.node):
+        if node.op_type != "Cast" or node.input[0] not in inits or inits[node.input[0]].data_type != onnx.TensorProto.INT8:
             continue
-        i, axis = hit
-        done.add(i)
-        out = g.initializer[i].name
-        qa = q.numpy() if axis == 0 else np.ascontiguousarray(q.numpy().T)
-        new_inits += [numpy_helper.from_array(qa.astype(np.int8), out + "_int8"),
-                      numpy_helper.from_array(scale.float().numpy(), out + "_scale"),
-                      numpy_helper.from_array(np.zeros(len(scale), np.int8), out + "_zero")]
-        nodes.append(helper.make_node("DequantizeLinear", [out + "_int8", out + "_scale", out + "_zero"], [out],
-                                      name=out + "_dq", axis=axis))
-        drop.add(i)
-    keep = [init for i, init in enumerate(g.initializer) if i not in drop]
+        mul = users.get(node.output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul":
+            continue
+        mul = mul[0]
+        sname = mul.input[1] if mul.input[0] == node.output[0] else mul.input[0]
+        q = inits[node.input[0]]
+        if sname not in inits or tuple(inits[sname].dims) != (q.dims[0], 1):
+            continue
+        if sname not in scales:                     # [N, 1] -> [N], and a zero point, once per weight
+            flat = numpy_helper.to_array(inits[sname]).reshape(-1).astype(np.float32)
+            scales[sname] = (numpy_helper.from_array(flat, sname + "_axis0"),
+                             numpy_helper.from_array(np.zeros(q.dims[0], np.int8), node.input[0] + "_zero"))
+        weights.add(node.input[0])
+        drop.update((id(node), id(mul)))
+        new_nodes[i] = helper.make_node("DequantizeLinear", [node.input[0], sname + "_axis0", node.input[0] + "_zero"],
+                                        [mul.output[0]], name=mul.output[0] + "_dq", axis=0)
+    if not new_nodes:
+        return dict(replaced=0, nodes=0)
+    nodes = []
+    for i, node in enumerate(g.node):               # each DQ where its Cast was: still topologically sorted
+        if i in new_nodes:
+            nodes.append(new_nodes[i])
+        elif id(node) not in drop:
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [init for init in g.initializer if init.name not in scales]
     del g.initializer[:]
-    g.initializer.extend(keep + new_inits)
-    for n in reversed(nodes):                       # DQ first: nodes stay topologically sorted
-        g.node.insert(0, n)
-    onnx.save(model, str(path))
-    return dict(replaced=len(nodes), absent=absent, bytes_before=before, bytes_after=path.stat().st_size)
+    g.initializer.extend(keep + [t for pair in scales.values() for t in pair])
+    return dict(replaced=len(weights), nodes=len(new_nodes))
 
 
 def export_all(model, out_dir, log=lambda m: None, int8_weights: dict | None = None) -> dict:
     """Export every graph of ``model`` (an OnlineLPM, fp32 on CPU) to ``out_dir`` and check it:
     onnx.checker (full check) and onnxruntime vs torch (relative L2 per output).
-    ``int8_weights`` (net -> {name: (q, scale)}): rewrite those nets' graphs for INT8
-    weight-only Q/DQ (:func:`int8_weight_dq`) before the checks."""
+    ``int8_weights`` (net -> {name: (q, scale)}): those nets' linears become :class:`Int8Linear`
+    (in place: ``model`` is spent for fp32 use) and their graphs carry INT8 weight-only Q/DQ
+    (:func:`int8_weight_dq`); torch and onnxruntime then compute with the same dequantized
+    weights. Past 2 GB a graph keeps its tensors in ``<graph>.onnx.data``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -324,7 +380,8 @@ def export_all(model, out_dir, log=lambda m: None, int8_weights: dict | None = N
     try:
         for net in ("backbone", "refiner"):
             dit = getattr(model, net).float().eval()
-            w8 = (int8_weights or {}).get(net)
+            w8 = bool(swap_int8(dit, (int8_weights or {}).get(net) or {}))
+            release_freed()                                   # the replaced fp32 weights
             guidance = (cfg.stream.speaker_guidance, cfg.stream.listener_guidance) if net == "backbone" else (1.0, 1.0)
             graphs[f"{net}_step"] = _export_one(ChunkStep(dit, guidance), example_inputs(cfg, "step", net), _OUTPUTS["step"],
                                                 out / f"{net}_step.onnx", w8)
@@ -337,7 +394,7 @@ def export_all(model, out_dir, log=lambda m: None, int8_weights: dict | None = N
     for name, r in graphs.items():
         worst = max(r["parity_rel_l2"].values())
         q = r.get("int8_weight_dq")
-        note = f", {q['replaced']} weights INT8 Q/DQ ({q['bytes_before'] / 1e6:.2f} MB fp32)" if q else ""
+        note = f", {q['replaced']} weights INT8 Q/DQ" if q else ""
         log(f"      {name}.onnx: {r['bytes'] / 1e6:.2f} MB{note}, onnxruntime vs torch rel L2 max {worst:.1e}")
     worst = max(max(r["parity_rel_l2"].values()) for r in graphs.values())
     if not math.isfinite(worst) or worst > 1e-3:

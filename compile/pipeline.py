@@ -25,12 +25,13 @@ import torch
 from safetensors.torch import save_file
 
 import lpm_rt
-from lpm_rt.artifact import FORMAT, FORMAT_VERSION, QSCALE_SUFFIX, config_hash, dequantize_state_dict
+from lpm_rt.artifact import FORMAT, FORMAT_VERSION, QSCALE_SUFFIX, config_hash, iter_dequantized
 from lpm_rt.checkpoint import PARTS, load_dir, sha256_file
 from lpm_rt.config import PRESETS, preset
 from lpm_rt.errors import ArtifactError
 from lpm_rt.model.online import OnlineLPM
 
+from .hostmem import release_freed
 from .kernels import BuildContext, compile_variant, enumerate_variants
 from .quantize import quantize_state_dict, sqnr_db
 from .targets import TUNING, Target, target as get_target
@@ -148,14 +149,23 @@ def step_sqnr(model: OnlineLPM, stored: dict, tgt: Target, chunks: int = 8, seed
 
 def _dequantized(cfg, stored: dict, into: OnlineLPM | None = None) -> OnlineLPM:
     """An fp32 CPU model holding exactly the artifact's (dequantized) weights: a new one, or
-    ``into`` overwritten in place (no second fp32 copy: 7.5 GB for edge-1.3b)."""
+    ``into`` overwritten in place, one tensor at a time (no second fp32 copy: 7.5 GB for edge-1.3b)."""
     fp32 = cfg.replace(runtime=cfg.runtime.replace(device="cpu", dtype="fp32", kv_dtype="fp32"))
     if into is None:
         m = OnlineLPM(fp32)
     else:
         m, m.cfg, m.pools = into, fp32, None
     for part in PARTS:
-        getattr(m, part).float().load_state_dict(dequantize_state_dict(stored[part]))
+        have = getattr(m, part).float().state_dict()
+        seen = set()
+        with torch.no_grad():
+            for k, t in iter_dequantized(stored[part]):
+                if k not in have or have[k].shape != t.shape:
+                    raise ArtifactError(f"{part}.{k}: not a parameter of this model, or of another shape")
+                have[k].copy_(t)
+                seen.add(k)
+        if set(have) - seen:
+            raise ArtifactError(f"{part}: stored weights miss {sorted(set(have) - seen)[:3]}")
     return m.eval()
 
 
@@ -166,9 +176,30 @@ def _write_file(out: Path, rel: str, data: bytes, files: dict) -> None:
     files[rel] = sha256_file(p)
 
 
+def with_resolution(cfg, width: int, height: int):
+    """``cfg`` streaming at ``width`` x ``height``. The weights do not depend on it; the page size
+    is kept where it divides a latent frame's tokens, else the largest divisor of them in 16..128
+    (a page is a 128-key block's worth or less, as the attention tiles want)."""
+    m = cfg.model
+    down = m.vae_spatial * m.patch_size[1]
+    if width <= 0 or height <= 0 or width % down or height % down:
+        raise ValueError(f"resolution {width}x{height} must be positive multiples of {down}")
+    tpf = (height // m.vae_spatial // m.patch_size[1]) * (width // m.vae_spatial // m.patch_size[2])
+    ps = cfg.stream.page_size
+    if tpf % ps:
+        fits = [p for p in range(min(128, tpf), 15, -1) if tpf % p == 0]
+        if not fits:
+            raise ValueError(f"no page size in 16..128 divides the {tpf} tokens of a {width}x{height} latent frame")
+        ps = fits[0]
+    return cfg.replace(stream=cfg.stream.replace(width=width, height=height, page_size=ps))
+
+
 def build(src: str, target_name: str, out_dir, weights: str | None = None, step_check: bool | None = None,
-          onnx: bool | None = None, log=_log, kv_dtype: str | None = None) -> dict:
-    """Run the pipeline; returns the manifest written to ``out_dir/manifest.json``."""
+          onnx: bool | None = None, log=_log, kv_dtype: str | None = None,
+          resolution: tuple[int, int] | None = None) -> dict:
+    """Run the pipeline; returns the manifest written to ``out_dir/manifest.json``.
+    ``resolution`` (width, height): stream at that size instead of the model's (the ONNX graphs'
+    static shapes and the kernels' page size follow it)."""
     t_start = time.perf_counter()
     out = Path(out_dir)
     # 1. resolve
@@ -179,10 +210,13 @@ def build(src: str, target_name: str, out_dir, weights: str | None = None, step_
         tgt = tgt.with_kv(kv_dtype)
     model, origin = resolve_model(src)
     cfg = model.cfg
+    if resolution is not None:
+        cfg = with_resolution(cfg, *resolution)
     cfg = cfg.replace(runtime=cfg.runtime.replace(kv_dtype=tgt.kv_dtype, dtype=tgt.act_dtype))
     model.cfg = cfg
     log(f"1/6 target {tgt.name}: arch {tgt.arch}, weights {tgt.weights.value}, activations {tgt.act_dtype}, "
-        f"KV pages {tgt.kv_dtype} x {cfg.stream.page_size} tokens; model {cfg.name} from {origin['source']}")
+        f"KV pages {tgt.kv_dtype} x {cfg.stream.page_size} tokens; model {cfg.name} from {origin['source']}, "
+        f"{cfg.stream.width}x{cfg.stream.height}")
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
         raise ArtifactError(f"{out}: exists, is not empty and is not an artifact; refusing to overwrite")
     final, out = out, out.with_name(f".{out.name}.partial")     # staged: a failed build leaves no artifact
@@ -231,6 +265,7 @@ def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_chec
     step = None
     if step_check:
         step = step_sqnr(model, stored, tgt)
+        release_freed()
         log(f"3/6 quantized online step vs fp32 (CPU, {step['chunks']} chunks, teacher-forced): backbone velocity "
             f"{step['velocity_db']} dB, refiner {step['refiner_db']} dB, video {step['video_db']} dB; free-running "
             f"video {step['rollout_video_db']} dB")
@@ -268,8 +303,10 @@ def _build_into(out: Path, model, cfg, tgt: Target, origin: dict, log, step_chec
         # the source weights are not needed past step 3: the dequantized ones overwrite them
         onnx_report = export_all(_dequantized(cfg, stored, into=model), out / "onnx", log=log,
                                  int8_weights={k: v for k, v in int8.items() if v})
-        for name in onnx_report["graphs"]:
-            files[f"onnx/{name}.onnx"] = sha256_file(out / "onnx" / f"{name}.onnx")
+        for name, rep in onnx_report["graphs"].items():
+            for f in (f"{name}.onnx", rep.get("external_data")):
+                if f:
+                    files[f"onnx/{f}"] = sha256_file(out / "onnx" / f)
     else:
         log("5/6 no ONNX graphs for this target")
 

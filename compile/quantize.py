@@ -19,6 +19,7 @@ import torch
 
 from lpm_rt.artifact import QSCALE_SUFFIX, QUANTIZED_RE, dequantize
 
+from .hostmem import release_freed
 from .targets import Target, WeightFormat
 
 __all__ = ["quantize_weight", "quantize_state_dict", "sqnr_db", "FP8_MAX", "INT8_MAX", "BLOCK"]
@@ -71,6 +72,8 @@ def quantize_state_dict(sd: dict, tgt: Target, prefix: str = "") -> tuple[dict, 
             db = sqnr_db(v, deq)
             rows.append(dict(layer=prefix + k, shape=list(v.shape), format=used.value,
                              sqnr_db=None if math.isinf(db) else round(db, 2)))   # None: lossless
+            del deq
+            release_freed()                   # the temporaries' pages, or they pile up (hostmem)
         else:
             out[k] = (v.to(act) if v.is_floating_point() else v).contiguous()
     return out, rows

@@ -38,7 +38,7 @@ from .config import LPMConfig, RuntimeConfig
 from .errors import ArtifactError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "QSCALE_SUFFIX", "QUANTIZED_RE", "config_hash", "dequantize",
-           "dequantize_state_dict", "read_manifest", "verify", "machine_problems", "describe",
+           "dequantize_state_dict", "iter_dequantized", "read_manifest", "verify", "machine_problems", "describe",
            "load_artifact", "CubinKernel", "load_kernels"]
 
 FORMAT, FORMAT_VERSION = "lpm-rt-artifact", 1
@@ -65,15 +65,18 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> tor
     return (x.view(N, nb, K // nb) * scale.float()[..., None]).view(N, K).to(dtype)
 
 
-def dequantize_state_dict(sd: dict, dtype=torch.float32) -> dict:
-    """Stored tensors -> a plain state dict in ``dtype`` (quantized pairs merged)."""
-    out = {}
+def iter_dequantized(sd: dict, dtype=torch.float32):
+    """Stored tensors -> (name, tensor in ``dtype``) one at a time (quantized pairs merged)."""
     for k, v in sd.items():
         if k.endswith(QSCALE_SUFFIX):
             continue
         s = sd.get(k + QSCALE_SUFFIX)
-        out[k] = dequantize(v, s, dtype) if s is not None else (v.to(dtype) if v.is_floating_point() else v)
-    return out
+        yield k, dequantize(v, s, dtype) if s is not None else (v.to(dtype) if v.is_floating_point() else v)
+
+
+def dequantize_state_dict(sd: dict, dtype=torch.float32) -> dict:
+    """Stored tensors -> a plain state dict in ``dtype`` (quantized pairs merged)."""
+    return dict(iter_dequantized(sd, dtype))
 
 
 # ---------------------------------------------------------------- verification
@@ -186,8 +189,9 @@ def describe(path) -> dict:
         integrity = str(e)
     probs = machine_problems(meta)
     size = sum((d / f).stat().st_size for f in meta["files"] if (d / f).is_file())
+    stream = meta["config"]["stream"]
     return {"path": str(d), "model": meta["config"]["model"]["name"], "config_hash": meta["config_hash"],
-            "target": meta["target"], "quantization": {k: v for k, v in meta["quantization"].items() if k != "layers"},
+            "resolution": f"{stream['width']}x{stream['height']}", "target": meta["target"], "quantization": {k: v for k, v in meta["quantization"].items() if k != "layers"},
             "kernels": [k["name"] for k in meta["kernels"]], "onnx": sorted(f for f in meta["files"] if f.startswith("onnx/")),
             "kernel_tuning": meta.get("kernel_tuning"), "toolchain": meta["toolchain"], "bytes": size,
             "integrity": integrity,

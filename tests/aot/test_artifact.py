@@ -187,3 +187,31 @@ def test_h100_fp8_weights_load_as_fp8_gemms(artifact):
         outs.append(net.step(st, a, a))
         st.close()
     assert torch.allclose(outs[0], outs[1], atol=1e-5), float((outs[0] - outs[1]).abs().max())
+
+
+def test_compile_at_another_resolution(tmp_path, capsys):
+    """--resolution streams the artifact at that size: frames come out WxH, the page size is kept
+    where it divides a latent frame's tokens (tiny's 8 at 96x64: 24 tokens) and otherwise is the
+    largest divisor in 16..128 (edge-1.3b at 256x256: 256 tokens, 120 -> 128); sizes the VAE and
+    patches cannot tile, or whose frames no page size divides, are refused before any work."""
+    from lpm_compile import main as compile_main
+    from lpm_compile.pipeline import with_resolution
+    from lpm_rt.config import preset
+
+    assert compile_main(["--model", "tiny", "--target", "cpu", "--resolution", "96x64",
+                         "--out", str(tmp_path / "a")]) == 0
+    av = lpm_rt.load(tmp_path / "a")
+    assert (av.spec.width, av.spec.height) == (96, 64) and av.cfg.stream.page_size == 8
+    assert describe(tmp_path / "a")["resolution"] == "96x64"
+    assert _frames(av, seconds=0.25).shape[1:] == (64, 96, 3)
+    edge = with_resolution(preset("edge-1.3b"), 256, 256).stream
+    assert (edge.tokens_per_frame, edge.page_size) == (256, 128)
+    assert with_resolution(preset("edge-1.3b"), 832, 480).stream.page_size == 120
+    with pytest.raises(ValueError, match="multiples of 16"):
+        with_resolution(preset("edge-1.3b"), 250, 256)
+    with pytest.raises(ValueError, match="no page size"):
+        with_resolution(preset("edge-1.3b"), 16 * 131, 16)       # 131 tokens a frame, a prime
+    assert compile_main(["--model", "tiny", "--target", "cpu", "--resolution", "96", "--out", str(tmp_path / "b")]) == 2
+    assert "not WxH" in capsys.readouterr().err
+    assert compile_main(["--model", "tiny", "--target", "cpu", "--resolution", "90x64", "--out", str(tmp_path / "b")]) == 1
+    assert "multiples of 16" in capsys.readouterr().err and not (tmp_path / "b").exists()
