@@ -28,7 +28,13 @@ import time
 PUSH_S = 0.5                          # audio pushed per call, as a client streaming half-second packets
 
 
-def stream(avatar, seconds: float, sync):
+def stream(avatar, seconds: float, sync, profile: dict | None = None):
+    """Stream ``seconds`` of audio in PUSH_S pushes -> (frames, per-push seconds). ``profile``: a
+    dict that receives the top functions by own time of the last push under cProfile (that push
+    is left out of the times): where a push's host time goes."""
+    import cProfile
+    import pstats
+
     import numpy as np
 
     from lpm_rt.assets import default_character
@@ -40,13 +46,24 @@ def stream(avatar, seconds: float, sync):
     frames, times = [], []
     with avatar.open_session(references=refs, prompt="calm", seed=0) as sess:
         step = int(sr * PUSH_S)
-        for i in range(0, len(pcm), step):
+        starts = list(range(0, len(pcm), step))
+        for i in starts:
+            prof = cProfile.Profile() if profile is not None and i == starts[-1] else None
             sync()
             t0 = time.perf_counter()
+            if prof:
+                prof.enable()
             sess.push_audio(pcm[i:i + step], sr)
             got = list(sess.frames())
             sync()
-            if got:
+            if prof:
+                prof.disable()
+                stats = pstats.Stats(prof).stats
+                top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:25]        # by own time
+                profile.update(calls=sum(v[1] for v in stats.values()), top=[
+                    [f"{f[0].split('site-packages/')[-1].split('/work/')[-1]}:{f[1]}({f[2]})", v[1], round(v[2], 4)]
+                    for f, v in top])
+            elif got:
                 times.append(time.perf_counter() - t0)
             frames += [f.image for f in got]
         sess.flush()
@@ -88,12 +105,14 @@ def main(argv=None) -> int:
     except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
         v_g, res["graph_error"] = None, f"{type(e).__name__}: {str(e)[:300]}"
     eager = lpm_rt.load(args.artifact, runtime=rt.replace(cuda_graphs=False))
-    v_aot, t_aot = stream(eager, args.seconds, sync)
+    res["aot_push_profile"] = {}
+    v_aot, t_aot = stream(eager, args.seconds, sync, profile=res["aot_push_profile"])
     res["triton_cache_files_after_aot"] = sum(len(f) for _, _, f in os.walk(cache))
     tgt = meta["target"]
     jit = lpm_rt.load(args.artifact, runtime=RuntimeConfig(device="cuda", dtype=tgt["act_dtype"],
                                                            kv_dtype=tgt["kv_dtype"], ops_backend="triton"))
-    v_jit, t_jit = stream(jit, args.seconds, sync)
+    res["jit_push_profile"] = {}
+    v_jit, t_jit = stream(jit, args.seconds, sync, profile=res["jit_push_profile"])
     diff = (v_aot - v_jit)
     res.update(frames=len(v_aot), max_abs_diff_255=float(abs(diff).max()) if diff.size else None,
                mean_abs_diff_255=float(abs(diff).mean()) if diff.size else None,
