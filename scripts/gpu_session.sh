@@ -32,25 +32,47 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TRITON_DEFAULT_FP_FUSION=1
 PY=${PY:-python3}
 step() { echo; echo "=== $* ($(date +%T))"; }
 
+# the checks, each under the time limit (s) its caller gives
+versions() {
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+}
+gpu_tests() {
+    step "GPU tests: production shapes against the references"
+    LPM_TEST_GPU=1 timeout "$1" $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
+}
+kernel_bench() {
+    step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
+    timeout "$1" $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
+        --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm*,quantize+triton' --out "$OUT/kernels.json"
+}
+aot_check() {
+    step "the artifact on its cubins vs the JIT kernels"
+    timeout "$1" $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
+}
+refiner() {     # limit, then bench_refiner.py options
+    step "refiner step: reference eager / torch.compile vs Triton (+ CUDA graph, FP8)"
+    local limit=$1; shift
+    timeout "$limit" $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json" "$@"
+}
+tile_sweep() {  # limit, then tune_kernels.py options
+    step "tile sweep: production shapes, each variant checked"
+    local limit=$1; shift
+    timeout "$limit" $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json" "$@"
+}
+
 if [ "$mode" = single ]; then
     # correctness first, then the side-by-side tables the issues' goals are judged by; a step cut by
     # its limit keeps the rows it wrote (the scripts write JSON as rows finish)
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
-        $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
-        step "GPU tests: production shapes against the references"
-        LPM_TEST_GPU=1 timeout 60 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
-        step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
-        timeout 120 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
-            --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm*,quantize+triton' --out "$OUT/kernels.json"
-        step "refiner step: reference eager / torch.compile vs Triton (+ CUDA graph, FP8)"
-        timeout 160 $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json" \
-            --providers ref-eager,triton,triton-graph,triton-fp8-graph,ref-compiled,ref-compiled-reduce-overhead,ref-compiled-lowp-attention
-        step "the artifact on its cubins vs the JIT kernels"
-        timeout 90 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
-        step "tile sweep: paged attention at production shapes, each variant checked"
-        timeout 100 $PY scripts/tune_kernels.py --quick --op paged_attention --out "$OUT/tune.json"
+        versions
+        gpu_tests 60
+        kernel_bench 120
+        refiner 160 --providers \
+            ref-eager,triton,triton-graph,triton-fp8-graph,ref-compiled,ref-compiled-reduce-overhead,ref-compiled-lowp-attention
+        aot_check 90
+        tile_sweep 100 --op paged_attention
         step "cold start to the first frame of the artifact, open_session profiled"
         timeout 30 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 1 --profile-open --out "$OUT/cold_aot.json"
         step done
@@ -62,11 +84,8 @@ if [ "$mode" = tune ]; then
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
-        step "tile sweep: FP8 GEMM and paged attention at production shapes, each variant checked"
-        timeout 200 $PY scripts/tune_kernels.py --quick --out "$OUT/tune.json"
-        step "kernel benchmarks: paged attention and FP8 linear vs SDPA / bf16 matmul / _scaled_mm"
-        timeout 130 $PY -m lpm_rt.cli bench kernels --quick --op paged_attention,fp8_linear \
-            --providers 'triton*,sdpa-*,torch-matmul-bf16,scaled_mm*,quantize+triton' --out "$OUT/kernels.json"
+        tile_sweep 200
+        kernel_bench 130
         step "kernel benchmarks: the memory-bound ops vs their torch.compile'd references"
         timeout 60 $PY -m lpm_rt.cli bench kernels --quick --op cache_write,norm_modulate \
             --providers 'triton*,ref-compiled' --out "$OUT/kernels_mem.json"
@@ -79,21 +98,16 @@ fi
 {
     step environment
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
-    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+    versions
     git rev-parse HEAD 2>/dev/null
-
-    step "GPU tests: production shapes against the references"
-    LPM_TEST_GPU=1 timeout 90 $PY -m pytest -q -m gpu tests/ops -p no:cacheprovider
-
-    step "the artifact on its cubins vs the JIT kernels"
-    timeout 100 $PY scripts/gpu_check.py build/gpu/demo-h100 --out "$OUT/aot_check.json"
+    gpu_tests 90
+    aot_check 100
 
     step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
     timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --profile-open --out "$OUT/cold_aot.json"
     timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
         --runs 1 --out "$OUT/cold_jit.json"
 
-    step "refiner step: reference eager / torch.compile (default, reduce-overhead) vs Triton (+ CUDA graph, FP8)"
-    timeout 150 $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json"
+    refiner 150
     step done
 } 2>&1 | tee "$OUT/log.txt"
