@@ -202,8 +202,11 @@ def _norm_modulate_variants(ctx: BuildContext) -> list:
     ce = dict(BLOCK_C=triton.next_power_of_2(m.dim), RMS=False, FP8_OUT=fp8_out, FIX_ROUND=False)
     ints = dict(C=m.dim, stride_xc=1, stride_hc=1, stride_sc=1, stride_yc=1, stride_xl=m.dim, stride_yl=m.dim,
                 stride_ql=1)
+    from lpm_rt.ops.norm_modulate import launch_warps
+
     return [Variant(f"norm_modulate_{tgt.arch}_{act}{'_fp8out' if fp8_out else ''}_c{m.dim}",
-                    KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "norm")]
+                    KERNELS_BY_FN["_norm_modulate_kernel"], ptr, ce, ints, kc.num_warps or launch_warps(m.dim),
+                    kc.num_stages, ("eps",), "norm")]
 
 
 def _cache_write_variants(ctx: BuildContext) -> list:
@@ -226,15 +229,20 @@ def _cache_write_variants(ctx: BuildContext) -> list:
     # prefill writes keys it rotated itself (cos/sin are the launcher's 1x1 placeholder)
     ints["H"] = H
     prefill = dict(ints, stride_cn=1, stride_sn=1)
+    from lpm_rt.ops.cache_write import launch_warps
+
+    warps = kc.num_warps or launch_warps(ps, D // 2)
     return [Variant(f"cache_write_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
-                    ptr, ce, ints, kc.num_warps, kc.num_stages, ("eps",), "cache"),
+                    ptr, ce, ints, warps, kc.num_stages, ("eps",), "cache"),
             Variant(f"cache_write_prefill_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN["_cache_write_kernel"],
-                    ptr, dict(ce, ROPE=False, QK_NORM=False), prefill, kc.num_warps, kc.num_stages, ("eps",), "cache")]
+                    ptr, dict(ce, ROPE=False, QK_NORM=False), prefill, warps, kc.num_stages, ("eps",), "cache")]
 
 
 def _cross_attention_variants(ctx: BuildContext) -> list:
     """Text attention (q norm fused; the session's keys are normed once) over the chunk's tokens,
     and the frame-local audio attention (q and k norms fused; the window fits one key tile)."""
+    from lpm_rt.ops.cross_attention import LAUNCH_STAGES, launch_warps
+
     tgt, m, s = ctx.target, ctx.cfg.model, ctx.cfg.stream
     kc = KERNEL_TABLES[tgt.name]["cross_attention"]
     act = _TRITON_DT[tgt.act_dtype]
@@ -248,10 +256,10 @@ def _cross_attention_variants(ctx: BuildContext) -> list:
                   IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
         ints = dict(Lq=lq, H=H, stride_qd=1, stride_qh=D, stride_ql=C, stride_kd=1, stride_kh=D, stride_kl=kl,
                     stride_vd=1, stride_vh=D, stride_vl=kl, stride_od=1, stride_oh=D, stride_ol=C)
-        # 8 warps above d64, as the JIT launcher: a 64-row d128 tile on 4 warps spills (sass: 104 B)
-        warps = kc.num_warps if D <= 64 else max(kc.num_warps, 8)
+        # 8 warps above d64 (a 64-row d128 tile on 4 warps spills: sass 104 B) unless the table says
+        warps, stages = kc.num_warps or launch_warps(D), kc.num_stages or LAUNCH_STAGES
         out.append(Variant(f"cross_attention_{kind}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_kernel"],
-                           ptr, ce, ints, warps, kc.num_stages, ("eps", "qk_scale"), "cross_attention"))
+                           ptr, ce, ints, warps, stages, ("eps", "qk_scale"), "cross_attention"))
     return out
 
 

@@ -107,10 +107,13 @@ def target(name: str) -> Target:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch configuration of one kernel family on one target (all constexpr or launch-time)."""
+    """Launch configuration of one kernel family on one target (all constexpr or launch-time).
+    ``None`` warps or stages: the JIT launcher's rule for the shapes the config gives
+    (``launch_warps`` / ``LAUNCH_STAGES`` of the op's module in lpm_rt.ops), so an untuned
+    artifact runs what the JIT path runs."""
 
-    num_warps: int
-    num_stages: int
+    num_warps: int | None
+    num_stages: int | None
     tiles: dict = field(default_factory=dict)     # BLOCK_* constexprs (clamped to the problem later)
 
 
@@ -130,19 +133,22 @@ KERNEL_TABLES: dict = {
         # (csrc_triton/fp8_linear.py, FAST_ACCUM): 1253 TFLOP/s at [9360x5120]x[5120x13824]
         # (1141 in the bench table of gpu-20261204-3)
         "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FAST_ACCUM=True)),
-        "norm_modulate": KernelConfig(8, 1, {}),
-        "cache_write": KernelConfig(8, 1, {}),
+        # untuned: the JIT launchers' rules (on an H200 the one-stage cross-attention and 8-warp
+        # cache write of the earlier table took 1.8x and 1.4x the JIT kernels' time at the demo's
+        # shapes: bench/results/gpu-20261204-4)
+        "norm_modulate": KernelConfig(None, 1, {}),
+        "cache_write": KernelConfig(None, 1, {}),
         # short key streams (text, a frame's audio window): the head loop is the work
-        "cross_attention": KernelConfig(4, 1, dict(BLOCK_M=64, BLOCK_N=64)),
+        "cross_attention": KernelConfig(None, None, dict(BLOCK_M=64, BLOCK_N=64)),
     },
     "orin": {
         # sm_87: 164 KB shared memory per SM, mma.sync; fp16 K/V
         "paged_attention": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=64)),
         "paged_attention_small": KernelConfig(4, 2, dict(BLOCK_M=64, BLOCK_N=64)),
         "paged_attention_combine": KernelConfig(4, 1, dict(BLOCK_S=32)),
-        "norm_modulate": KernelConfig(4, 1, {}),
-        "cache_write": KernelConfig(4, 1, {}),
-        "cross_attention": KernelConfig(4, 1, dict(BLOCK_M=64, BLOCK_N=64)),
+        "norm_modulate": KernelConfig(None, 1, {}),
+        "cache_write": KernelConfig(None, 1, {}),
+        "cross_attention": KernelConfig(None, None, dict(BLOCK_M=64, BLOCK_N=64)),
     },
 }
 

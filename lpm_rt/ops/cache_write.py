@@ -30,6 +30,16 @@ __all__ = ["cache_write", "cache_write_ref", "rms_rows", "FP8_MAX"]
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
+def launch_warps(page_size: int, half_d: int) -> int:
+    """Warps per program: one program per page (and tensor), a [page, head_dim / 2] tile per head;
+    8 from 4096 elements up. The AOT tables' heuristic for this kernel too (compile/kernels.py)."""
+    return 8 if _next_pow2(page_size) * half_d >= 4096 else 4
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _write(x, pages, scale, slot_mapping):
     page_size = pages.shape[1]
     flat = pages.view(-1, *pages.shape[2:])                          # (P * page_size, H, D)
@@ -134,7 +144,7 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
                        dict(PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
                             ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
                             QK_NORM=norm),
-                       {}, num_warps=8 if triton.next_power_of_2(page_size) * half >= 4096 else 4)
+                       {}, num_warps=launch_warps(page_size, half))
     wq, wk = (q_weight, k_weight) if norm else (qi.new_empty(1), qi.new_empty(1))
     launch[(N // page_size, 1 if norm else H, 3 if q is not None else 2)](
         k, v, c, s, slot_mapping, k_pages, v_pages, ks, vs, qi, qo, sh, wq, wk, H, float(eps),

@@ -23,6 +23,13 @@ __all__ = ["cross_attention", "cross_attention_ref"]
 
 _LOG2E = 1.4426950408889634
 K_NORM_MAX_KEYS = 128
+LAUNCH_STAGES = 3          # K/V tiles in flight over the key loop (Triton's default, now explicit)
+
+
+def launch_warps(head_dim: int) -> int:
+    """Warps per program: 8 above d64 (a 64-row d128 tile on 4 warps spills). The AOT tables'
+    heuristic for this kernel too (compile/kernels.py), with LAUNCH_STAGES."""
+    return 4 if head_dim <= 64 else 8
 
 
 def _rms(x, w, eps):
@@ -79,7 +86,7 @@ def _cross_attention_triton(q, k, v, q_weight, k_weight, eps, sm_scale):
                        dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
                        dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=bn),
-                       num_warps=4 if D <= 64 else 8)
+                       num_warps=launch_warps(D), num_stages=LAUNCH_STAGES)
     bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
     if k_weight is not None and Lk > bn:
         raise ValueError(f"cross_attention with key norms: {Lk} keys exceed the kernel's tile of {bn}")

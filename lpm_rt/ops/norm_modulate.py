@@ -19,6 +19,12 @@ __all__ = ["norm_modulate", "norm_modulate_ref", "quantize_fp8_rows", "FP8_MAX"]
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
+def launch_warps(C: int) -> int:
+    """Warps per program (one row of C channels each): 8 past 2048 channels. The AOT tables'
+    heuristic for this kernel too (compile/kernels.py)."""
+    return 4 if C <= 2048 else 8
+
+
 def quantize_fp8_rows(y: torch.Tensor):
     """Per-row (per-token) e4m3 quantization: scale = max(amax|row| * fp32(1/448), 1e-12).
     The scale multiplies by the reciprocal on every device (torch divides by a Python scalar that
@@ -68,7 +74,7 @@ def _norm_modulate_triton(x, shift, scale, eps, norm, out_fp8):
     if B * L:
         launch = configure(kern._norm_modulate_kernel, dict(BLOCK_C=triton.next_power_of_2(C), RMS=norm == "rms",
                                                             FP8_OUT=out_fp8, FIX_ROUND=interpreting()),
-                           {}, num_warps=4 if C <= 2048 else 8)
+                           {}, num_warps=launch_warps(C))
         launch[(B * L,)](x, shift, scale, y, ys, L, C, float(eps),
                          *x.stride(), *shift.stride(), *scale.stride(), *y.stride(), *ys.stride())
     return (y, ys) if out_fp8 else y
