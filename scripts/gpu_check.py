@@ -28,10 +28,28 @@ import time
 PUSH_S = 0.5                          # audio pushed per call, as a client streaming half-second packets
 
 
-def stream(avatar, seconds: float, sync, profile: dict | None = None):
+def device_kernels(prof, top: int = 20) -> dict:
+    """GPU kernels of a torch.profiler trace (CUDA-graph replays included: CUPTI reports their
+    kernels): count and microseconds, in total and for the ``top`` kernels by time."""
+    from torch.autograd import DeviceType
+
+    rows: dict = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            r = rows.setdefault(e.name, [0, 0.0])
+            r[0] += 1
+            r[1] += e.time_range.elapsed_us()
+    best = sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]
+    return dict(kernels=sum(r[0] for r in rows.values()), kernel_us=round(sum(r[1] for r in rows.values()), 1),
+                top=[[name[:120], n, round(us, 1)] for name, (n, us) in best])
+
+
+def stream(avatar, seconds: float, sync, profile: dict | None = None, kernels: dict | None = None):
     """Stream ``seconds`` of audio in PUSH_S pushes -> (frames, per-push seconds). ``profile``: a
     dict that receives the top functions by own time of the last push under cProfile (that push
-    is left out of the times): where a push's host time goes."""
+    is left out of the times): where a push's host time goes. ``kernels``: a dict that receives
+    the GPU kernels of the last push under torch.profiler (:func:`device_kernels`, that push left
+    out of the times too): where its device time goes."""
     import cProfile
     import pstats
 
@@ -49,13 +67,23 @@ def stream(avatar, seconds: float, sync, profile: dict | None = None):
         starts = list(range(0, len(pcm), step))
         for i in starts:
             prof = cProfile.Profile() if profile is not None and i == starts[-1] else None
+            tprof = None
+            if kernels is not None and i == starts[-1]:
+                import torch
+                tprof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                           torch.profiler.ProfilerActivity.CUDA])
             sync()
             t0 = time.perf_counter()
             if prof:
                 prof.enable()
+            if tprof:
+                tprof.__enter__()
             sess.push_audio(pcm[i:i + step], sr)
             got = list(sess.frames())
             sync()
+            if tprof:
+                tprof.__exit__(None, None, None)
+                kernels.update(device_kernels(tprof), push_ms_profiled=1e3 * (time.perf_counter() - t0))
             if prof:
                 prof.disable()
                 stats = pstats.Stats(prof).stats
@@ -63,7 +91,7 @@ def stream(avatar, seconds: float, sync, profile: dict | None = None):
                 profile.update(calls=sum(v[1] for v in stats.values()), top=[
                     [f"{f[0].split('site-packages/')[-1].split('/work/')[-1]}:{f[1]}({f[2]})", v[1], round(v[2], 4)]
                     for f, v in top])
-            elif got:
+            if got and not (prof or tprof):
                 times.append(time.perf_counter() - t0)
             frames += [f.image for f in got]
         sess.flush()
@@ -100,7 +128,8 @@ def main(argv=None) -> int:
     rt = aot.model.cfg.runtime
     res.update(backend=rt.ops_backend, cuda_graphs=rt.cuda_graphs, kernels_loaded=len(getattr(aot, "kernels", {})))
     try:
-        v_g, t_g = stream(aot, args.seconds, sync)
+        res["aot_graph_kernels"] = {}
+        v_g, t_g = stream(aot, args.seconds, sync, kernels=res["aot_graph_kernels"])
         res["push_ms_aot_graphs"] = ms(t_g)
     except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
         v_g, res["graph_error"] = None, f"{type(e).__name__}: {str(e)[:300]}"
@@ -113,6 +142,11 @@ def main(argv=None) -> int:
                                                            kv_dtype=tgt["kv_dtype"], ops_backend="triton"))
     res["jit_push_profile"] = {}
     v_jit, t_jit = stream(jit, args.seconds, sync, profile=res["jit_push_profile"])
+    # the GEMM tiles each path runs: the artifact's frozen ones, the JIT autotuner's per (M, N, K)
+    import csrc_triton.fp8_linear as lin
+    res["aot_fp8_linear_tiles"] = sorted({f"{r['name']}: {r['constexprs'].get('BLOCK_M')}x{r['constexprs'].get('BLOCK_N')}"
+                                          for r in meta["kernels"] if r.get("role") == "linear"})
+    res["jit_fp8_linear_picks"] = [f"{key}: {cfg}" for key, cfg in (getattr(lin._AUTOTUNED, "cache", None) or {}).items()]
     diff = (v_aot - v_jit)
     res.update(frames=len(v_aot), max_abs_diff_255=float(abs(diff).max()) if diff.size else None,
                mean_abs_diff_255=float(abs(diff).mean()) if diff.size else None,
@@ -123,7 +157,8 @@ def main(argv=None) -> int:
     # artifact): whether that path replays the eager frames too
     try:
         jit_g = lpm_rt.load(args.artifact, runtime=jit.model.cfg.runtime.replace(cuda_graphs=True))
-        v_jg, t_jg = stream(jit_g, args.seconds, sync)
+        res["jit_graph_kernels"] = {}
+        v_jg, t_jg = stream(jit_g, args.seconds, sync, kernels=res["jit_graph_kernels"])
         res.update(push_ms_jit_graphs=ms(t_jg), jit_graph_max_abs_diff_255=float(abs(v_jg - v_jit).max()))
     except Exception as e:                                   # noqa: BLE001 -- report, keep the rest
         res["jit_graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"

@@ -21,19 +21,18 @@ import sys
 
 import torch
 
-ATTN_TILES = [(128, 64, 8, 3, False, False), (128, 128, 8, 2, True, False), (128, 128, 8, 2, True, True),
-              (128, 128, 8, 3, True, False), (128, 128, 8, 3, True, True), (64, 128, 4, 3, True, False),
-              (64, 128, 4, 3, True, True)]
+ATTN_TILES = [(128, 128, 8, 2, True, False), (128, 128, 8, 3, True, False), (64, 128, 4, 3, True, False)]
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
-# TMA_KV: those page tiles through tensor descriptors). The first run's sweep (128x64 and 128x128
-# key blocks crossing pages, 64x64) is in bench/results/gpu-20261204-2/tune.json.
+# TMA_KV: those page tiles through tensor descriptors). Key blocks crossing pages (128x64), TMA_KV
+# page tiles and 64x64 tiles lost at every shape of the sweeps in bench/results/gpu-20261204-2/tune.json
+# and gpu-20261204-3/tune.json (the smoke run still covers TMA_KV).
 MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok")
+DEFAULT_MODES = ("bf16", "fp8kv")
 # bf16: bf16 pages; fp8kv: fp8 pages, fp16 dots (F16_DOTS, the default); fp8kv-bf16: fp8 pages, bf16
 # dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
-# token-contiguous V pages
+# token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
 MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False)], "fp8": [(128, 128, 8, 3, True, False)],
               "fp8-vtok": [(64, 128, 4, 3, True, False)]}
-# the modes measured before on every tile (bench/results/gpu-20261204-2/tune.json) keep their best
 LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3)]
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 # (64-row tiles lost at every shape of the first sweep)
@@ -62,7 +61,7 @@ def linear_cases(smoke: bool):
             ("lpm-17b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=6f qkv", "edge-1.3b 480P chunk=6f ffn-up")]
 
 
-def tune_attention(dev, bench, smoke, emit):
+def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt import ops
     from lpm_rt.benchmark.kernels import attention_inputs, rel_l2
@@ -71,7 +70,7 @@ def tune_attention(dev, bench, smoke, emit):
     tiles = [(16, 16, 4, 2, False, False), (32, 16, 4, 2, True, False), (32, 16, 4, 2, True, True)] if smoke \
         else ATTN_TILES
     for sh in attention_cases(smoke):
-        for mode in MODES:
+        for mode in modes:
             args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
             if mode == "bf16":
                 args = args[:5] + (None, None)
@@ -165,10 +164,15 @@ def best_rows(rows) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--op", choices=("paged_attention", "fp8_linear"), default=None, help="one op (default both)")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"attention modes, comma-separated, of {','.join(MODES)} (default %(default)s)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two variants (CPU, interpreter)")
     ap.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     ap.add_argument("--out", default=None, help="JSON results (rows written as they finish)")
     args = ap.parse_args(argv)
+    unknown = set(args.modes.split(",")) - set(MODES) - {""}
+    if unknown:
+        ap.error(f"--modes: unknown {sorted(unknown)} (known: {', '.join(MODES)})")
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         print("no CUDA GPU: timings need one (use --smoke for the CPU check of the sweep itself)", file=sys.stderr)
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
         if args.op in (None, "fp8_linear"):              # the GEMM first: its goal is within reach
             tune_linear(dev, bench, args.smoke, emit)
         if args.op in (None, "paged_attention"):
-            tune_attention(dev, bench, args.smoke, emit)
+            tune_attention(dev, bench, args.smoke, emit, tuple(m for m in args.modes.split(",") if m))
     finally:
         ops.set_backend(prev)
     res["best"] = best_rows(res["rows"])

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _util import script  # noqa: E402
 
@@ -30,7 +32,8 @@ def test_override_tiles_reaches_the_jit_launch_and_is_undone(triton_backend):
 
 def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     out = tmp_path / "tune.json"
-    assert script("tune_kernels").main(["--smoke", "--out", str(out)]) == 0
+    modes = "bf16,fp8kv,fp8kv-bf16,fp8,fp8-vtok"
+    assert script("tune_kernels").main(["--smoke", "--modes", modes, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     rows = res["rows"]
     assert {(r["op"], r["mode"]) for r in rows} == {
@@ -47,3 +50,5 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     vtok = [r for r in rows if r["mode"] == "fp8-vtok"]
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
     assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16"}  # TMA page tiles ran
+    with pytest.raises(SystemExit):
+        script("tune_kernels").main(["--smoke", "--modes", "bf16,fp9"])
