@@ -32,8 +32,8 @@ def direct(*tensors) -> bool:
     """Whether a launcher calls its Triton implementation directly rather than through its custom
     op: in eager mode, under no dispatch mode, with no input requiring grad. The op's dispatch
     costs microseconds on every call, and the first call of any custom op imports torch._dynamo
-    (the imports it pulls in lead the profile of a 7.4 s session open on an H200,
-    bench/results/gpu-20261204-3/cold_aot.json). Under
+    (the imports it pulled in led the profile of a 7.4 s session open on an H200; 1.7 s with
+    direct calls: bench/results/gpu-20261204-3 and -4, cold_aot.json). Under
     torch.compile the op is what gets traced, a dispatch mode (fake tensors, the launch counter of
     ``lpm_rt.benchmark.launches``) sees it, and with gradients it raises (no backward is registered)
     instead of dropping them."""
