@@ -102,13 +102,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
     from lpm_rt import ops
+    from lpm_rt.benchmark import git_state
     from lpm_rt.benchmark.kernels import rel_l2, timed
 
     cuda = args.device.startswith("cuda")
     act, kv = ("bf16", "fp8") if cuda else ("fp32", "fp32")
     want = set(args.providers.split(",")) if args.providers else None
     res = dict(preset=args.preset, device=torch.cuda.get_device_name(0) if cuda else "cpu", torch=torch.__version__,
-               act_dtype=act, kv_dtype=kv, results=[])
+               act_dtype=act, kv_dtype=kv, **git_state(), results=[])
     try:
         import triton
         res["triton"] = triton.__version__

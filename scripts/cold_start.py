@@ -113,10 +113,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
     keys = [k for k in runs[0] if k.endswith("_s")]
     import torch
+
+    from lpm_rt.benchmark import git_state
     res = dict(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
                triton_cache="warm" if args.warm_cache else ("empty" if args.backend == "triton" else "n/a"),
                runs=args.runs, median={k: statistics.median(r[k] for r in runs) for k in keys},
-               gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, all=runs)
+               gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **git_state(), all=runs)
     print(json.dumps(res))
     if args.out:
         with open(args.out, "w") as f:

@@ -119,7 +119,9 @@ def main(argv=None) -> int:
         print("no CUDA device", file=sys.stderr)
         return 2
     sync = torch.cuda.synchronize
-    res = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, artifact=args.artifact)
+    from lpm_rt.benchmark import git_state
+
+    res = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, artifact=args.artifact, **git_state())
     meta = read_manifest(args.artifact)
     ms = lambda t: 1e3 * statistics.median(t[2:] or t)                  # noqa: E731
     res["push_s"] = PUSH_S

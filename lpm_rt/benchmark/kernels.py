@@ -289,8 +289,9 @@ def env_info() -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    info = dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
-                git_sha=sh(["git", "-C", os.path.dirname(__file__), "rev-parse", "HEAD"]),
+    from . import git_state
+
+    info = dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda, **git_state(),
                 time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,16 +23,13 @@ __all__ = ["main", "run_stream_bench", "environment"]
 
 
 def environment() -> dict:
-    """Device, versions and git SHA for a results file."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
+    """Device, versions and git state (SHA, uncommitted changes) for a results file."""
+    from . import git_state
+
     dev = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
            else f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     return {"device": dev, "torch": torch.__version__, "python": platform.python_version(),
-            "git_sha": sha, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            **git_state(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _rss():
