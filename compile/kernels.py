@@ -241,7 +241,7 @@ def _cache_write_variants(ctx: BuildContext) -> list:
 def _cross_attention_variants(ctx: BuildContext) -> list:
     """Text attention (q norm fused; the session's keys are normed once) over the chunk's tokens,
     and the frame-local audio attention (q and k norms fused; the window fits one key tile)."""
-    from lpm_rt.ops.cross_attention import LAUNCH_STAGES, launch_warps
+    from lpm_rt.ops.cross_attention import LAUNCH_STAGES, key_tile, launch_warps
 
     tgt, m, s = ctx.target, ctx.cfg.model, ctx.cfg.stream
     kc = KERNEL_TABLES[tgt.name]["cross_attention"]
@@ -250,15 +250,19 @@ def _cross_attention_variants(ctx: BuildContext) -> list:
     ka = (m.audio_context + 1) * m.audio_tokens_per_frame
     ptr = dict(q_ptr=act, k_ptr=act, v_ptr=act, qw_ptr=act, kw_ptr=act, o_ptr=act)
     out = []
-    for kind, lq, k_norm, bn, kl in (("text", s.chunk_frames * s.tokens_per_frame, False, kc.tiles["BLOCK_N"], C),
-                                     ("audio", s.tokens_per_frame, True, max(16, triton.next_power_of_2(ka)), 2 * C)):
+    # the text's key count is the session's (a few tags, up to text_len): one text kernel per key
+    # tile the launcher can pick, up to the table's; the audio window is fixed by the config
+    text_tiles = sorted({min(key_tile(n, False), kc.tiles["BLOCK_N"]) for n in (1, 17, 33, m.text_len)})
+    for kind, lq, k_norm, bn, kl in [("text", s.chunk_frames * s.tokens_per_frame, False, bn, C) for bn in text_tiles] \
+            + [("audio", s.tokens_per_frame, True, key_tile(ka, True), 2 * C)]:
         ce = dict(HEAD_DIM=D, BLOCK_M=_clamp(kc.tiles["BLOCK_M"], lq), BLOCK_N=bn, Q_NORM=True, K_NORM=k_norm,
                   IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
         ints = dict(Lq=lq, H=H, stride_qd=1, stride_qh=D, stride_ql=C, stride_kd=1, stride_kh=D, stride_kl=kl,
                     stride_vd=1, stride_vh=D, stride_vl=kl, stride_od=1, stride_oh=D, stride_ol=C)
         # 8 warps above d64 (a 64-row d128 tile on 4 warps spills: sass 104 B) unless the table says
         warps, stages = kc.num_warps or launch_warps(D), kc.num_stages or LAUNCH_STAGES
-        out.append(Variant(f"cross_attention_{kind}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_kernel"],
+        tag = f"{kind}_bn{bn}" if kind == "text" and len(text_tiles) > 1 else kind
+        out.append(Variant(f"cross_attention_{tag}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_kernel"],
                            ptr, ce, ints, warps, stages, ("eps", "qk_scale"), "cross_attention"))
     return out
 

@@ -133,9 +133,10 @@ KERNEL_TABLES: dict = {
         # (csrc_triton/fp8_linear.py, FAST_ACCUM): 1253 TFLOP/s at [9360x5120]x[5120x13824]
         # (1141 in the bench table of gpu-20261204-3)
         "fp8_linear": KernelConfig(8, 3, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FAST_ACCUM=True)),
-        # untuned: the JIT launchers' rules (on an H200 the one-stage cross-attention and 8-warp
-        # cache write of the earlier table took 1.8x and 1.4x the JIT kernels' time at the demo's
-        # shapes: bench/results/gpu-20261204-4)
+        # untuned: the JIT launchers' rules (on an H200 the earlier frozen 8-warp cache write took
+        # 1.4x the JIT kernel's time at the demo's shapes, bench/results/gpu-20261204-4; the text
+        # cross-attention, 1.8x, ran 64-key tiles over a 1-tag prompt: compile/kernels.py now
+        # compiles it per key tile and the launcher picks)
         "norm_modulate": KernelConfig(None, 1, {}),
         "cache_write": KernelConfig(None, 1, {}),
         # short key streams (text, a frame's audio window): the head loop is the work

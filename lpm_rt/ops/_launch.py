@@ -14,7 +14,10 @@ AOT path they are named from the kernel's signature and handed to
 :meth:`lpm_rt.artifact.CubinKernel.launch`, which refuses any argument outside the compiled
 contract (pointer dtypes, alignment, specialized strides, divisibility). Among the artifact's
 specializations with the right semantics, the first whose contract accepts the arguments runs;
-if none does, :class:`ArtifactError` says why for each -- there is no JIT fallback.
+if none does, :class:`ArtifactError` says why for each -- there is no JIT fallback. Where the
+artifact holds one kernel at several tile sizes, the launcher names the tiles its choice
+depends on the call's shape for (``prefer``, e.g. a key tile sized to the key count): the
+specializations with the launcher's values are taken first.
 
 ``FIX_ROUND`` and ``IEEE`` are numerics switches for the interpreter (numpy has no bf16/fp8
 rounding): they are not part of the match, and compiled kernels carry their GPU values.
@@ -119,8 +122,11 @@ class _Aot:
         return run
 
 
-def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int | None = None):
-    """-> a launch handle: ``handle.constexprs`` (semantic + tiles in use) and ``handle[grid](*args)``."""
+def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int | None = None,
+              prefer: tuple = ()):
+    """-> a launch handle: ``handle.constexprs`` (semantic + tiles in use) and ``handle[grid](*args)``.
+    ``prefer``: names in ``tiles`` whose values the AOT backend matches where the artifact has
+    them (otherwise its first tile set); the launcher sizes its grid from ``handle.constexprs``."""
     from . import get_backend
 
     if get_backend() != "aot":
@@ -133,7 +139,7 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
         raise ArtifactError("ops backend 'aot' without an artifact's kernels: load a GPU artifact "
                             "(lpm_rt.load(DIR)) or select the 'triton' backend")
     want = {n: v for n, v in semantic.items() if n not in NUMERICS}
-    memo = (key, tuple(sorted(want.items())))
+    memo = (key, tuple(sorted(want.items())), tuple((n, tiles[n]) for n in prefer))
     if memo in _HANDLES:
         return _HANDLES[memo]
     declared, names = _signature(fn)
@@ -143,6 +149,8 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
         compiled = [{n: k.record["constexprs"].get(n) for n in want} for k in have]
         raise ArtifactError(f"the artifact has no {key} compiled for {want} (it has {compiled or 'none'}); "
                             "recompile it for this configuration (lpm-rt compile)")
+    preferred = [k for k in match if all(k.record["constexprs"].get(n) == tiles[n] for n in prefer)]
+    match = preferred or match
     tiles_of = lambda k: tuple(k.record["constexprs"].get(n) for n in declared)   # noqa: E731
     match = [k for k in match if tiles_of(k) == tiles_of(match[0])]            # one grid for all
     handle = _HANDLES[memo] = _Aot(fn, match, declared, names)

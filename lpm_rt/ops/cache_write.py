@@ -33,11 +33,9 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 def launch_warps(page_size: int, half_d: int) -> int:
     """Warps per program: one program per page (and tensor), a [page, head_dim / 2] tile per head;
     8 from 4096 elements up. The AOT tables' heuristic for this kernel too (compile/kernels.py)."""
-    return 8 if _next_pow2(page_size) * half_d >= 4096 else 4
+    from ._triton_util import next_pow2
 
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+    return 8 if next_pow2(page_size) * half_d >= 4096 else 4
 
 
 def _write(x, pages, scale, slot_mapping):

@@ -23,13 +23,29 @@ __all__ = ["cross_attention", "cross_attention_ref"]
 
 _LOG2E = 1.4426950408889634
 K_NORM_MAX_KEYS = 128
-LAUNCH_STAGES = 3          # K/V tiles in flight over the key loop (Triton's default, now explicit)
+# Triton's default, explicit so that an artifact records what the JIT path runs (the kernel's SASS is
+# the same at 1 and 3 stages with Triton 3.6 and 3.9: its loops are not software-pipelined)
+LAUNCH_STAGES = 3
+
+
+MAX_KEY_TILE = 64          # keys per tile of the loop over key tiles (keys not normed in the kernel)
 
 
 def launch_warps(head_dim: int) -> int:
     """Warps per program: 8 above d64 (a 64-row d128 tile on 4 warps spills). The AOT tables'
     heuristic for this kernel too (compile/kernels.py), with LAUNCH_STAGES."""
     return 4 if head_dim <= 64 else 8
+
+
+def key_tile(n_keys: int, k_norm: bool) -> int:
+    """BLOCK_N for ``n_keys`` keys: the next power of two from 16, at most MAX_KEY_TILE unless the
+    kernel norms the keys (then one tile holds them all). A session's text is a few tags, so the
+    text tile is usually 16: an artifact compiles the text kernel at each tile up to its table's
+    and the launcher picks this one (``configure(prefer=...)``)."""
+    from ._triton_util import next_pow2
+
+    bn = max(16, next_pow2(n_keys))
+    return bn if k_norm else min(MAX_KEY_TILE, bn)
 
 
 def _rms(x, w, eps):
@@ -81,12 +97,12 @@ def _cross_attention_triton(q, k, v, q_weight, k_weight, eps, sm_scale):
     if out.numel() == 0:
         return out
     dummy = q.new_empty(1)
-    bn = max(16, triton.next_power_of_2(Lk)) if k_weight is not None else min(64, max(16, triton.next_power_of_2(Lk)))
+    bn = key_tile(Lk, k_weight is not None)
     launch = configure(kern._cross_attn_kernel,
                        dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
                        dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=bn),
-                       num_warps=launch_warps(D), num_stages=LAUNCH_STAGES)
+                       num_warps=launch_warps(D), num_stages=LAUNCH_STAGES, prefer=("BLOCK_N",))
     bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
     if k_weight is not None and Lk > bn:
         raise ValueError(f"cross_attention with key norms: {Lk} keys exceed the kernel's tile of {bn}")

@@ -170,3 +170,39 @@ def test_wide_bf16_input_gemm_runs_quantizer_then_gemm(artifact, monkeypatch):
     finally:
         ops.set_backend("ref")
     assert torch.equal(got, want)
+
+
+def test_text_attention_takes_the_key_tile_of_its_key_count(aot_kernels):
+    """The artifact holds the text cross-attention at key tiles 16, 32 and 64; each call runs the
+    tile the JIT launcher would pick for its key count (a few prompt tags: 16, not a 64-key tile
+    with 63 masked), and gives the JIT kernels' result bit for bit."""
+    d, meta, launched = aot_kernels
+    cfg = LPMConfig.from_dict(meta["config"])
+    H, D = cfg.model.num_heads, cfg.model.head_dim
+    lq = cfg.stream.chunk_frames * cfg.stream.tokens_per_frame
+    text = sorted(r["name"] for r in meta["kernels"] if r["name"].startswith("cross_attention_text"))
+    assert [n.split("_sm_")[0] for n in text] == [f"cross_attention_text_bn{b}" for b in (16, 32, 64)], text
+    g = torch.Generator().manual_seed(0)
+    qw = (1 + 0.3 * torch.randn(H * D, generator=g)).bfloat16()
+    cases = []
+    for n_keys, tile in ((1, 16), (3, 16), (20, 32), (40, 64), (100, 64)):
+        q = torch.randn(1, lq, H, D, generator=g).bfloat16()
+        kv = torch.randn(1, n_keys, 2, H, D, generator=g).bfloat16()
+        cases.append((q, kv[:, :, 0], kv[:, :, 1], tile))
+    ops.set_backend("aot")
+    try:
+        got = []
+        for q, k, v, tile in cases:
+            got.append(ops.cross_attention(q, k, v, qw))
+            assert launched[-1].startswith(f"cross_attention_text_bn{tile}_"), (k.shape[1], launched[-1])
+    finally:
+        ops.set_backend("ref")
+        _launch.uninstall()
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    ops.set_backend("triton")
+    try:
+        for (q, k, v, _), out in zip(cases, got):
+            assert torch.equal(out, ops.cross_attention(q, k, v, qw))
+    finally:
+        ops.set_backend("ref")

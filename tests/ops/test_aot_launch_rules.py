@@ -1,8 +1,7 @@
 """An artifact's untuned kernels launch as the JIT path does: for the kernel families whose h100
 and orin table entries defer to the launchers' rules (warps, stages), the AOT variants of a preset
 carry exactly what the JIT launcher picks at that preset's shapes. (On an H200 the earlier frozen
-picks -- one-stage cross-attention, 8-warp cache writes -- ran 1.8x and 1.4x slower than the JIT
-kernels at the demo's shapes.)"""
+8-warp cache write ran 1.4x slower than the JIT kernel at the demo's shapes.)"""
 
 from __future__ import annotations
 
