@@ -37,7 +37,8 @@ def test_production_shapes_are_labelled_480p():
 def test_every_provider_runs(op, monkeypatch):
     calls = []
 
-    def one_call(fn, quick):
+    def one_call(fn, quick, graph=False):
+        assert graph is False
         fn()
         calls.append(1)
         return dict(median_ms=1.0, p20_ms=0.9, p80_ms=1.2)
@@ -79,7 +80,7 @@ def test_main_without_gpu(capsys, tmp_path):
 
 def test_provider_patterns_select_what_runs(monkeypatch):
     """``--providers``: fnmatch patterns; what they leave out is neither run nor reported."""
-    monkeypatch.setattr(H, "_timed", lambda fn, quick: (fn(), dict(median_ms=1.0, p20_ms=1.0, p80_ms=1.0))[1])
+    monkeypatch.setattr(H, "_timed", lambda fn, quick, graph=False: (fn(), dict(median_ms=1.0, p20_ms=1.0, p80_ms=1.0))[1])
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
     rows = H.run_op("fp8_linear", True, dict(bf16_tflops=1.0, fp8_tflops=2.0, copy_gbps=1.0), [TINY["fp8_linear"]],
                     device="cpu", only=["triton*", "torch-matmul-bf16"])
@@ -91,3 +92,16 @@ def test_main_refuses_an_unknown_op(capsys):
     with pytest.raises(SystemExit):
         H.main(["--op", "paged_attention,bogus"])
     assert "bogus" in capsys.readouterr().err
+
+
+def test_cuda_graph_timing_reaches_every_provider_and_needs_cuda(monkeypatch):
+    """``--cuda-graph``: run_op hands the choice to every timing call; on a CPU it is refused."""
+    seen = []
+    monkeypatch.setattr(H, "_timed", lambda fn, quick, graph=False: (seen.append(graph), fn(),
+                                                                       dict(median_ms=1.0, p20_ms=1.0, p80_ms=1.0))[2])
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    rows = H.run_op("norm_modulate", True, dict(bf16_tflops=1.0, fp8_tflops=2.0, copy_gbps=1.0),
+                    [TINY["norm_modulate"]], device="cpu", graph=True)
+    assert seen and all(seen) and len(seen) == sum("skipped" not in r for r in rows)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        H.timed(lambda: None, 1, 1, cuda=False, graph=True)
