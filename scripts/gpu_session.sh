@@ -60,6 +60,12 @@ refiner() {     # limit, then bench_refiner.py options
     local limit=$1; shift
     timeout "$limit" $PY scripts/bench_refiner.py --preset edge-1.3b --quick --out "$OUT/refiner.json" "$@"
 }
+cold_starts() { # artifact runs, artifact limit
+    step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
+    timeout "$2" $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs "$1" --profile-open --out "$OUT/cold_aot.json"
+    timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
+        --runs 1 --out "$OUT/cold_jit.json"
+}
 tile_sweep() {  # limit, then tune_kernels.py options
     step "tile sweep: production shapes, each variant checked"
     local limit=$1; shift
@@ -79,10 +85,7 @@ if [ "$mode" = single ]; then
         aot_check 100
         kernel_bench_graph 90
         kernel_bench 120
-        step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
-        timeout 30 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 1 --profile-open --out "$OUT/cold_aot.json"
-        timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
-            --runs 1 --out "$OUT/cold_jit.json"
+        cold_starts 1 30
         step done
     } 2>&1 | tee "$OUT/log.txt"
     exit 0
@@ -108,12 +111,7 @@ fi
     git rev-parse HEAD 2>/dev/null
     gpu_tests 90
     aot_check 100
-
-    step "cold start to the first frame: artifact vs JIT with an empty Triton cache"
-    timeout 45 $PY scripts/cold_start.py --model build/gpu/demo-h100 --runs 2 --profile-open --out "$OUT/cold_aot.json"
-    timeout 70 $PY scripts/cold_start.py --model demo --device cuda --dtype bf16 --kv-dtype fp8 --backend triton \
-        --runs 1 --out "$OUT/cold_jit.json"
-
+    cold_starts 2 45
     refiner 150
     step done
 } 2>&1 | tee "$OUT/log.txt"

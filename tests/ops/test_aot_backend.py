@@ -79,6 +79,17 @@ def _install(d, monkeypatch):
     yield d, meta, launched
 
 
+def _on_jit_kernels(fn):
+    """fn() with the real JIT kernels back in place of the cubins (the reference run)."""
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    ops.set_backend("triton")
+    try:
+        return fn()
+    finally:
+        ops.set_backend("ref")
+
+
 def _model(d, meta):
     """The artifact's weights on the CPU in its activation dtype (what load_artifact puts on the GPU)."""
     cfg = LPMConfig.from_dict(meta["config"])
@@ -162,14 +173,7 @@ def test_wide_bf16_input_gemm_runs_quantizer_then_gemm(artifact, monkeypatch):
     finally:
         ops.set_backend("ref")
         _launch.uninstall()
-    for (mod, fn_name), real in REAL.items():
-        setattr(importlib.import_module(mod), fn_name, real)
-    ops.set_backend("triton")
-    try:
-        want = ops.fp8_linear(x, None, w8, ws, bias, residual=res, gate=gate)
-    finally:
-        ops.set_backend("ref")
-    assert torch.equal(got, want)
+    assert torch.equal(got, _on_jit_kernels(lambda: ops.fp8_linear(x, None, w8, ws, bias, residual=res, gate=gate)))
 
 
 def test_text_attention_takes_the_key_tile_of_its_key_count(aot_kernels):
@@ -198,11 +202,5 @@ def test_text_attention_takes_the_key_tile_of_its_key_count(aot_kernels):
     finally:
         ops.set_backend("ref")
         _launch.uninstall()
-    for (mod, fn_name), real in REAL.items():
-        setattr(importlib.import_module(mod), fn_name, real)
-    ops.set_backend("triton")
-    try:
-        for (q, k, v, _), out in zip(cases, got):
-            assert torch.equal(out, ops.cross_attention(q, k, v, qw))
-    finally:
-        ops.set_backend("ref")
+    want = _on_jit_kernels(lambda: [ops.cross_attention(q, k, v, qw) for q, k, v, _ in cases])
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
