@@ -5,11 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def next_pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1): triton.next_power_of_2 without importing triton."""
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def interpreting() -> bool:
     """True when csrc_triton's kernels were decorated under TRITON_INTERPRET=1 (CPU, numpy)."""
     from triton.runtime.interpreter import InterpretedFunction

@@ -33,9 +33,9 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 def launch_warps(page_size: int, half_d: int) -> int:
     """Warps per program: one program per page (and tensor), a [page, head_dim / 2] tile per head;
     8 from 4096 elements up. The AOT tables' heuristic for this kernel too (compile/kernels.py)."""
-    from ._triton_util import next_pow2
+    import triton
 
-    return 8 if next_pow2(page_size) * half_d >= 4096 else 4
+    return 8 if triton.next_power_of_2(page_size) * half_d >= 4096 else 4
 
 
 def _write(x, pages, scale, slot_mapping):
@@ -181,6 +181,5 @@ def cache_write(k, v, k_pages, v_pages, slot_mapping, k_scale=None, v_scale=None
                                k_shift=k_shift, qk_norm=qk_norm)
     qw, kw, eps = qk_norm if qk_norm is not None else (None, None, 1e-6)
     run = _cache_write_triton if direct(k, v, q, qw, kw) else torch.ops.lpm_rt.cache_write
-    q_rot = run(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q,
-                                         k_shift, qw, kw, float(eps))
+    q_rot = run(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, cos, sin, q, k_shift, qw, kw, float(eps))
     return q_rot if q is not None else None

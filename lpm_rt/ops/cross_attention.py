@@ -26,8 +26,6 @@ K_NORM_MAX_KEYS = 128
 # Triton's default, explicit so that an artifact records what the JIT path runs (the kernel's SASS is
 # the same at 1 and 3 stages with Triton 3.6 and 3.9: its loops are not software-pipelined)
 LAUNCH_STAGES = 3
-
-
 MAX_KEY_TILE = 64          # keys per tile of the loop over key tiles (keys not normed in the kernel)
 
 
@@ -42,9 +40,9 @@ def key_tile(n_keys: int, k_norm: bool) -> int:
     kernel norms the keys (then one tile holds them all). A session's text is a few tags, so the
     text tile is usually 16: an artifact compiles the text kernel at each tile up to its table's
     and the launcher picks this one (``configure(prefer=...)``)."""
-    from ._triton_util import next_pow2
+    import triton
 
-    bn = max(16, next_pow2(n_keys))
+    bn = max(16, triton.next_power_of_2(n_keys))
     return bn if k_norm else min(MAX_KEY_TILE, bn)
 
 

@@ -258,5 +258,4 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     if fp8_q is None:
         fp8_q = False
     run = _paged_attention_triton if direct(q, k_pages, v_pages) else torch.ops.lpm_rt.paged_attention
-    return run(q, k_pages, v_pages, block_table, kv_lens, k_scale,
-                                            v_scale, sm_scale, bool(fp8_q), int(num_splits))
+    return run(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale, bool(fp8_q), int(num_splits))
