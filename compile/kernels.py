@@ -267,6 +267,41 @@ def _cross_attention_variants(ctx: BuildContext) -> list:
     return out
 
 
+def _cross_attention_out_variants(ctx: BuildContext) -> list:
+    """The fp8 block form's absorbed cross-attention (attention, output projection and residual in
+    one kernel): the audio window, and the text at each key tile a short prompt can take."""
+    from lpm_rt.ops.cross_attention import ABSORB_MAX_KEYS, LAUNCH_STAGES, absorbs, key_tile, launch_warps, out_tile
+
+    if not any(f.startswith("fp8") for f in ctx.weight_formats):
+        return []                                  # the unquantized form keeps the projection's GEMM
+    tgt, m, s = ctx.target, ctx.cfg.model, ctx.cfg.stream
+    kc = KERNEL_TABLES[tgt.name]["cross_attention"]
+    act = _TRITON_DT[tgt.act_dtype]
+    H, D, C = m.num_heads, m.head_dim, m.dim
+    ka = (m.audio_context + 1) * m.audio_tokens_per_frame
+    ptr = dict(q_ptr=act, k_ptr=act, vo_ptr=act, qw_ptr=act, kw_ptr=act, bias_ptr=act, res_ptr=act, o_ptr=act,
+               p_ptr=act)
+    text_tiles = sorted({key_tile(n, True) for n in (1, 17, 33, ABSORB_MAX_KEYS) if absorbs(n, D)})
+    kinds = [("text", s.chunk_frames * s.tokens_per_frame, False, bn, C) for bn in text_tiles]
+    if absorbs(ka, D):
+        kinds.append(("audio", s.tokens_per_frame, True, key_tile(ka, True), 2 * C))
+    out = []
+    for kind, lq, k_norm, bn, kl in kinds:
+        ce = dict(HEAD_DIM=D, BLOCK_M=_clamp(kc.tiles["BLOCK_M"], lq), BLOCK_N=bn, BLOCK_C=out_tile(C), Q_NORM=True,
+                  K_NORM=k_norm, HAS_BIAS=True, IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
+        # key counts, and the batch strides that follow them, are the session's or the chunk's
+        ints = dict(Lq=lq, Lk=None, H=H, N=C, stride_qb=None, stride_ql=C, stride_qh=D, stride_qd=1,
+                    stride_kb=None, stride_kl=kl, stride_kh=D, stride_kd=1,
+                    stride_vb=None, stride_vl=C, stride_vh=None, stride_vn=1,
+                    stride_rb=None, stride_rl=C, stride_rn=1, stride_ob=None, stride_ol=C, stride_on=1,
+                    stride_pb=None, stride_pl=H * bn, stride_ph=bn)
+        warps, stages = kc.num_warps or launch_warps(D), kc.num_stages or LAUNCH_STAGES
+        tag = f"{kind}_bn{bn}" if kind == "text" and len(text_tiles) > 1 else kind
+        out.append(Variant(f"cross_attention_out_{tag}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_out_kernel"],
+                           ptr, ce, ints, warps, stages, ("eps", "qk_scale"), "cross_attention"))
+    return out
+
+
 KERNELS: tuple = (
     KernelEntry("paged_attention", "csrc_triton.paged_attention", "_paged_attn_fwd_kernel", _attention_variants),
     KernelEntry("paged_attention_combine", "csrc_triton.paged_attention", "_paged_attn_combine_kernel",
@@ -276,6 +311,8 @@ KERNELS: tuple = (
     KernelEntry("norm_modulate", "csrc_triton.norm_modulate", "_norm_modulate_kernel", _norm_modulate_variants),
     KernelEntry("cache_write", "csrc_triton.cache_write", "_cache_write_kernel", _cache_write_variants),
     KernelEntry("cross_attention", "csrc_triton.cross_attention", "_cross_attn_kernel", _cross_attention_variants),
+    KernelEntry("cross_attention", "csrc_triton.cross_attention", "_cross_attn_out_kernel",
+                _cross_attention_out_variants),
 )
 KERNELS_BY_FN = {e.function: e for e in KERNELS}
 

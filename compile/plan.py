@@ -9,6 +9,12 @@ tokens_per_frame keys (the formulas of ../shared/ANCHORS.md):
     attention = 4 T Lk d L                        (QK^T and PV, self-attention)
     cross     = 4 T (Lt + Ka) d L                 (text: Lt tokens, K/V cached per session; audio: Ka per frame)
 
+On FP8 devices the fp8 block form absorbs the output projection of a stream shorter than the head
+dim into its values (``ops.cross_attention_out``): for the audio (Ka < d / H), 2 T d^2 L leave
+``linear`` and the P.V product grows to 2 T Ka H d L (``absorbed_audio``); the text (Wan's
+Lt = 512) keeps its projection. The runtime then keeps Wo as [H, D, C] in the activation dtype,
+d^2 per block (memory "absorbed audio projections").
+
 The backbone runs ``backbone_steps`` passes, the refiner one pass over [refs | chunk]. VAE decode
 and the audio encoder are counted by running the model's own modules on the meta device under
 ``torch.utils.flop_counter`` (exact for this code base). Bytes are weights + KV read/written +
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from lpm_rt.config import PRESETS, preset
+from lpm_rt.ops.cross_attention import absorbs
 
 __all__ = ["Device", "DEVICES", "Plan", "plan", "pass_flops", "kv_cache_bytes", "main"]
 
@@ -71,12 +78,15 @@ MEASURED = {
 }
 
 
-def pass_flops(m, tokens: int, kv_tokens: int, layers: int, text_tokens: int, audio_tokens: int) -> dict:
+def pass_flops(m, tokens: int, kv_tokens: int, layers: int, text_tokens: int, audio_tokens: int,
+               absorbed_audio: bool = False) -> dict:
     """FLOPs of one DiT pass: {linear, attention, cross} (formulas in the module docstring)."""
     d, f = m.dim, m.ffn_dim
-    return dict(linear=2 * tokens * (4 * d * d + 2 * d * d + 2 * d * d + 2 * d * f) * layers,
+    audio_o = d * d if absorbed_audio else 0                  # the audio output projection, absorbed
+    audio_pv = 2 * audio_tokens * d * (m.num_heads if absorbed_audio else 1)
+    return dict(linear=2 * tokens * (4 * d * d + 2 * d * d + 2 * d * d - audio_o + 2 * d * f) * layers,
                 attention=4 * tokens * kv_tokens * d * layers,
-                cross=4 * tokens * (text_tokens + audio_tokens) * d * layers)
+                cross=(4 * tokens * text_tokens * d + 2 * tokens * audio_tokens * d + tokens * audio_pv) * layers)
 
 
 def kv_cache_bytes(m, tokens_per_frame: int, frames: int, layers: int, bytes_per: float) -> float:
@@ -160,9 +170,10 @@ def plan(model: str, device: str, width: int, height: int, chunk_frames: int | N
             raise ValueError(f"no attention measurement with {kb:g}-byte KV pages on {device}")
         rate = dict(linear=MEASURED[device]["linear"], attention=att[kb])
     lin_w_layer = (counts["params"]["linear"] / (m.num_layers + m.refiner_layers))   # linear params per block
+    absorbed = dev.linear == "fp8" and absorbs(ka, m.head_dim)
 
     def dit(layers, kv_frames, passes):
-        fl = pass_flops(m, T, kv_frames * tpf, layers, m.text_len, ka)
+        fl = pass_flops(m, T, kv_frames * tpf, layers, m.text_len, ka, absorbed)
         act = T * (12 * m.dim + 2 * m.ffn_dim) * ab * layers
         kv = kv_cache_bytes(m, tpf, kv_frames, layers, kb) + kv_cache_bytes(m, tpf, C, layers, kb)
         return dict(linear=(fl["linear"] * passes, (lin_w_layer * layers * wb + act) * passes, peak_lin, "linear"),
@@ -186,6 +197,7 @@ def plan(model: str, device: str, width: int, height: int, chunk_frames: int | N
     memory = {"weights": p["linear"] * wb + p["other"] * ab,
               "kv pages (backbone)": kv_cache_bytes(m, tpf, R + Hf + C, m.num_layers, kb),
               "kv pages (refiner)": kv_cache_bytes(m, tpf, R + C, m.refiner_layers, kb),
+              "absorbed audio projections": (m.dim ** 2 * ab * (m.num_layers + m.refiner_layers)) if absorbed else 0.0,
               "activations (est.)": T * (4 * m.dim + m.ffn_dim) * ab + 2 * max(counts["vae"]["elems"] / max(frames, 1), 0) * ab}
     memory["total"] = sum(memory.values())
     return Plan(model, dev, width, height, C, Hf, R, s.backbone_steps, tpf, stages, memory,

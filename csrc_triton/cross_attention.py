@@ -11,6 +11,10 @@ as it attends. The key/value stream is short (a session's text, a frame's audio 
 softmax runs online over BLOCK_N-key tiles; with K_NORM the keys fit one tile and their RMS is
 taken once per program. Output [B, Lq, H, D] in q's dtype, laid out for the o projection.
 
+``_cross_attn_out_kernel`` is the same attention with the output projection absorbed into the
+values and the residual added (``lpm_rt.ops.cross_attention_out``): one launch for what was the
+attention and the projection's GEMM.
+
 The norms round as the torch modules do (``(x * rsqrt(mean x^2 + eps)).to(dtype) * w``); dots
 accumulate in fp32 (IEEE: fp32 operands, no TF32).
 """
@@ -91,3 +95,86 @@ def _cross_attn_kernel(
         out = acc / l_i[:, None]
         tl.store(o_ptr + b * stride_ob + offs_m[:, None] * stride_ol + h * stride_oh + offs_d[None, :] * stride_od,
                  cast_rne(out, o_ptr.dtype.element_ty, FIX_ROUND), mask=mask_m[:, None])
+
+
+@triton.jit
+def _cross_attn_out_kernel(
+    q_ptr, k_ptr, vo_ptr, qw_ptr, kw_ptr, bias_ptr, res_ptr, o_ptr, p_ptr,
+    Lq, Lk, H, N, eps, qk_scale,
+    stride_qb, stride_ql, stride_qh, stride_qd,
+    stride_kb, stride_kl, stride_kh, stride_kd,
+    stride_vb, stride_vl, stride_vh, stride_vn,
+    stride_rb, stride_rl, stride_rn,
+    stride_ob, stride_ol, stride_on,
+    stride_pb, stride_pl, stride_ph,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    FIX_ROUND: tl.constexpr,
+):
+    """The cross-attention with its output projection absorbed into the values, and the residual:
+
+        out[b, i] = res[b, i] + bias + sum_h sum_j P[b, h, i, j] * vo[b, j, h, :]
+
+    vo[b, j, h] = Wo[:, h*D:(h+1)*D] @ v[b, j, h] (width N, made once per key stream), P the
+    softmax of ``_cross_attn_kernel``. Every key fits one BLOCK_N tile, so each head's softmax is
+    final after one tile: a first loop stores every head's P (q's dtype) to the scratch rows
+    p[b, i, h, :BLOCK_N] of this program, a second reads them back per BLOCK_C output columns --
+    the q rows are read once however wide the output (no recomputation per column tile)."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_m = offs_m < Lq
+    mask_n = offs_n < Lk
+    C = H * HEAD_DIM
+    cdt = q_ptr.dtype.element_ty
+    q_rows = q_ptr + b * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd
+    k_rows = k_ptr + b * stride_kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd
+    p_rows = p_ptr + b * stride_pb + offs_m[:, None] * stride_pl + offs_n[None, :]
+    if Q_NORM:
+        ss = tl.zeros([BLOCK_M], tl.float32)
+        for h in range(H):
+            x = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            ss += tl.sum(x * x, axis=1)
+        q_rstd = tl.rsqrt(ss / C + eps)
+    if K_NORM:
+        kss = tl.zeros([BLOCK_N], tl.float32)
+        for h in range(H):
+            x = tl.load(k_rows + h * stride_kh, mask=mask_n[:, None], other=0.0).to(tl.float32)
+            kss += tl.sum(x * x, axis=1)
+        k_rstd = tl.rsqrt(kss / C + eps)
+    for h in range(H):
+        q = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0)
+        if Q_NORM:
+            wq = tl.load(qw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
+            qn = cast_rne(q.to(tl.float32) * q_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
+            q = cast_rne(qn * wq[None, :], cdt, FIX_ROUND)
+        k = tl.load(k_rows + h * stride_kh, mask=mask_n[:, None], other=0.0)
+        if K_NORM:
+            wk = tl.load(kw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
+            kn = cast_rne(k.to(tl.float32) * k_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
+            k = cast_rne(kn * wk[None, :], cdt, FIX_ROUND)
+        s = _dot(q, tl.trans(k.to(cdt)), IEEE) * qk_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        p = tl.exp2(s - tl.max(s, axis=1)[:, None])
+        p = p / tl.sum(p, axis=1)[:, None]
+        tl.store(p_rows + h * stride_ph, cast_rne(p, cdt, FIX_ROUND), mask=mask_m[:, None])
+    tl.debug_barrier()                             # every thread's P rows, before any is read back
+    for c0 in range(0, N, BLOCK_C):
+        cols = c0 + offs_c
+        mask_c = cols < N
+        y = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+        for h in range(H):
+            p = tl.load(p_rows + h * stride_ph, mask=mask_m[:, None], other=0.0)
+            vo = tl.load(vo_ptr + b * stride_vb + offs_n[:, None] * stride_vl + h * stride_vh
+                         + cols[None, :] * stride_vn, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+            y += _dot(p, vo.to(cdt), IEEE)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+        io = mask_m[:, None] & mask_c[None, :]
+        r = tl.load(res_ptr + b * stride_rb + offs_m[:, None] * stride_rl + cols[None, :] * stride_rn,
+                    mask=io, other=0.0).to(tl.float32)
+        tl.store(o_ptr + b * stride_ob + offs_m[:, None] * stride_ol + cols[None, :] * stride_on,
+                 cast_rne(r + y, o_ptr.dtype.element_ty, FIX_ROUND), mask=io)

@@ -162,6 +162,7 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         def run():
             ops.set_backend("triton")
             return fn(*a, **k)
+        run.inputs = (a, k)                   # what it is called with (tests read them)
         return run
 
     if op == "paged_attention":
@@ -239,6 +240,8 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "ref-compiled", "fp8", lambda: compiled(*args)
         yield "triton", "fp8", triton_call(ops.cache_write, *args)
     elif op == "cross_attention":
+        from ..ops.cross_attention import ABSORB_MAX_KEYS
+
         g = torch.Generator(device="cpu").manual_seed(0)
         B, Lq, Lk, H, D = sh["B"], sh["Lq"], sh["kv"], sh["H"], sh["D"]
         q = torch.randn(B, Lq, H, D, generator=g).to(device, BF16)
@@ -252,6 +255,20 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton", "bf16", triton_call(ops.cross_attention, q, k, v, qw, kw)
         qc, kc, vc = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)       # norms excluded:
         yield "sdpa-alone", "bf16", lambda: torch.nn.functional.scaled_dot_product_attention(qc, kc, vc)
+        # with the output projection and the residual (the fp8 block form; timed whole, the TFLOP/s
+        # column still counts the attention's FLOPs only): the attention then the e4m3 o GEMM, or
+        # the projection absorbed into the values (vo made once per stream, outside the timing)
+        C = H * D
+        wo = torch.randn(C, C, generator=g).div_(C ** 0.5).to(device)
+        w8, ws = ops.quantize_fp8_weight(wo)
+        bias = torch.randn(C, generator=g).to(device, BF16)
+        res = torch.randn(B, Lq, C, generator=g).to(device, BF16)
+        vo = torch.einsum("bjhd,chd->bjhc", v.float(), wo.view(C, H, D)).to(BF16)
+        yield "triton+o-gemm", "bf16", triton_call(
+            lambda: ops.fp8_linear(ops.cross_attention(q, k, v, qw, kw).flatten(2), None, w8, ws, bias, residual=res))
+        absorbable = Lk <= ABSORB_MAX_KEYS                        # every key in one tile
+        yield "triton-absorbed", "bf16", triton_call(ops.cross_attention_out, q, k, vo, qw, kw, 1e-6, bias,
+                                                     residual=res) if absorbable else None
 
 
 def work(op, sh, precision) -> tuple[float, float]:
@@ -525,7 +542,8 @@ def provider_names(op: str) -> list[str]:
                            "scaled_mm-fast-accum"],
             "norm_modulate": ["ref-eager", "ref-compiled", "triton", "triton-fp8out"],
             "cache_write": ["ref-eager", "ref-compiled", "triton"],
-            "cross_attention": ["ref-eager", "ref-compiled", "triton", "sdpa-alone"]}[op]
+            "cross_attention": ["ref-eager", "ref-compiled", "triton", "sdpa-alone", "triton+o-gemm",
+                                "triton-absorbed"]}[op]
 
 
 def pytest_benchmark_run(benchmark, op: str, shape: dict, provider: str) -> None:

@@ -174,6 +174,15 @@ def specs() -> list[Spec]:
         Spec("csrc_triton.cross_attention", "_cross_attn_kernel", {n: "fp16" for n in ca}, ca_ce, 87, "HMMA",
              "cross_attention fp16, d128 (Orin)", num_warps=8),
     ]
+    cao = {n: "bf16" for n in ("q_ptr", "k_ptr", "vo_ptr", "qw_ptr", "kw_ptr", "bias_ptr", "res_ptr", "o_ptr", "p_ptr")}
+    cao_ce = dict(HEAD_DIM=128, BLOCK_M=64, BLOCK_N=16, BLOCK_C=128, Q_NORM=True, K_NORM=False, HAS_BIAS=True,
+                  IEEE=False, FIX_ROUND=False)
+    out += [
+        Spec("csrc_triton.cross_attention", "_cross_attn_out_kernel", cao, cao_ce, 90, "HGMMA",
+             "cross_attention + absorbed o + residual, text, d128", num_warps=8),
+        Spec("csrc_triton.cross_attention", "_cross_attn_out_kernel", cao, {**cao_ce, "K_NORM": True}, 90, "HGMMA",
+             "cross_attention + absorbed o + residual, audio window, d128", num_warps=8),
+    ]
     from csrc_triton.fp8_linear import FP8_LINEAR_CONFIGS
 
     for i, c in enumerate(FP8_LINEAR_CONFIGS):                 # every tile the GPU autotuner may pick

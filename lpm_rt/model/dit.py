@@ -70,9 +70,20 @@ class GuidedKV(NamedTuple):
     block's audio residual with its audio-dependent part scaled by g (g = 1: the plain
     attention; silent audio gives silence's output whatever g). A distilled student has no
     guidance of its own: its teacher's mouth follows the audio fully only under guidance."""
-    kv: RawKV
-    null: RawKV
+    kv: "RawKV | AbsorbedKV"
+    null: "RawKV | AbsorbedKV"
     gain: float
+
+
+class AbsorbedKV(NamedTuple):
+    """A short foreign stream with the output projection absorbed into its values (fp8 block
+    form, ``ops.cross_attention_out``): keys k [B, Lk, H, D] (``k_weight``: the RMSNorm weight
+    the kernel applies, None for keys normed already) and vo [B, Lk, H, C], vo[:, j, h] =
+    Wo[:, h] v[:, j, h]. A session's text (:meth:`LPMDiT.text_kv`) or a chunk's audio windows
+    (:meth:`LPMDiT.audio_kv`), made once and read by every pass."""
+    k: torch.Tensor
+    vo: torch.Tensor
+    k_weight: torch.Tensor | None
 
 
 class Attention(nn.Module):
@@ -141,6 +152,51 @@ class Attention(nn.Module):
     def cross(self, x, kv):
         """:meth:`cross_heads` then the output projection."""
         return self.o(self.cross_heads(x, kv))
+
+    def stream_kv(self, kv, raw: bool):
+        """The per-stream form of a foreign stream kv [B, Lk, kv_dim] (a session's text, a chunk's
+        audio windows) that every pass reads: in the fp8 form, an :class:`AbsorbedKV` where
+        ``ops.cross_attention_out`` takes its length; else :class:`RawKV` (``raw``: keys normed in
+        the attention kernel) or the :meth:`kv` pair (keys normed here, once)."""
+        if getattr(self, "kv_fp8", None) is None or not ops.absorbs(kv.shape[1], self.head_dim):
+            return self.raw_kv(kv) if raw else self.kv(kv)
+        k, v = self._kv_raw(kv)
+        heads = lambda t: t.unflatten(-1, (self.heads, self.head_dim))      # noqa: E731
+        if not raw:
+            k = self.norm_k(k)
+        B, L = v.shape[:2]
+        vh = heads(v).flatten(0, 1).transpose(0, 1)                     # (H, B*L, D), a view
+        vo = torch.bmm(vh, self._o_heads(cache=raw)).view(self.heads, B, L, -1).permute(1, 2, 0, 3)
+        return AbsorbedKV(heads(k), vo, self.norm_k.weight if raw else None)
+
+    def _o_heads(self, cache: bool) -> torch.Tensor:
+        """Wo^T split by input head, [H, D, C] in the output dtype: vo = v_h @ this[h]. ``cache``
+        keeps it (a chunk's audio absorbs it every chunk; a C x C copy of the e4m3 weight, in
+        the activation dtype), keyed by the weight's storage and version."""
+        key = (self.o.w8_bits.data_ptr(), self.o.w8_bits._version, self.o.w_scale_bits._version)
+        memo = getattr(self, "_o_heads_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        w = self.o.weight_as(torch.float32).t().reshape(self.heads, self.head_dim, -1).to(self.o.out_dtype)
+        if cache:
+            self._o_heads_memo = (key, w)
+        return w
+
+    def cross_out(self, x, kv, residual):
+        """``residual`` + the cross-attention with its output projection (fp8 form): one kernel
+        (``ops.cross_attention_out``) for an :class:`AbsorbedKV` (or a guided pair of them), else
+        :meth:`cross_heads` and the projection's GEMM with the residual in its epilogue."""
+        absorbed = kv.kv if isinstance(kv, GuidedKV) else kv
+        if not isinstance(absorbed, AbsorbedKV):
+            return self.o(self.cross_heads(x, kv), residual=residual)
+        q = self.q(x).unflatten(-1, (self.heads, self.head_dim))
+
+        def attend(a):
+            return ops.cross_attention_out(q, a.k, a.vo, self.norm_q.weight, a.k_weight, self.norm_q.eps,
+                                           self.o.bias, residual=residual)
+        if isinstance(kv, GuidedKV):       # lerp(r + a0, r + a, g) = r + lerp(a0, a, g)
+            return torch.lerp(attend(kv.null), attend(kv.kv), kv.gain)
+        return attend(kv)
 
 
 class Block(nn.Module):
@@ -226,12 +282,11 @@ class Block(nn.Module):
         att = attend(q, k, v, norm=(sa.norm_q.weight, sa.norm_k.weight, sa.norm_q.eps)).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
         if context is not None:
-            x = self.cross_attn.o(self.cross_attn.cross_heads(self._affine_norm("norm3", x), context), residual=x)
+            x = self.cross_attn.cross_out(self._affine_norm("norm3", x), context, residual=x)
         if audio is not None:
             h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
-            a = audio if isinstance(audio, (RawKV, GuidedKV)) else audio.flatten(0, 1)
-            x = self.audio_attn.o(self.audio_attn.cross_heads(h, a),
-                                  residual=x.view(B * Fr, T, C)).view(B, N, C)
+            a = audio if isinstance(audio, (RawKV, GuidedKV, AbsorbedKV)) else audio.flatten(0, 1)
+            x = self.audio_attn.cross_out(h, a, residual=x.view(B * Fr, T, C)).view(B, N, C)
         h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
         y = self.ffn[0](h, act="gelu_tanh")
         return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
@@ -360,15 +415,17 @@ class LPMDiT(nn.Module):
             r = blk(r, e0, attend_for_layer(i))
 
     def text_kv(self, context: torch.Tensor) -> list:
-        """Embedded text [B, L, C] -> every block's text cross-attention (k, v): a session's
-        prompt is fixed, so its keys and values are computed once per session, not per pass."""
-        return [blk.cross_attn.kv(context) for blk in self.blocks]
+        """Embedded text [B, L, C] -> every block's text cross-attention (k, v) (or, in the fp8
+        form, :class:`AbsorbedKV` for a short prompt): a session's prompt is fixed, so its keys
+        and values are computed once per session, not per pass."""
+        return [blk.cross_attn.stream_kv(context, raw=False) for blk in self.blocks]
 
     def audio_kv(self, audio) -> list:
-        """(speaker, listener) windows [B, F, Ka, Da] -> every block's audio :class:`RawKV`
-        (even blocks read the speaker, odd the listener): a chunk's audio is the same for all of
-        its denoising passes, so its projections are computed once per chunk, not per pass."""
-        return [blk.audio_attn.raw_kv(audio[i % 2].flatten(0, 1)) for i, blk in enumerate(self.blocks)]
+        """(speaker, listener) windows [B, F, Ka, Da] -> every block's audio :class:`RawKV` (or,
+        in the fp8 form, :class:`AbsorbedKV`) (even blocks read the speaker, odd the listener):
+        a chunk's audio is the same for all of its denoising passes, so its projections are
+        computed once per chunk, not per pass."""
+        return [blk.audio_attn.stream_kv(audio[i % 2].flatten(0, 1), raw=True) for i, blk in enumerate(self.blocks)]
 
     def video_pass(self, x_tokens, t, attend_for_layer, context=None, audio=None):
         """x_tokens: [B, F*T, C]; t: [B, F] (or its :meth:`embed_time` pair); context: [B, L, C]

@@ -11,8 +11,12 @@ the FFN) for an :class:`FP8Linear` and switches the blocks to their fused form
     norm_modulate(out_fp8)  -> ffn.0 + GELU(tanh)   -> ffn.2 + gated residual
 
 The cross-attention LayerNorms run as ``norm_modulate`` too (:func:`norm_as_modulation`), so
-their e4m3 output feeds the q GEMMs. The self-attention's RMSNorms of q and k run in the cache
-write (``attend(..., norm=...)``), the cross-attentions' in ``ops.cross_attention``. GEMMs
+their e4m3 output feeds the q GEMMs. A short text or audio stream (fewer keys than the head
+dim) has the cross-attention's output projection absorbed into its values once per stream
+(``Attention.stream_kv``): attention, projection and residual are then one kernel
+(``ops.cross_attention_out``) and the projection's GEMM is gone. The self-attention's RMSNorms
+of q and k run in the cache write (``attend(..., norm=...)``), the cross-attentions' in
+``ops.cross_attention`` / ``ops.cross_attention_out``. GEMMs
 whose input comes from attention or the FFN quantize it per token inside the kernel
 (``fp8_linear`` with ``x_scale=None``). With the ``ref`` ops backend the GEMMs are emulated in
 fp32 from the same e4m3 values (``fp8_linear_ref``), with ``triton``/``aot`` they run as FP8
@@ -62,6 +66,10 @@ class FP8Linear(nn.Module):
     @property
     def out_dtype(self) -> torch.dtype:
         return self._probe.dtype
+
+    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dequantized weight w8 * w_scale, [N, K] in ``dtype``."""
+        return ops.dequantize_fp8_weight(self.w8, self.w_scale, dtype)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, block: int | None = None) -> "FP8Linear":

@@ -49,9 +49,11 @@ from .paged_attention import paged_attention, paged_attention_ref  # noqa: E402
 from .cache_write import cache_write, cache_write_ref  # noqa: E402
 from .norm_modulate import norm_modulate, norm_modulate_ref  # noqa: E402
 from .fp8_linear import fp8_linear, fp8_linear_ref, quantize_fp8_rows, quantize_fp8_weight  # noqa: E402
+from .fp8_linear import dequantize_fp8_weight  # noqa: E402
 from .cross_attention import cross_attention, cross_attention_ref  # noqa: E402
+from .cross_attention import absorbs, cross_attention_out, cross_attention_out_ref  # noqa: E402
 
 __all__ = ["set_backend", "get_backend", "direct", "paged_attention", "paged_attention_ref",
            "cache_write", "cache_write_ref", "norm_modulate", "norm_modulate_ref",
-           "fp8_linear", "fp8_linear_ref", "quantize_fp8_rows", "quantize_fp8_weight",
-           "cross_attention", "cross_attention_ref"]
+           "fp8_linear", "fp8_linear_ref", "quantize_fp8_rows", "quantize_fp8_weight", "dequantize_fp8_weight",
+           "cross_attention", "cross_attention_ref", "cross_attention_out", "cross_attention_out_ref", "absorbs"]

@@ -9,6 +9,18 @@ q: [B, Lq, H, D]; k, v: [B, Lk, H, D], any strides (views of a fused k|v GEMM's 
 session's [B, H, L, D] text keys transposed). Returns [B, Lq, H, D] in q's dtype, contiguous, so
 ``.flatten(2)`` feeds the output projection without a copy. The Triton kernel needs
 Lk <= 128 when it norms the keys (every key in one tile: audio windows are a few tokens).
+
+``cross_attention_out`` is the same attention followed by the output projection and the
+residual add, with the projection absorbed into the values (as multi-head latent attention
+absorbs its up-projection):
+
+    out = residual + bias + sum_h softmax_j(...)[h] @ vo[:, :, h]
+    vo[b, j, h] = v[b, j, h] @ Wo[:, h*D:(h+1)*D]^T            ([B, Lk, H, N], once per key stream)
+
+Exact in real arithmetic. Per query token it costs H * Lk * N multiply-adds instead of the
+projection's C * N, fewer while Lk < D (:data:`ABSORB_MAX_KEYS`), and one launch instead of two:
+the output projection's GEMM is gone. ``vo`` is made once per stream (a session's text, a
+chunk's audio windows) and read by every denoising pass.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_attention", "cross_attention_ref"]
+__all__ = ["cross_attention", "cross_attention_ref", "cross_attention_out", "cross_attention_out_ref",
+           "ABSORB_MAX_KEYS", "absorbs"]
 
 _LOG2E = 1.4426950408889634
 K_NORM_MAX_KEYS = 128
@@ -27,6 +40,15 @@ K_NORM_MAX_KEYS = 128
 # the same at 1 and 3 stages with Triton 3.6 and 3.9: its loops are not software-pipelined)
 LAUNCH_STAGES = 3
 MAX_KEY_TILE = 64          # keys per tile of the loop over key tiles (keys not normed in the kernel)
+# cross_attention_out holds every key in one tile; up to here it also costs fewer multiply-adds
+# than the output projection it absorbs (H * Lk * N against C * N per token: Lk < D = C / H)
+ABSORB_MAX_KEYS = 64
+
+
+def absorbs(n_keys: int, head_dim: int) -> bool:
+    """Whether a stream of ``n_keys`` keys takes :func:`cross_attention_out` (the projection
+    absorbed): every key in one tile, and fewer multiply-adds than the projection (Lk < D)."""
+    return n_keys <= ABSORB_MAX_KEYS and n_keys < head_dim
 
 
 def launch_warps(head_dim: int) -> int:
@@ -130,3 +152,110 @@ def cross_attention(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm
         return cross_attention_ref(q, k, v, q_weight, k_weight, eps, sm_scale)
     run = _cross_attention_triton if direct(q, k, v, q_weight, k_weight) else torch.ops.lpm_rt.cross_attention
     return run(q, k, v, q_weight, k_weight, float(eps), sm_scale)
+
+
+def cross_attention_out_ref(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None,
+                            residual=None, sm_scale=None):
+    """Pure torch, rounding as the kernel does: the norms as the torch modules, softmax in fp32
+    (fp64 for fp64 q) rounded to q's dtype, its product with ``vo`` and the sums in fp32.
+    q: [B, Lq, H, D]; k: [B, Lk, H, D]; vo: [B, Lk, H, N]; bias: [N] or None; residual:
+    [B, Lq, N]. Returns [B, Lq, N] in the residual's dtype."""
+    if q_weight is not None:
+        q = _rms(q, q_weight, eps)
+    if k_weight is not None:
+        k = _rms(k, k_weight, eps)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    s = torch.einsum("bihd,bjhd->bhij", q.to(cdt), k.to(cdt)) * scale
+    p = torch.softmax(s, dim=-1).to(q.dtype).to(cdt)
+    y = torch.einsum("bhij,bjhn->bin", p, vo.to(cdt))
+    if bias is not None:
+        y = y + bias.to(cdt)
+    return (residual.to(cdt) + y).to(residual.dtype)
+
+
+def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
+    import triton
+
+    from csrc_triton import cross_attention as kern
+
+    from ._launch import configure
+    from ._triton_util import check_device, ieee_dots, interpreting
+
+    if q.dim() != 4 or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"triton cross_attention_out: q must be [B, Lq, H, D] fp32/fp16/bf16, got "
+                         f"{tuple(q.shape)} {q.dtype}")
+    B, Lq, H, D = q.shape
+    if k.dim() != 4 or k.shape[0] != B or k.shape[2:] != (H, D):
+        raise ValueError(f"k {tuple(k.shape)} must be [B={B}, Lk, H={H}, D={D}]")
+    Lk = k.shape[1]
+    if vo.dim() != 4 or vo.shape[:3] != (B, Lk, H):
+        raise ValueError(f"vo {tuple(vo.shape)} must be [B={B}, Lk={Lk}, H={H}, N]")
+    N = vo.shape[3]
+    if residual is None or tuple(residual.shape) != (B, Lq, N):
+        raise ValueError(f"residual must be [B={B}, Lq={Lq}, N={N}], got "
+                         f"{None if residual is None else tuple(residual.shape)}")
+    if k.dtype != q.dtype or vo.dtype != q.dtype:
+        raise TypeError(f"q, k, vo must share a dtype, got {q.dtype}/{k.dtype}/{vo.dtype}")
+    if D < 16 or D > 256 or D & (D - 1):
+        raise ValueError(f"triton cross_attention_out: head_dim {D} must be a power of two in [16, 256]")
+    if not 1 <= Lk <= ABSORB_MAX_KEYS:
+        raise ValueError(f"cross_attention_out takes 1 to {ABSORB_MAX_KEYS} keys (one tile), got {Lk}")
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if w is not None and tuple(w.shape) != (H * D,):
+            raise ValueError(f"{name} must be [H*D={H * D}], got {tuple(w.shape)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"bias must be [N={N}], got {tuple(bias.shape)}")
+    check_device(q, k=k, vo=vo, q_weight=q_weight, k_weight=k_weight, bias=bias, residual=residual)
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    out = torch.empty(B, Lq, N, dtype=residual.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    launch = configure(kern._cross_attn_out_kernel,
+                       dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
+                            HAS_BIAS=bias is not None, IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
+                       dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=key_tile(Lk, True),
+                            BLOCK_C=out_tile(N)),
+                       num_warps=launch_warps(D), num_stages=LAUNCH_STAGES, prefer=("BLOCK_N",))
+    bm, bn = launch.constexprs["BLOCK_M"], launch.constexprs["BLOCK_N"]
+    if Lk > bn:
+        raise ValueError(f"cross_attention_out: {Lk} keys exceed the kernel's tile of {bn}")
+    scratch = torch.empty(B, Lq, H, bn, dtype=q.dtype, device=q.device)   # each head's P
+    dummy = q.new_empty(1)
+    launch[(triton.cdiv(Lq, bm), B)](
+        q, k, vo, dummy if q_weight is None else q_weight, dummy if k_weight is None else k_weight,
+        dummy if bias is None else bias, residual, out, scratch,
+        Lq, Lk, H, N, float(eps), sm_scale * _LOG2E,
+        *q.stride(), *k.stride(), *vo.stride(), *residual.stride(), *out.stride(), *scratch.stride()[:3])
+    return out
+
+
+def out_tile(n: int) -> int:
+    """BLOCK_C of ``cross_attention_out``: output columns per step, a power of two in [16, 128]."""
+    import triton
+
+    return max(16, min(128, triton.next_power_of_2(n)))
+
+
+@torch.library.custom_op("lpm_rt::cross_attention_out", mutates_args=())
+def _cross_attention_out_op(q: torch.Tensor, k: torch.Tensor, vo: torch.Tensor, q_weight: Optional[torch.Tensor],
+                            k_weight: Optional[torch.Tensor], eps: float, bias: Optional[torch.Tensor],
+                            residual: torch.Tensor, sm_scale: Optional[float]) -> torch.Tensor:
+    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
+
+
+@_cross_attention_out_op.register_fake
+def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
+    return residual.new_empty(residual.shape)
+
+
+def cross_attention_out(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None, *, residual,
+                        sm_scale=None):
+    """Launcher: the selected backend's kernel; same contract as the ref."""
+    from . import direct, get_backend
+
+    if get_backend() == "ref":
+        return cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
+    run = _cross_attention_out_triton if direct(q, k, vo, q_weight, k_weight, bias, residual) \
+        else torch.ops.lpm_rt.cross_attention_out
+    return run(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale)

@@ -20,7 +20,7 @@ import torch
 
 from .norm_modulate import quantize_fp8_rows
 
-__all__ = ["fp8_linear", "fp8_linear_ref", "quantize_fp8_weight", "quantize_fp8_rows"]
+__all__ = ["fp8_linear", "fp8_linear_ref", "quantize_fp8_weight", "quantize_fp8_rows", "dequantize_fp8_weight"]
 
 WEIGHT_BLOCK = 128
 # A GEMM fed bf16 activations (x_scale None) quantizes them per token. Inside the GEMM (QUANT_X)
@@ -69,7 +69,8 @@ def quantize_fp8_weight(w: torch.Tensor, block: Optional[int] = None):
     return q.reshape(N, K), s
 
 
-def _dequant_weight(w8, ws, dtype):
+def dequantize_fp8_weight(w8, ws, dtype):
+    """w8 [N, K] e4m3 times its scales ([N] per channel or [N, K/block]) -> [N, K] in ``dtype``."""
     if ws.dim() == 1:
         return w8.to(dtype) * ws.to(dtype)[:, None]
     N, K = w8.shape
@@ -83,7 +84,7 @@ def fp8_linear_ref(x8, x_scale, w8, w_scale, bias=None, *, act="none", residual=
     if x_scale is None:
         x8, x_scale = quantize_fp8_rows(x8)
     x = x8.to(compute_dtype) * x_scale.to(compute_dtype)[..., None]
-    y = x @ _dequant_weight(w8, w_scale, compute_dtype).T
+    y = x @ dequantize_fp8_weight(w8, w_scale, compute_dtype).T
     if bias is not None:
         y = y + bias.to(compute_dtype)
     if act == "gelu_tanh":

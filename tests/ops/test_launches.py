@@ -21,12 +21,12 @@ FP8_BLOCK = [                      # (the adaLN vectors, modulation + time embed
     "lpm_rt::fp8_linear",          # o, input quantized in the GEMM, x + gate * o
     "lpm_rt::norm_modulate_fp8",   # text-attention LayerNorm -> e4m3
     "lpm_rt::fp8_linear",          # text q
-    "lpm_rt::cross_attention",     # RMSNorm of q fused; the text's K/V: computed once per session
-    "lpm_rt::fp8_linear",          # o + residual
+    "lpm_rt::cross_attention_out", # RMSNorm of q fused, o absorbed into the values, + residual; the
+                                   # text's keys and absorbed values: computed once per session
     "lpm_rt::norm_modulate_fp8",   # audio-attention LayerNorm -> e4m3
     "lpm_rt::fp8_linear",          # audio q
-    "lpm_rt::cross_attention",     # frame-local, RMSNorms of q and k fused; the audio's k|v: once per chunk
-    "lpm_rt::fp8_linear",          # o + residual
+    "lpm_rt::cross_attention_out", # frame-local, RMSNorms of q and k fused, o absorbed, + residual;
+                                   # the audio's k and absorbed values: once per chunk
     "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3
     "lpm_rt::fp8_linear",          # ffn up + GELU(tanh)
     "lpm_rt::fp8_linear",          # ffn down + gated residual
@@ -48,8 +48,9 @@ def test_fp8_block_is_a_fixed_sequence_of_launches(triton_backend, net):
     # the pass: the blocks plus the output head (its LayerNorm, modulation and projection)
     layers = len(getattr(_model(False), net).blocks)
     assert got["pass"] <= layers * len(FP8_BLOCK) + 6, got["pass"]
-    # per chunk, outside the passes: every block's audio k|v, one GEMM each (tokens quantized in it)
-    assert got["audio_kv"] == ["lpm_rt::fp8_linear"] * layers, got["audio_kv"]
+    # per chunk, outside the passes: every block's audio k|v, one GEMM each (tokens quantized in
+    # it), and the values' absorption of the output projection, one batched matmul over the heads
+    assert got["audio_kv"] == ["lpm_rt::fp8_linear", "aten::bmm"] * layers, got["audio_kv"]
 
 
 def test_plain_form_launches_twice_as_many(triton_backend):
