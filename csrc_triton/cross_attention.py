@@ -33,6 +33,24 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _row_rstd(rows, stride_h, mask, H, C, eps, N: tl.constexpr):
+    """1 / RMS over the full width C = H * D of each of N rows (``rows``: head 0's [N, D] pointers)."""
+    ss = tl.zeros([N], tl.float32)
+    for h in range(H):
+        x = tl.load(rows + h * stride_h, mask=mask[:, None], other=0.0).to(tl.float32)
+        ss += tl.sum(x * x, axis=1)
+    return tl.rsqrt(ss / C + eps)
+
+
+@triton.jit
+def _rms_head(x, rstd, w_ptr, h, offs_d, HEAD_DIM: tl.constexpr, cdt: tl.constexpr, FIX_ROUND: tl.constexpr):
+    """Head h's tile of RMSNorm(x) * w, rounded as the torch module: (x * rstd).to(cdt) * w."""
+    w = tl.load(w_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
+    xn = cast_rne(x.to(tl.float32) * rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
+    return cast_rne(xn * w[None, :], cdt, FIX_ROUND)
+
+
+@triton.jit
 def _cross_attn_kernel(
     q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, o_ptr,
     Lq, Lk, H, eps, qk_scale,
@@ -55,24 +73,13 @@ def _cross_attn_kernel(
     k_rows = k_ptr + b * stride_kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd
     v_rows = v_ptr + b * stride_vb + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd
     if Q_NORM:
-        ss = tl.zeros([BLOCK_M], tl.float32)
-        for h in range(H):
-            x = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-        q_rstd = tl.rsqrt(ss / C + eps)
+        q_rstd = _row_rstd(q_rows, stride_qh, mask_m, H, C, eps, BLOCK_M)
     if K_NORM:                                     # every key in one tile (launcher: Lk <= BLOCK_N)
-        mask_k = offs_n < Lk
-        kss = tl.zeros([BLOCK_N], tl.float32)
-        for h in range(H):
-            x = tl.load(k_rows + h * stride_kh, mask=mask_k[:, None], other=0.0).to(tl.float32)
-            kss += tl.sum(x * x, axis=1)
-        k_rstd = tl.rsqrt(kss / C + eps)
+        k_rstd = _row_rstd(k_rows, stride_kh, offs_n < Lk, H, C, eps, BLOCK_N)
     for h in range(H):
         q = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0)
         if Q_NORM:
-            wq = tl.load(qw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
-            qn = cast_rne(q.to(tl.float32) * q_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
-            q = cast_rne(qn * wq[None, :], cdt, FIX_ROUND)
+            q = _rms_head(q, q_rstd, qw_ptr, h, offs_d, HEAD_DIM, cdt, FIX_ROUND)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -80,9 +87,7 @@ def _cross_attn_kernel(
             mask_n = (n0 + offs_n) < Lk
             k = tl.load(k_rows + n0 * stride_kl + h * stride_kh, mask=mask_n[:, None], other=0.0)
             if K_NORM:
-                wk = tl.load(kw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
-                kn = cast_rne(k.to(tl.float32) * k_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
-                k = cast_rne(kn * wk[None, :], cdt, FIX_ROUND)
+                k = _rms_head(k, k_rstd, kw_ptr, h, offs_d, HEAD_DIM, cdt, FIX_ROUND)
             s = _dot(q, tl.trans(k.to(cdt)), IEEE) * qk_scale
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -134,28 +139,16 @@ def _cross_attn_out_kernel(
     k_rows = k_ptr + b * stride_kb + offs_n[:, None] * stride_kl + offs_d[None, :] * stride_kd
     p_rows = p_ptr + b * stride_pb + offs_m[:, None] * stride_pl + offs_n[None, :]
     if Q_NORM:
-        ss = tl.zeros([BLOCK_M], tl.float32)
-        for h in range(H):
-            x = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-        q_rstd = tl.rsqrt(ss / C + eps)
+        q_rstd = _row_rstd(q_rows, stride_qh, mask_m, H, C, eps, BLOCK_M)
     if K_NORM:
-        kss = tl.zeros([BLOCK_N], tl.float32)
-        for h in range(H):
-            x = tl.load(k_rows + h * stride_kh, mask=mask_n[:, None], other=0.0).to(tl.float32)
-            kss += tl.sum(x * x, axis=1)
-        k_rstd = tl.rsqrt(kss / C + eps)
+        k_rstd = _row_rstd(k_rows, stride_kh, mask_n, H, C, eps, BLOCK_N)
     for h in range(H):
         q = tl.load(q_rows + h * stride_qh, mask=mask_m[:, None], other=0.0)
         if Q_NORM:
-            wq = tl.load(qw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
-            qn = cast_rne(q.to(tl.float32) * q_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
-            q = cast_rne(qn * wq[None, :], cdt, FIX_ROUND)
+            q = _rms_head(q, q_rstd, qw_ptr, h, offs_d, HEAD_DIM, cdt, FIX_ROUND)
         k = tl.load(k_rows + h * stride_kh, mask=mask_n[:, None], other=0.0)
         if K_NORM:
-            wk = tl.load(kw_ptr + h * HEAD_DIM + offs_d).to(tl.float32)
-            kn = cast_rne(k.to(tl.float32) * k_rstd[:, None], cdt, FIX_ROUND).to(tl.float32)
-            k = cast_rne(kn * wk[None, :], cdt, FIX_ROUND)
+            k = _rms_head(k, k_rstd, kw_ptr, h, offs_d, HEAD_DIM, cdt, FIX_ROUND)
         s = _dot(q, tl.trans(k.to(cdt)), IEEE) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         p = tl.exp2(s - tl.max(s, axis=1)[:, None])
