@@ -166,6 +166,7 @@ class Attention(nn.Module):
             k = self.norm_k(k)
         B, L = v.shape[:2]
         vh = heads(v).flatten(0, 1).transpose(0, 1)                     # (H, B*L, D), a view
+        # raw: a chunk's audio, absorbed every chunk, keeps Wo's [H, D, C] form; a session's text does not
         vo = torch.bmm(vh, self._o_heads(cache=raw)).view(self.heads, B, L, -1).permute(1, 2, 0, 3)
         return AbsorbedKV(heads(k), vo, self.norm_k.weight if raw else None)
 
