@@ -281,24 +281,32 @@ def _cross_attention_out_variants(ctx: BuildContext) -> list:
     ka = (m.audio_context + 1) * m.audio_tokens_per_frame
     ptr = dict(q_ptr=act, k_ptr=act, vo_ptr=act, qw_ptr=act, kw_ptr=act, bias_ptr=act, res_ptr=act, o_ptr=act,
                p_ptr=act)
+    unused = dict(shift_ptr=act, scale_ptr=act, y8_ptr=act, ys_ptr=act)          # the launcher's placeholders
+    fused = dict(shift_ptr="fp32", scale_ptr="fp32", y8_ptr="fp8e4nv", ys_ptr="fp32")
     text_tiles = sorted({key_tile(n, True) for n in (1, 17, 33, ABSORB_MAX_KEYS) if absorbs(n, D)})
     kinds = [("text", s.chunk_frames * s.tokens_per_frame, False, bn, C) for bn in text_tiles]
     if absorbs(ka, D):
         kinds.append(("audio", s.tokens_per_frame, True, key_tile(ka, True), 2 * C))
     out = []
-    for kind, lq, k_norm, bn, kl in kinds:
+    # each with the next norm fused (the audio attention's LayerNorm after the text, the FFN's adaLN
+    # after the audio) and without (no audio; guided audio: two attentions, then the norm)
+    for (kind, lq, k_norm, bn, kl), norm in [(k, n) for k in kinds for n in (True, False)]:
         ce = dict(HEAD_DIM=D, BLOCK_M=_clamp(kc.tiles["BLOCK_M"], lq), BLOCK_N=bn, BLOCK_C=out_tile(C), Q_NORM=True,
-                  K_NORM=k_norm, HAS_BIAS=True, IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
+                  K_NORM=k_norm, HAS_BIAS=True, NORM_OUT=norm, IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
         # key counts, and the batch strides that follow them, are the session's or the chunk's
         ints = dict(Lq=lq, Lk=None, H=H, N=C, stride_qb=None, stride_ql=C, stride_qh=D, stride_qd=1,
                     stride_kb=None, stride_kl=kl, stride_kh=D, stride_kd=1,
                     stride_vb=None, stride_vl=C, stride_vh=None, stride_vn=1,
                     stride_rb=None, stride_rl=C, stride_rn=1, stride_ob=None, stride_ol=C, stride_on=1,
-                    stride_pb=None, stride_pl=H * bn, stride_ph=bn)
+                    stride_pb=None, stride_pl=H * bn, stride_ph=bn,
+                    stride_hb=None, stride_hn=1 if norm else None, stride_sb=None, stride_sn=1 if norm else None,
+                    stride_yb=None, stride_yl=C if norm else None, stride_yn=1 if norm else None,
+                    stride_zb=None, stride_zl=1 if norm else None)
         warps, stages = kc.num_warps or launch_warps(D), kc.num_stages or LAUNCH_STAGES
-        tag = f"{kind}_bn{bn}" if kind == "text" and len(text_tiles) > 1 else kind
+        tag = (f"{kind}_bn{bn}" if kind == "text" and len(text_tiles) > 1 else kind) + ("_norm" if norm else "")
         out.append(Variant(f"cross_attention_out_{tag}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_out_kernel"],
-                           ptr, ce, ints, warps, stages, ("eps", "qk_scale"), "cross_attention"))
+                           {**ptr, **(fused if norm else unused)}, ce, ints, warps, stages,
+                           ("eps", "qk_scale", "norm_eps"), "cross_attention"))
     return out
 
 

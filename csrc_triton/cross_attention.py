@@ -24,6 +24,8 @@ import triton.language as tl
 
 from ._fp import cast_rne
 
+FP8_MAX = tl.constexpr(448.0)
+
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
@@ -105,16 +107,19 @@ def _cross_attn_kernel(
 @triton.jit
 def _cross_attn_out_kernel(
     q_ptr, k_ptr, vo_ptr, qw_ptr, kw_ptr, bias_ptr, res_ptr, o_ptr, p_ptr,
-    Lq, Lk, H, N, eps, qk_scale,
+    shift_ptr, scale_ptr, y8_ptr, ys_ptr,
+    Lq, Lk, H, N, eps, qk_scale, norm_eps,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kl, stride_kh, stride_kd,
     stride_vb, stride_vl, stride_vh, stride_vn,
     stride_rb, stride_rl, stride_rn,
     stride_ob, stride_ol, stride_on,
     stride_pb, stride_pl, stride_ph,
+    stride_hb, stride_hn, stride_sb, stride_sn,
+    stride_yb, stride_yl, stride_yn, stride_zb, stride_zl,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-    FIX_ROUND: tl.constexpr,
+    FIX_ROUND: tl.constexpr, NORM_OUT: tl.constexpr = False,
 ):
     """The cross-attention with its output projection absorbed into the values, and the residual:
 
@@ -124,7 +129,12 @@ def _cross_attn_out_kernel(
     softmax of ``_cross_attn_kernel``. Every key fits one BLOCK_N tile, so each head's softmax is
     final after one tile: a first loop stores every head's P (q's dtype) to the scratch rows
     p[b, i, h, :BLOCK_N] of this program, a second reads them back per BLOCK_C output columns --
-    the q rows are read once however wide the output (no recomputation per column tile)."""
+    the q rows are read once however wide the output (no recomputation per column tile).
+
+    NORM_OUT: a program has written whole rows, so the next LayerNorm + adaLN modulation of them
+    runs here too (``norm_modulate(out, shift[b], scale[b], norm_eps, out_fp8=True)``: its
+    statistics of the rounded rows, two-pass variance, e4m3 with per-row scales into y8/ys),
+    reading the rows back from this program's own writes."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -155,6 +165,8 @@ def _cross_attn_out_kernel(
         p = p / tl.sum(p, axis=1)[:, None]
         tl.store(p_rows + h * stride_ph, cast_rne(p, cdt, FIX_ROUND), mask=mask_m[:, None])
     tl.debug_barrier()                             # every thread's P rows, before any is read back
+    o_rows = o_ptr + b * stride_ob + offs_m[:, None] * stride_ol
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
     for c0 in range(0, N, BLOCK_C):
         cols = c0 + offs_c
         mask_c = cols < N
@@ -169,5 +181,45 @@ def _cross_attn_out_kernel(
         io = mask_m[:, None] & mask_c[None, :]
         r = tl.load(res_ptr + b * stride_rb + offs_m[:, None] * stride_rl + cols[None, :] * stride_rn,
                     mask=io, other=0.0).to(tl.float32)
-        tl.store(o_ptr + b * stride_ob + offs_m[:, None] * stride_ol + cols[None, :] * stride_on,
-                 cast_rne(r + y, o_ptr.dtype.element_ty, FIX_ROUND), mask=io)
+        out = cast_rne(r + y, o_ptr.dtype.element_ty, FIX_ROUND)
+        tl.store(o_rows + cols[None, :] * stride_on, out, mask=io)
+        if NORM_OUT:
+            row_sum += tl.sum(tl.where(io, out.to(tl.float32), 0.0), axis=1)
+    if NORM_OUT:
+        tl.debug_barrier()                         # the rows as stored, before they are read back
+        mean = row_sum / N
+        row_ss = tl.zeros([BLOCK_M], tl.float32)
+        for c0 in tl.range(0, N, BLOCK_C, num_stages=1):
+            cols = c0 + offs_c
+            io = mask_m[:, None] & (cols < N)[None, :]
+            xc = tl.load(o_rows + cols[None, :] * stride_on, mask=io, other=0.0).to(tl.float32) - mean[:, None]
+            xc = tl.where(io, xc, 0.0)
+            row_ss += tl.sum(xc * xc, axis=1)
+        rstd = tl.rsqrt(row_ss / N + norm_eps)
+        amax = tl.zeros([BLOCK_M], tl.float32)
+        for c0 in tl.range(0, N, BLOCK_C, num_stages=1):
+            y = _modulated(o_rows, shift_ptr, scale_ptr, b, c0 + offs_c, mask_m, N, mean, rstd,
+                           stride_on, stride_hb, stride_hn, stride_sb, stride_sn)
+            amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
+        sc = tl.maximum(amax / FP8_MAX, 1e-12)
+        tl.store(ys_ptr + b * stride_zb + offs_m * stride_zl, sc, mask=mask_m)
+        for c0 in tl.range(0, N, BLOCK_C, num_stages=1):
+            cols = c0 + offs_c
+            y = _modulated(o_rows, shift_ptr, scale_ptr, b, cols, mask_m, N, mean, rstd,
+                           stride_on, stride_hb, stride_hn, stride_sb, stride_sn)
+            y = tl.minimum(tl.maximum(y / sc[:, None], -FP8_MAX), FP8_MAX)
+            tl.store(y8_ptr + b * stride_yb + offs_m[:, None] * stride_yl + cols[None, :] * stride_yn,
+                     cast_rne(y, y8_ptr.dtype.element_ty, FIX_ROUND), mask=mask_m[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def _modulated(o_rows, shift_ptr, scale_ptr, b, cols, mask_m, N, mean, rstd,
+               stride_on, stride_hb, stride_hn, stride_sb, stride_sn):
+    """((x - mean) * rstd) * (1 + scale[b]) + shift[b] of the stored rows' columns ``cols`` (0 outside)."""
+    mask_c = cols < N
+    io = mask_m[:, None] & mask_c[None, :]
+    x = tl.load(o_rows + cols[None, :] * stride_on, mask=io, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + b * stride_hb + cols * stride_hn, mask=mask_c, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + b * stride_sb + cols * stride_sn, mask=mask_c, other=0.0).to(tl.float32)
+    y = (x - mean[:, None]) * rstd[:, None] * (1.0 + scale[None, :]) + shift[None, :]
+    return tl.where(io, y, 0.0)

@@ -183,21 +183,24 @@ class Attention(nn.Module):
             self._o_heads_memo = (key, w)
         return w
 
-    def cross_out(self, x, kv, residual):
+    def cross_out(self, x, kv, residual, next_norm=None):
         """``residual`` + the cross-attention with its output projection (fp8 form): one kernel
         (``ops.cross_attention_out``) for an :class:`AbsorbedKV` (or a guided pair of them), else
-        :meth:`cross_heads` and the projection's GEMM with the residual in its epilogue."""
+        :meth:`cross_heads` and the projection's GEMM with the residual in its epilogue.
+        -> (out, normed): ``normed`` is ``norm_modulate(out, *next_norm, out_fp8=True)`` where the
+        kernel fuses it (an unguided AbsorbedKV; ``next_norm`` = (shift, scale, eps) per batch
+        entry), else None (the caller norms)."""
         absorbed = kv.kv if isinstance(kv, GuidedKV) else kv
         if not isinstance(absorbed, AbsorbedKV):
-            return self.o(self.cross_heads(x, kv), residual=residual)
+            return self.o(self.cross_heads(x, kv), residual=residual), None
         q = self.q(x).unflatten(-1, (self.heads, self.head_dim))
 
-        def attend(a):
+        def attend(a, norm=None):
             return ops.cross_attention_out(q, a.k, a.vo, self.norm_q.weight, a.k_weight, self.norm_q.eps,
-                                           self.o.bias, residual=residual)
+                                           self.o.bias, residual=residual, next_norm=norm)
         if isinstance(kv, GuidedKV):       # lerp(r + a0, r + a, g) = r + lerp(a0, a, g)
-            return torch.lerp(attend(kv.null), attend(kv.kv), kv.gain)
-        return attend(kv)
+            return torch.lerp(attend(kv.null), attend(kv.kv), kv.gain), None
+        return attend(kv, next_norm) if next_norm is not None else (attend(kv), None)
 
 
 class Block(nn.Module):
@@ -282,13 +285,20 @@ class Block(nn.Module):
         # the RMSNorms of q and k run in the cache write (paged attention) or in torch (dense)
         att = attend(q, k, v, norm=(sa.norm_q.weight, sa.norm_k.weight, sa.norm_q.eps)).reshape(B * Fr, T, C)
         x = sa.o(att, residual=x.view(B * Fr, T, C), gate=gate1).view(B, N, C)
+        h = None       # the next norm's e4m3 rows, where an absorbed cross-attention's kernel made them
         if context is not None:
-            x = self.cross_attn.cross_out(self._affine_norm("norm3", x), context, residual=x)
+            x, h = self.cross_attn.cross_out(self._affine_norm("norm3", x), context, residual=x,
+                                             next_norm=self._norm_rows("norm_audio") if audio is not None else None)
         if audio is not None:
-            h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
+            if h is None:
+                h = self._affine_norm("norm_audio", x.view(B * Fr, T, C))
+            else:
+                h = (h[0].view(B * Fr, T, C), h[1].view(B * Fr, T))
             a = audio if isinstance(audio, (RawKV, GuidedKV, AbsorbedKV)) else audio.flatten(0, 1)
-            x = self.audio_attn.cross_out(h, a, residual=x.view(B * Fr, T, C)).view(B, N, C)
-        h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
+            x, h = self.audio_attn.cross_out(h, a, residual=x.view(B * Fr, T, C), next_norm=(shift2, scale2, self.eps))
+            x = x.view(B, N, C)
+        if h is None:
+            h = ops.norm_modulate(x.view(B * Fr, T, C), shift2, scale2, self.eps, out_fp8=True)
         y = self.ffn[0](h, act="gelu_tanh")
         return self.ffn[2](y, residual=x.view(B * Fr, T, C), gate=gate2).view(B, N, C)
 
@@ -305,14 +315,22 @@ class Block(nn.Module):
             hit = memo[key] = (self.modulation.unsqueeze(0).float() + e.float()).unsqueeze(2)
         return hit
 
+    def _norm_rows(self, name: str):
+        """An affine LayerNorm of the fp8 form as a ``next_norm`` request (shift, scale, eps) of a
+        kernel that fuses it; None where the norm is not one (Identity)."""
+        bits = getattr(self, f"{name}_mod_bits", None)
+        if bits is None:
+            return None
+        mod = bits.view(torch.float32)
+        return mod[0], mod[1], self.eps
+
     def _affine_norm(self, name: str, x):
         """An affine LayerNorm of the fp8 form: ``norm_modulate`` with e4m3 output (the pair
         the next FP8 GEMM takes); other norms (Identity) as they are. x: [B, L, C]."""
-        bits = getattr(self, f"{name}_mod_bits", None)
-        if bits is None:
+        norm = self._norm_rows(name)
+        if norm is None:
             return getattr(self, name)(x)
-        mod = bits.view(torch.float32)
-        return ops.norm_modulate(x, mod[0], mod[1], self.eps, out_fp8=True)
+        return ops.norm_modulate(x, *norm, out_fp8=True)
 
 
 class Head(nn.Module):

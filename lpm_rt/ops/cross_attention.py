@@ -20,7 +20,9 @@ absorbs its up-projection):
 Exact in real arithmetic. Per query token it costs H * Lk * N multiply-adds instead of the
 projection's C * N, fewer while Lk < D (:data:`ABSORB_MAX_KEYS`), and one launch instead of two:
 the output projection's GEMM is gone. ``vo`` is made once per stream (a session's text, a
-chunk's audio windows) and read by every denoising pass.
+chunk's audio windows) and read by every denoising pass. A program writes whole rows, so with
+``next_norm`` the LayerNorm + adaLN that follows the residual add (``norm_modulate`` with e4m3
+output) runs in the same launch.
 """
 
 from __future__ import annotations
@@ -155,11 +157,23 @@ def cross_attention(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm
 
 
 def cross_attention_out_ref(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None,
-                            residual=None, sm_scale=None):
+                            residual=None, sm_scale=None, next_norm=None):
     """Pure torch, rounding as the kernel does: the norms as the torch modules, softmax in fp32
     (fp64 for fp64 q) rounded to q's dtype, its product with ``vo`` and the sums in fp32.
     q: [B, Lq, H, D]; k: [B, Lk, H, D]; vo: [B, Lk, H, N]; bias: [N] or None; residual:
-    [B, Lq, N]. Returns [B, Lq, N] in the residual's dtype."""
+    [B, Lq, N]. Returns [B, Lq, N] in the residual's dtype; with ``next_norm`` = (shift, scale,
+    eps), shift/scale broadcastable to [B, 1, N], also ``norm_modulate(out, shift, scale, eps,
+    out_fp8=True)``: (out, (y8, scales))."""
+    out = _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
+    if next_norm is None:
+        return out
+    from .norm_modulate import norm_modulate_ref
+
+    shift, scale, n_eps = next_norm
+    return out, norm_modulate_ref(out, shift, scale, n_eps, out_fp8=True)
+
+
+def _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
     if q_weight is not None:
         q = _rms(q, q_weight, eps)
     if k_weight is not None:
@@ -174,7 +188,7 @@ def cross_attention_out_ref(q, k, vo, q_weight=None, k_weight=None, eps: float =
     return (residual.to(cdt) + y).to(residual.dtype)
 
 
-def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
+def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, next_norm=None):
     import triton
 
     from csrc_triton import cross_attention as kern
@@ -209,11 +223,27 @@ def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residua
     check_device(q, k=k, vo=vo, q_weight=q_weight, k_weight=k_weight, bias=bias, residual=residual)
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     out = torch.empty(B, Lq, N, dtype=residual.dtype, device=q.device)
+    y8 = torch.empty(B, Lq, N, dtype=torch.float8_e4m3fn, device=q.device) if next_norm else None
+    ys = torch.empty(B, Lq, dtype=torch.float32, device=q.device) if next_norm else None
+    dummy = q.new_empty(1)
+    if next_norm is not None:
+        shift, scale, norm_eps = next_norm
+        check_device(q, shift=shift, scale=scale)
+        try:        # per batch entry: [B, 1, N] views, stride 0 where broadcast
+            shift, scale = (t.broadcast_to(B, 1, N)[:, 0] for t in (shift, scale))
+        except RuntimeError as e:
+            raise ValueError(f"next_norm shift {tuple(shift.shape)} / scale {tuple(scale.shape)} do not "
+                             f"broadcast to [B={B}, 1, N={N}]") from e
+        norm_args = (shift, scale, y8, ys)
+        norm_strides = (*shift.stride(), *scale.stride(), *y8.stride(), *ys.stride())
+    else:
+        norm_eps, norm_args, norm_strides = 0.0, (dummy,) * 4, (0,) * 9
     if out.numel() == 0:
-        return out
+        return out if next_norm is None else (out, y8, ys)
     launch = configure(kern._cross_attn_out_kernel,
                        dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
-                            HAS_BIAS=bias is not None, IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
+                            HAS_BIAS=bias is not None, NORM_OUT=next_norm is not None, IEEE=ieee_dots(q.dtype),
+                            FIX_ROUND=interpreting()),
                        dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=key_tile(Lk, True),
                             BLOCK_C=out_tile(N)),
                        num_warps=launch_warps(D), num_stages=LAUNCH_STAGES, prefer=("BLOCK_N",))
@@ -221,13 +251,13 @@ def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residua
     if Lk > bn:
         raise ValueError(f"cross_attention_out: {Lk} keys exceed the kernel's tile of {bn}")
     scratch = torch.empty(B, Lq, H, bn, dtype=q.dtype, device=q.device)   # each head's P
-    dummy = q.new_empty(1)
     launch[(triton.cdiv(Lq, bm), B)](
         q, k, vo, dummy if q_weight is None else q_weight, dummy if k_weight is None else k_weight,
-        dummy if bias is None else bias, residual, out, scratch,
-        Lq, Lk, H, N, float(eps), sm_scale * _LOG2E,
-        *q.stride(), *k.stride(), *vo.stride(), *residual.stride(), *out.stride(), *scratch.stride()[:3])
-    return out
+        dummy if bias is None else bias, residual, out, scratch, *norm_args,
+        Lq, Lk, H, N, float(eps), sm_scale * _LOG2E, float(norm_eps),
+        *q.stride(), *k.stride(), *vo.stride(), *residual.stride(), *out.stride(), *scratch.stride()[:3],
+        *norm_strides)
+    return out if next_norm is None else (out, y8, ys)
 
 
 def out_tile(n: int) -> int:
@@ -249,13 +279,38 @@ def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
     return residual.new_empty(residual.shape)
 
 
+@torch.library.custom_op("lpm_rt::cross_attention_out_norm", mutates_args=())
+def _cross_attention_out_norm_op(q: torch.Tensor, k: torch.Tensor, vo: torch.Tensor, q_weight: Optional[torch.Tensor],
+                                 k_weight: Optional[torch.Tensor], eps: float, bias: Optional[torch.Tensor],
+                                 residual: torch.Tensor, sm_scale: Optional[float], shift: torch.Tensor,
+                                 scale: torch.Tensor, norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale,
+                                       (shift, scale, norm_eps))
+
+
+@_cross_attention_out_norm_op.register_fake
+def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, shift, scale, norm_eps):
+    return (residual.new_empty(residual.shape), residual.new_empty(residual.shape, dtype=torch.float8_e4m3fn),
+            residual.new_empty(residual.shape[:-1], dtype=torch.float32))
+
+
 def cross_attention_out(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None, *, residual,
-                        sm_scale=None):
-    """Launcher: the selected backend's kernel; same contract as the ref."""
+                        sm_scale=None, next_norm=None):
+    """Launcher: the selected backend's kernel; same contract as the ref. ``next_norm`` =
+    (shift, scale, eps): the LayerNorm + adaLN that follows, fused (-> (out, (y8, scales)))."""
     from . import direct, get_backend
 
     if get_backend() == "ref":
-        return cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
-    run = _cross_attention_out_triton if direct(q, k, vo, q_weight, k_weight, bias, residual) \
-        else torch.ops.lpm_rt.cross_attention_out
-    return run(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale)
+        return cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, next_norm)
+    if next_norm is None:
+        run = _cross_attention_out_triton if direct(q, k, vo, q_weight, k_weight, bias, residual) \
+            else torch.ops.lpm_rt.cross_attention_out
+        return run(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale)
+    shift, scale, n_eps = next_norm
+    if direct(q, k, vo, q_weight, k_weight, bias, residual, shift, scale):
+        out, y8, ys = _cross_attention_out_triton(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale,
+                                                  (shift, scale, float(n_eps)))
+    else:
+        out, y8, ys = torch.ops.lpm_rt.cross_attention_out_norm(q, k, vo, q_weight, k_weight, float(eps), bias,
+                                                                residual, sm_scale, shift, scale, float(n_eps))
+    return out, (y8, ys)

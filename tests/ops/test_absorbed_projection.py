@@ -2,7 +2,8 @@
 (``Attention.stream_kv`` -> :class:`AbsorbedKV`, ``Attention.cross_out``): the block computes
 residual + o(attention) with o's dequantized weights -- the same math as the projection's GEMM
 minus the e4m3 rounding of its input -- for the text (keys normed once per session) and the
-frame-local audio (keys normed in the kernel); long streams and the unquantized form keep the GEMM."""
+frame-local audio (keys normed in the kernel), and with the next norm fused, norm_modulate's
+output of those rows; long streams and the unquantized form keep the GEMM."""
 
 from __future__ import annotations
 
@@ -55,10 +56,18 @@ def test_cross_attention_absorbs_its_projection(triton_backend, backend, branch)
         kv = attn.stream_kv(stream, raw=raw)
         assert isinstance(kv, AbsorbedKV) and (kv.k_weight is not None) == raw
         x_pair = blk._affine_norm(norm, x)
-        got = attn.cross_out(x_pair, kv, residual=x)
+        got, normed = attn.cross_out(x_pair, kv, residual=x)
+        assert normed is None                                            # no next norm asked for
         want = x.double() + _chain(attn, x_pair, stream, torch.float64)
         low = x + _chain(attn, x_pair, stream, torch.float32)
         through_gemm = attn.o(attn.cross_heads(x_pair, attn.raw_kv(stream)), residual=x)
+        # with the next norm fused: the same rows, and norm_modulate's e4m3 output of them
+        shift, scale = torch.randn(2, x.shape[0], 1, CFG.dim, generator=g) * 0.3
+        fused, (y8, ys) = attn.cross_out(x_pair, kv, residual=x, next_norm=(shift, scale, 1e-6))
+        want8, want_s = ops.norm_modulate_ref(fused, shift, scale, 1e-6, out_fp8=True)
+    assert torch.equal(fused, got)
+    assert torch.allclose(ys, want_s, rtol=1e-5, atol=0)                 # the per-row scales
+    assert (y8.float() != want8.float()).float().mean() < 0.01           # a rounding tie may flip a code
     assert_calibrated(got, low, want, floor=1e-5)
     # the projection's GEMM rounds its input to e4m3 (~1e5 x the absorbed form's error here),
     # which the absorbed form does not

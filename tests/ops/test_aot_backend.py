@@ -113,9 +113,10 @@ def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
     roles = {r["name"]: r["role"] for r in meta["kernels"]}
     used = {roles[n] for n in launched}
     assert used == {"attention", "combine", "linear", "norm", "cache", "cross_attention"}, used
-    # the text and audio cross-attentions with their output projections absorbed
+    # the text and audio cross-attentions with their output projections absorbed and the norm
+    # after each fused
     assert {n.split("_sm_")[0] for n in launched if n.startswith("cross_attention_out_")} == {
-        "cross_attention_out_text", "cross_attention_out_audio"}, sorted(set(launched))
+        "cross_attention_out_text_norm", "cross_attention_out_audio_norm"}, sorted(set(launched))
     _launch.uninstall()                                 # the JIT reference: same kernels, own tiles
     for (mod, fn_name), real in REAL.items():
         setattr(importlib.import_module(mod), fn_name, real)

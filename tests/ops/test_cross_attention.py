@@ -202,3 +202,23 @@ def test_gpu_out_lpm17b(gpu_triton, kind):
     ref = ops.cross_attention_out_ref(*f32, 1e-6, b.cuda().float(), res.cuda().float())
     low = ops.cross_attention_out_ref(*args, 1e-6, b.cuda(), res.cuda())
     assert_calibrated(out, low, ref, floor=0.1)
+
+
+@pytest.mark.parametrize("dtype,per_entry", [(torch.float32, True), (torch.bfloat16, False)])
+def test_out_with_the_next_norm_fused(triton_backend, dtype, per_entry):
+    """next_norm: the rows as without it, and norm_modulate's e4m3 rows + scales of them (the
+    LayerNorm's statistics of the rounded rows; per batch entry or one modulation for all), over
+    three column tiles with a partial last one and two row tiles."""
+    B, N = 3, 300
+    q, k, vo, qw, kw, b, res = make_out_case(B, 70, 8, 2, 16, N, True, True, True, dtype)
+    g = torch.Generator().manual_seed(7)
+    shape = (B, 1, N) if per_entry else (N,)
+    shift, scale = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g) * 0.2
+    out, (y8, ys) = ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res, next_norm=(shift, scale, 1e-5))
+    assert torch.equal(out, ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res))
+    want8, want_s = ops.norm_modulate_ref(out, shift.expand(B, 1, N), scale.expand(B, 1, N), 1e-5, out_fp8=True)
+    assert y8.dtype == torch.float8_e4m3fn and y8.shape == (B, 70, N) and ys.shape == (B, 70)
+    assert torch.allclose(ys, want_s, rtol=1e-5, atol=0)
+    assert (y8.float() != want8.float()).float().mean() < 0.01           # a rounding tie may flip a code
+    with pytest.raises(ValueError, match="do not broadcast"):
+        ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res, next_norm=(shift[..., :-1], scale, 1e-5))

@@ -21,13 +21,13 @@ FP8_BLOCK = [                      # (the adaLN vectors, modulation + time embed
     "lpm_rt::fp8_linear",          # o, input quantized in the GEMM, x + gate * o
     "lpm_rt::norm_modulate_fp8",   # text-attention LayerNorm -> e4m3
     "lpm_rt::fp8_linear",          # text q
-    "lpm_rt::cross_attention_out", # RMSNorm of q fused, o absorbed into the values, + residual; the
-                                   # text's keys and absorbed values: computed once per session
-    "lpm_rt::norm_modulate_fp8",   # audio-attention LayerNorm -> e4m3
+    "lpm_rt::cross_attention_out_norm",  # RMSNorm of q fused, o absorbed into the values, + residual,
+                                   # then the audio-attention LayerNorm -> e4m3; the text's keys and
+                                   # absorbed values: computed once per session
     "lpm_rt::fp8_linear",          # audio q
-    "lpm_rt::cross_attention_out", # frame-local, RMSNorms of q and k fused, o absorbed, + residual;
-                                   # the audio's k and absorbed values: once per chunk
-    "lpm_rt::norm_modulate_fp8",   # LayerNorm + adaLN -> e4m3
+    "lpm_rt::cross_attention_out_norm",  # frame-local, RMSNorms of q and k fused, o absorbed,
+                                   # + residual, then LayerNorm + adaLN -> e4m3; the audio's k and
+                                   # absorbed values: once per chunk
     "lpm_rt::fp8_linear",          # ffn up + GELU(tanh)
     "lpm_rt::fp8_linear",          # ffn down + gated residual
 ]
