@@ -269,7 +269,8 @@ def _cross_attention_variants(ctx: BuildContext) -> list:
 
 def _cross_attention_out_variants(ctx: BuildContext) -> list:
     """The fp8 block form's absorbed cross-attention (attention, output projection and residual in
-    one kernel): the audio window, and the text at each key tile a short prompt can take."""
+    one kernel, the next norm fused): the audio window (plain and guided: silence's window and the
+    chunk's back to back), and the text at each key tile a short prompt can take."""
     from lpm_rt.ops.cross_attention import ABSORB_MAX_KEYS, LAUNCH_STAGES, absorbs, key_tile, launch_warps, out_tile
 
     if not any(f.startswith("fp8") for f in ctx.weight_formats):
@@ -287,16 +288,22 @@ def _cross_attention_out_variants(ctx: BuildContext) -> list:
     kinds = [("text", s.chunk_frames * s.tokens_per_frame, False, bn, C) for bn in text_tiles]
     if absorbs(ka, D):
         kinds.append(("audio", s.tokens_per_frame, True, key_tile(ka, True), 2 * C))
+    if absorbs(2 * ka, D):                         # guided audio: silence's window and the chunk's, one tile
+        kinds.append(("audio_guided", s.tokens_per_frame, True, key_tile(2 * ka, True), None))
     out = []
-    # each with the next norm fused (the audio attention's LayerNorm after the text, the FFN's adaLN
-    # after the audio) and without (no audio; guided audio: two attentions, then the norm)
-    for (kind, lq, k_norm, bn, kl), norm in [(k, n) for k in kinds for n in (True, False)]:
+    # the text with the audio attention's LayerNorm fused and without (no audio); the audio always
+    # with the FFN's adaLN
+    for (kind, lq, k_norm, bn, kl), norm in [(k, n) for k in kinds for n in (True, False)
+                                             if n or k[0] == "text"]:
+        guided = kind == "audio_guided"
         ce = dict(HEAD_DIM=D, BLOCK_M=_clamp(kc.tiles["BLOCK_M"], lq), BLOCK_N=bn, BLOCK_C=out_tile(C), Q_NORM=True,
-                  K_NORM=k_norm, HAS_BIAS=True, NORM_OUT=norm, IEEE=tgt.act_dtype == "fp32", FIX_ROUND=False)
-        # key counts, and the batch strides that follow them, are the session's or the chunk's
-        ints = dict(Lq=lq, Lk=None, H=H, N=C, stride_qb=None, stride_ql=C, stride_qh=D, stride_qd=1,
+                  K_NORM=k_norm, HAS_BIAS=True, NORM_OUT=norm, GUIDED=guided, IEEE=tgt.act_dtype == "fp32",
+                  FIX_ROUND=False)
+        # key counts, and the batch strides that follow them, are the session's or the chunk's (the
+        # guided streams, concatenated, have their own key strides)
+        ints = dict(Lq=lq, Lk=None, H=H, N=C, split=None, stride_qb=None, stride_ql=C, stride_qh=D, stride_qd=1,
                     stride_kb=None, stride_kl=kl, stride_kh=D, stride_kd=1,
-                    stride_vb=None, stride_vl=C, stride_vh=None, stride_vn=1,
+                    stride_vb=None, stride_vl=None if guided else C, stride_vh=None, stride_vn=1,
                     stride_rb=None, stride_rl=C, stride_rn=1, stride_ob=None, stride_ol=C, stride_on=1,
                     stride_pb=None, stride_pl=H * bn, stride_ph=bn,
                     stride_hb=None, stride_hn=1 if norm else None, stride_sb=None, stride_sn=1 if norm else None,
@@ -306,7 +313,7 @@ def _cross_attention_out_variants(ctx: BuildContext) -> list:
         tag = (f"{kind}_bn{bn}" if kind == "text" and len(text_tiles) > 1 else kind) + ("_norm" if norm else "")
         out.append(Variant(f"cross_attention_out_{tag}_{tgt.arch}_{act}_d{D}", KERNELS_BY_FN["_cross_attn_out_kernel"],
                            {**ptr, **(fused if norm else unused)}, ce, ints, warps, stages,
-                           ("eps", "qk_scale", "norm_eps"), "cross_attention"))
+                           ("eps", "qk_scale", "norm_eps", "gain"), "cross_attention"))
     return out
 
 

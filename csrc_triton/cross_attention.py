@@ -108,7 +108,7 @@ def _cross_attn_kernel(
 def _cross_attn_out_kernel(
     q_ptr, k_ptr, vo_ptr, qw_ptr, kw_ptr, bias_ptr, res_ptr, o_ptr, p_ptr,
     shift_ptr, scale_ptr, y8_ptr, ys_ptr,
-    Lq, Lk, H, N, eps, qk_scale, norm_eps,
+    Lq, Lk, H, N, eps, qk_scale, norm_eps, split, gain,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kl, stride_kh, stride_kd,
     stride_vb, stride_vl, stride_vh, stride_vn,
@@ -119,7 +119,7 @@ def _cross_attn_out_kernel(
     stride_yb, stride_yl, stride_yn, stride_zb, stride_zl,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-    FIX_ROUND: tl.constexpr, NORM_OUT: tl.constexpr = False,
+    FIX_ROUND: tl.constexpr, NORM_OUT: tl.constexpr = False, GUIDED: tl.constexpr = False,
 ):
     """The cross-attention with its output projection absorbed into the values, and the residual:
 
@@ -130,6 +130,10 @@ def _cross_attn_out_kernel(
     final after one tile: a first loop stores every head's P (q's dtype) to the scratch rows
     p[b, i, h, :BLOCK_N] of this program, a second reads them back per BLOCK_C output columns --
     the q rows are read once however wide the output (no recomputation per column tile).
+
+    GUIDED: the keys are two streams, [0, split) and [split, Lk), each with its own softmax; P is
+    (1 - gain) P_0 + gain P_1, which is classifier-free guidance lerp(out_0, out_1, gain) of the
+    two attentions' outputs (the residual and bias carry weight 1 either way).
 
     NORM_OUT: a program has written whole rows, so the next LayerNorm + adaLN modulation of them
     runs here too (``norm_modulate(out, shift[b], scale[b], norm_eps, out_fp8=True)``: its
@@ -160,9 +164,11 @@ def _cross_attn_out_kernel(
         if K_NORM:
             k = _rms_head(k, k_rstd, kw_ptr, h, offs_d, HEAD_DIM, cdt, FIX_ROUND)
         s = _dot(q, tl.trans(k.to(cdt)), IEEE) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        p = tl.exp2(s - tl.max(s, axis=1)[:, None])
-        p = p / tl.sum(p, axis=1)[:, None]
+        if GUIDED:
+            first = offs_n < split
+            p = (1.0 - gain) * _softmax(s, mask_n & first) + gain * _softmax(s, mask_n & (offs_n >= split))
+        else:
+            p = _softmax(s, mask_n)
         tl.store(p_rows + h * stride_ph, cast_rne(p, cdt, FIX_ROUND), mask=mask_m[:, None])
     tl.debug_barrier()                             # every thread's P rows, before any is read back
     o_rows = o_ptr + b * stride_ob + offs_m[:, None] * stride_ol
@@ -210,6 +216,14 @@ def _cross_attn_out_kernel(
             y = tl.minimum(tl.maximum(y / sc[:, None], -FP8_MAX), FP8_MAX)
             tl.store(y8_ptr + b * stride_yb + offs_m[:, None] * stride_yl + cols[None, :] * stride_yn,
                      cast_rne(y, y8_ptr.dtype.element_ty, FIX_ROUND), mask=mask_m[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def _softmax(s, keys):
+    """Row softmax (base 2) of the scores s over the columns ``keys``; 0 elsewhere."""
+    s = tl.where(keys[None, :], s, float("-inf"))
+    p = tl.exp2(s - tl.max(s, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
 
 
 @triton.jit

@@ -186,6 +186,10 @@ def specs() -> list[Spec]:
              {**cao, "shift_ptr": "fp32", "scale_ptr": "fp32", "y8_ptr": "fp8e4nv", "ys_ptr": "fp32"},
              {**cao_ce, "K_NORM": True, "NORM_OUT": True}, 90, "HGMMA",
              "cross_attention + absorbed o + residual + next LayerNorm -> fp8, audio, d128", num_warps=8),
+        Spec("csrc_triton.cross_attention", "_cross_attn_out_kernel",
+             {**cao, "shift_ptr": "fp32", "scale_ptr": "fp32", "y8_ptr": "fp8e4nv", "ys_ptr": "fp32"},
+             {**cao_ce, "K_NORM": True, "NORM_OUT": True, "GUIDED": True}, 90, "HGMMA",
+             "cross_attention_out guided (two streams) + next LayerNorm, audio, d128", num_warps=8),
     ]
     from csrc_triton.fp8_linear import FP8_LINEAR_CONFIGS
 

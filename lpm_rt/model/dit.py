@@ -80,10 +80,26 @@ class AbsorbedKV(NamedTuple):
     form, ``ops.cross_attention_out``): keys k [B, Lk, H, D] (``k_weight``: the RMSNorm weight
     the kernel applies, None for keys normed already) and vo [B, Lk, H, C], vo[:, j, h] =
     Wo[:, h] v[:, j, h]. A session's text (:meth:`LPMDiT.text_kv`) or a chunk's audio windows
-    (:meth:`LPMDiT.audio_kv`), made once and read by every pass."""
+    (:meth:`LPMDiT.audio_kv`), made once and read by every pass. ``split`` > 0: two streams
+    back to back, keys [0, split) the unconditional one, guided by ``gain`` (:func:`absorbed_guided`)."""
     k: torch.Tensor
     vo: torch.Tensor
     k_weight: torch.Tensor | None
+    split: int = 0
+    gain: float = 1.0
+
+
+def absorbed_guided(kv):
+    """A :class:`GuidedKV` of two :class:`AbsorbedKV` as one: both streams' keys and values back to
+    back (unconditional first), so that one kernel runs both softmaxes and weights them (1 - g, g).
+    Anything else, or streams too long together for one key tile, is returned as it is."""
+    if not (isinstance(kv, GuidedKV) and isinstance(kv.kv, AbsorbedKV)):
+        return kv
+    null, cond = kv.null, kv.kv
+    if not ops.absorbs(null.k.shape[1] + cond.k.shape[1], cond.k.shape[-1]):
+        return kv
+    return AbsorbedKV(torch.cat([null.k, cond.k], 1), torch.cat([null.vo, cond.vo], 1), cond.k_weight,
+                      null.k.shape[1], float(kv.gain))
 
 
 class Attention(nn.Module):
@@ -188,17 +204,18 @@ class Attention(nn.Module):
         (``ops.cross_attention_out``) for an :class:`AbsorbedKV` (or a guided pair of them), else
         :meth:`cross_heads` and the projection's GEMM with the residual in its epilogue.
         -> (out, normed): ``normed`` is ``norm_modulate(out, *next_norm, out_fp8=True)`` where the
-        kernel fuses it (an unguided AbsorbedKV; ``next_norm`` = (shift, scale, eps) per batch
-        entry), else None (the caller norms)."""
+        kernel fuses it (an AbsorbedKV; ``next_norm`` = (shift, scale, eps) per batch entry), else
+        None (the caller norms)."""
+        kv = absorbed_guided(kv)                   # (the online step merges once per chunk)
         absorbed = kv.kv if isinstance(kv, GuidedKV) else kv
         if not isinstance(absorbed, AbsorbedKV):
             return self.o(self.cross_heads(x, kv), residual=residual), None
         q = self.q(x).unflatten(-1, (self.heads, self.head_dim))
 
         def attend(a, norm=None):
-            return ops.cross_attention_out(q, a.k, a.vo, self.norm_q.weight, a.k_weight, self.norm_q.eps,
-                                           self.o.bias, residual=residual, next_norm=norm)
-        if isinstance(kv, GuidedKV):       # lerp(r + a0, r + a, g) = r + lerp(a0, a, g)
+            return ops.cross_attention_out(q, a.k, a.vo, self.norm_q.weight, a.k_weight, self.norm_q.eps, self.o.bias,
+                                           residual=residual, next_norm=norm, split=a.split, gain=a.gain)
+        if isinstance(kv, GuidedKV):     # too long for one tile: two kernels, lerp(r + a0, r + a, g) = r + lerp(a0, a, g)
             return torch.lerp(attend(kv.null), attend(kv.kv), kv.gain), None
         return attend(kv, next_norm) if next_norm is not None else (attend(kv), None)
 

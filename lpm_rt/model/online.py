@@ -18,7 +18,7 @@ from ..cache import PagePool, StreamCache
 from ..config import LPMConfig
 from .attend import PagedAttention, RefPrefill, token_positions
 from .audio import AUDIO_RATE, MEL_HOP, MEL_WIN, log_mel
-from .dit import GuidedKV, LPMDiT
+from .dit import GuidedKV, LPMDiT, absorbed_guided
 from .text import tag_context
 from .vae import VAE, DecoderCache
 
@@ -236,7 +236,8 @@ class OnlineLPM(nn.Module):
             return kvs
         s = self.cfg.stream
         gains = (s.speaker_guidance, s.listener_guidance)
-        return [kv if gains[i % 2] == 1.0 else GuidedKV(kv, n, gains[i % 2])
+        # absorbed streams: both as one, for one kernel per pass (merged once per chunk)
+        return [kv if gains[i % 2] == 1.0 else absorbed_guided(GuidedKV(kv, n, gains[i % 2]))
                 for i, (kv, n) in enumerate(zip(kvs, null))]
 
     def _refine(self, state: StreamState, x0, noise, mels, attn) -> torch.Tensor:

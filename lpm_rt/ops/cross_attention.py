@@ -157,14 +157,16 @@ def cross_attention(q, k, v, q_weight=None, k_weight=None, eps: float = 1e-6, sm
 
 
 def cross_attention_out_ref(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None,
-                            residual=None, sm_scale=None, next_norm=None):
+                            residual=None, sm_scale=None, next_norm=None, split: int = 0, gain: float = 1.0):
     """Pure torch, rounding as the kernel does: the norms as the torch modules, softmax in fp32
     (fp64 for fp64 q) rounded to q's dtype, its product with ``vo`` and the sums in fp32.
     q: [B, Lq, H, D]; k: [B, Lk, H, D]; vo: [B, Lk, H, N]; bias: [N] or None; residual:
     [B, Lq, N]. Returns [B, Lq, N] in the residual's dtype; with ``next_norm`` = (shift, scale,
     eps), shift/scale broadcastable to [B, 1, N], also ``norm_modulate(out, shift, scale, eps,
-    out_fp8=True)``: (out, (y8, scales))."""
-    out = _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
+    out_fp8=True)``: (out, (y8, scales)). ``split`` > 0: keys [0, split) and [split, Lk) are two
+    streams, each with its own softmax, P = (1 - gain) P_0 + gain P_1 (guidance: the lerp of the
+    two attentions' outputs by ``gain``)."""
+    out = _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split, gain)
     if next_norm is None:
         return out
     from .norm_modulate import norm_modulate_ref
@@ -173,7 +175,7 @@ def cross_attention_out_ref(q, k, vo, q_weight=None, k_weight=None, eps: float =
     return out, norm_modulate_ref(out, shift, scale, n_eps, out_fp8=True)
 
 
-def _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
+def _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split=0, gain=1.0):
     if q_weight is not None:
         q = _rms(q, q_weight, eps)
     if k_weight is not None:
@@ -181,14 +183,20 @@ def _cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, 
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
     s = torch.einsum("bihd,bjhd->bhij", q.to(cdt), k.to(cdt)) * scale
-    p = torch.softmax(s, dim=-1).to(q.dtype).to(cdt)
+    if split:
+        p = torch.cat([(1 - gain) * torch.softmax(s[..., :split], dim=-1), gain * torch.softmax(s[..., split:], dim=-1)],
+                      dim=-1)
+    else:
+        p = torch.softmax(s, dim=-1)
+    p = p.to(q.dtype).to(cdt)
     y = torch.einsum("bhij,bjhn->bin", p, vo.to(cdt))
     if bias is not None:
         y = y + bias.to(cdt)
     return (residual.to(cdt) + y).to(residual.dtype)
 
 
-def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, next_norm=None):
+def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split=0, gain=1.0,
+                                next_norm=None):
     import triton
 
     from csrc_triton import cross_attention as kern
@@ -215,6 +223,8 @@ def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residua
         raise ValueError(f"triton cross_attention_out: head_dim {D} must be a power of two in [16, 256]")
     if not 1 <= Lk <= ABSORB_MAX_KEYS:
         raise ValueError(f"cross_attention_out takes 1 to {ABSORB_MAX_KEYS} keys (one tile), got {Lk}")
+    if split and not 0 < split < Lk:
+        raise ValueError(f"cross_attention_out: split {split} must leave keys on both sides of it (Lk={Lk})")
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w is not None and tuple(w.shape) != (H * D,):
             raise ValueError(f"{name} must be [H*D={H * D}], got {tuple(w.shape)}")
@@ -242,8 +252,8 @@ def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residua
         return out if next_norm is None else (out, y8, ys)
     launch = configure(kern._cross_attn_out_kernel,
                        dict(HEAD_DIM=D, Q_NORM=q_weight is not None, K_NORM=k_weight is not None,
-                            HAS_BIAS=bias is not None, NORM_OUT=next_norm is not None, IEEE=ieee_dots(q.dtype),
-                            FIX_ROUND=interpreting()),
+                            HAS_BIAS=bias is not None, NORM_OUT=next_norm is not None, GUIDED=split > 0,
+                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
                        dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(Lq))), BLOCK_N=key_tile(Lk, True),
                             BLOCK_C=out_tile(N)),
                        num_warps=launch_warps(D), num_stages=LAUNCH_STAGES, prefer=("BLOCK_N",))
@@ -254,7 +264,7 @@ def _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residua
     launch[(triton.cdiv(Lq, bm), B)](
         q, k, vo, dummy if q_weight is None else q_weight, dummy if k_weight is None else k_weight,
         dummy if bias is None else bias, residual, out, scratch, *norm_args,
-        Lq, Lk, H, N, float(eps), sm_scale * _LOG2E, float(norm_eps),
+        Lq, Lk, H, N, float(eps), sm_scale * _LOG2E, float(norm_eps), int(split), float(gain),
         *q.stride(), *k.stride(), *vo.stride(), *residual.stride(), *out.stride(), *scratch.stride()[:3],
         *norm_strides)
     return out if next_norm is None else (out, y8, ys)
@@ -270,12 +280,13 @@ def out_tile(n: int) -> int:
 @torch.library.custom_op("lpm_rt::cross_attention_out", mutates_args=())
 def _cross_attention_out_op(q: torch.Tensor, k: torch.Tensor, vo: torch.Tensor, q_weight: Optional[torch.Tensor],
                             k_weight: Optional[torch.Tensor], eps: float, bias: Optional[torch.Tensor],
-                            residual: torch.Tensor, sm_scale: Optional[float]) -> torch.Tensor:
-    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale)
+                            residual: torch.Tensor, sm_scale: Optional[float], split: int,
+                            gain: float) -> torch.Tensor:
+    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split, gain)
 
 
 @_cross_attention_out_op.register_fake
-def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
+def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split, gain):
     return residual.new_empty(residual.shape)
 
 
@@ -283,34 +294,39 @@ def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale):
 def _cross_attention_out_norm_op(q: torch.Tensor, k: torch.Tensor, vo: torch.Tensor, q_weight: Optional[torch.Tensor],
                                  k_weight: Optional[torch.Tensor], eps: float, bias: Optional[torch.Tensor],
                                  residual: torch.Tensor, sm_scale: Optional[float], shift: torch.Tensor,
-                                 scale: torch.Tensor, norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale,
+                                 scale: torch.Tensor, norm_eps: float, split: int,
+                                 gain: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cross_attention_out_triton(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, split, gain,
                                        (shift, scale, norm_eps))
 
 
 @_cross_attention_out_norm_op.register_fake
-def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, shift, scale, norm_eps):
+def _(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, shift, scale, norm_eps, split, gain):
     return (residual.new_empty(residual.shape), residual.new_empty(residual.shape, dtype=torch.float8_e4m3fn),
             residual.new_empty(residual.shape[:-1], dtype=torch.float32))
 
 
 def cross_attention_out(q, k, vo, q_weight=None, k_weight=None, eps: float = 1e-6, bias=None, *, residual,
-                        sm_scale=None, next_norm=None):
+                        sm_scale=None, next_norm=None, split: int = 0, gain: float = 1.0):
     """Launcher: the selected backend's kernel; same contract as the ref. ``next_norm`` =
-    (shift, scale, eps): the LayerNorm + adaLN that follows, fused (-> (out, (y8, scales)))."""
+    (shift, scale, eps): the LayerNorm + adaLN that follows, fused (-> (out, (y8, scales)));
+    ``split``/``gain``: two key streams, guided (see the ref)."""
     from . import direct, get_backend
 
+    split, gain = int(split), float(gain)
     if get_backend() == "ref":
-        return cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, next_norm)
+        return cross_attention_out_ref(q, k, vo, q_weight, k_weight, eps, bias, residual, sm_scale, next_norm,
+                                       split, gain)
     if next_norm is None:
         run = _cross_attention_out_triton if direct(q, k, vo, q_weight, k_weight, bias, residual) \
             else torch.ops.lpm_rt.cross_attention_out
-        return run(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale)
+        return run(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale, split, gain)
     shift, scale, n_eps = next_norm
     if direct(q, k, vo, q_weight, k_weight, bias, residual, shift, scale):
         out, y8, ys = _cross_attention_out_triton(q, k, vo, q_weight, k_weight, float(eps), bias, residual, sm_scale,
-                                                  (shift, scale, float(n_eps)))
+                                                  split, gain, (shift, scale, float(n_eps)))
     else:
         out, y8, ys = torch.ops.lpm_rt.cross_attention_out_norm(q, k, vo, q_weight, k_weight, float(eps), bias,
-                                                                residual, sm_scale, shift, scale, float(n_eps))
+                                                                residual, sm_scale, shift, scale, float(n_eps),
+                                                                split, gain)
     return out, (y8, ys)

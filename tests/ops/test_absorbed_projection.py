@@ -96,3 +96,29 @@ def test_the_audio_projection_is_cached_per_weight_version():
     attn.o.w_scale_bits.view(torch.float32).mul_(2.0)
     b = attn._o_heads(cache=True)
     assert b is not a and torch.equal(b, 2 * a)
+
+
+@pytest.mark.parametrize("backend", ["ref", "triton"])
+@pytest.mark.parametrize("ka", [4, 12])
+def test_guided_audio_is_the_lerp_of_both_streams(triton_backend, backend, ka):
+    """Guidance on an absorbed audio stream: one kernel over silence's window and the chunk's
+    (4 + 4 keys fit a tile: merged), or two kernels and a lerp (12 + 12 keys would exceed the
+    head dim: not merged) -- either way lerp(out(silence), out(chunk), g) of the plain outputs."""
+    from lpm_rt.model.dit import GuidedKV, absorbed_guided
+
+    ops.set_backend(backend)
+    blk = _net().blocks[1]
+    attn = blk.audio_attn
+    g = torch.Generator().manual_seed(4)
+    null, audio = (torch.randn(2, ka, CFG.audio_dim, generator=g) for _ in range(2))
+    x = torch.randn(2, 16, CFG.dim, generator=g)
+    with torch.no_grad():
+        kv, kv0 = attn.stream_kv(audio, raw=True), attn.stream_kv(null, raw=True)
+        guided = GuidedKV(kv, kv0, 3.0)
+        merged = absorbed_guided(guided)
+        assert isinstance(merged, AbsorbedKV) == (ka == 4) and (ka == 4) == (getattr(merged, "split", 0) == ka)
+        x_pair = blk._affine_norm("norm_audio", x)
+        got, _ = attn.cross_out(x_pair, guided, residual=x)
+        want = torch.lerp(attn.cross_out(x_pair, kv0, residual=x)[0].double(),
+                          attn.cross_out(x_pair, kv, residual=x)[0].double(), 3.0)
+    assert (got.double() - want).abs().max() < 1e-4 * want.abs().max()

@@ -125,6 +125,23 @@ def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
     assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
 
 
+def test_guided_audio_runs_on_the_artifacts_kernels(aot_kernels):
+    """Audio guidance (listener gain 2: the tiny model's last block is a listener block): silence's
+    window and the chunk's run as one guided kernel, with the FFN's adaLN fused, from the cubins;
+    the step matches the JIT kernels as unguided does."""
+    d, meta, launched = aot_kernels
+    model = _model(d, meta)
+    model.cfg = model.cfg.replace(stream=model.cfg.stream.replace(listener_guidance=2.0))
+    got, video = stream_chunks(model, "aot")
+    assert any(n.startswith("cross_attention_out_audio_guided_norm_") for n in launched), sorted(set(launched))
+    _launch.uninstall()
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    want, want_video = stream_chunks(model, "triton")
+    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
+    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+
+
 def test_a_call_no_specialization_accepts_is_refused(aot_kernels):
     """fp32 activations against a bf16 artifact, and a head dim it was not compiled for: refused
     with the reason, never compiled on the spot."""

@@ -222,3 +222,27 @@ def test_out_with_the_next_norm_fused(triton_backend, dtype, per_entry):
     assert (y8.float() != want8.float()).float().mean() < 0.01           # a rounding tie may flip a code
     with pytest.raises(ValueError, match="do not broadcast"):
         ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res, next_norm=(shift[..., :-1], scale, 1e-5))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_out_guided_is_the_lerp_of_two_streams(triton_backend, norm):
+    """split/gain: keys [0, split) and [split, Lk) with a softmax each, weighted (1 - g, g) -- the
+    lerp of the two streams' outputs, which is how audio guidance combines them (g = 4, beyond
+    the two, as the demo's speaker guidance); with the next norm fused too."""
+    B, N, ka = 3, 40, 8
+    q, k, vo, qw, kw, b, res = make_out_case(B, 20, 2 * ka, 2, 16, N, True, True, True, torch.float32)
+    shift, scale = torch.zeros(N), torch.full((N,), 0.1)
+    nn_ = (shift, scale, 1e-6) if norm else None
+    got = ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res, next_norm=nn_, split=ka, gain=4.0)
+    out = got[0] if norm else got
+    parts = [ops.cross_attention_out_ref(q.double(), k[:, sl].double(), vo[:, sl].double(), qw.double(), kw.double(),
+                                         1e-6, b.double(), res.double()) for sl in (slice(0, ka), slice(ka, None))]
+    want = torch.lerp(*parts, 4.0)
+    low = ops.cross_attention_out_ref(q, k, vo, qw, kw, 1e-6, b, res, split=ka, gain=4.0)
+    assert_calibrated(out, low, want, floor=1e-5)
+    if norm:
+        want8, want_s = ops.norm_modulate_ref(out, shift, scale, 1e-6, out_fp8=True)
+        assert torch.allclose(got[1][1], want_s, rtol=1e-5, atol=0)
+        assert (got[1][0].float() != want8.float()).float().mean() < 0.01
+    with pytest.raises(ValueError, match="split"):
+        ops.cross_attention_out(q, k, vo, qw, kw, 1e-6, b, residual=res, split=2 * ka, gain=4.0)

@@ -53,6 +53,20 @@ def test_fp8_block_is_a_fixed_sequence_of_launches(triton_backend, net):
     assert got["audio_kv"] == ["lpm_rt::fp8_linear", "aten::bmm"] * layers, got["audio_kv"]
 
 
+def test_guided_audio_keeps_the_sequence(triton_backend, monkeypatch):
+    """With audio guidance in the last block (a listener block), silence's stream and the chunk's
+    run in the same one kernel: the block's sequence does not change."""
+    import lpm_rt.model.online as online
+
+    merged, real = [], online.absorbed_guided
+    monkeypatch.setattr(online, "absorbed_guided", lambda kv: merged.append(kv.gain) or real(kv))
+    model = _model(fp8=True)
+    model.cfg = model.cfg.replace(stream=model.cfg.stream.replace(listener_guidance=2.0))
+    got = block_launches(model, "backbone")
+    assert got["block"] == FP8_BLOCK, "\n".join(got["block"])
+    assert merged and set(merged) == {2.0}                  # the guided streams were merged, per chunk
+
+
 def test_plain_form_launches_twice_as_many(triton_backend):
     """The plain form (same model: separate q/k/v linears, eager norms and adaLN arithmetic):
     measured 37."""
