@@ -34,6 +34,17 @@ K-major, the operand order e4m3 wgmma takes for P.V; with the standard layout th
 transposes each V tile through registers. An experiment for the sweep: the cache does not
 store V that way (yet).
 
+OVERLAP (with PAGE_TILES): the loop issues block j + 1's Q.K^T, then finishes block j (scale, online
+softmax, P.V) and carries the product to the next iteration (the first block's product before the
+loop, the last block's rest after it): FlashAttention-3's intra-warpgroup pipelining, the softmax's
+exponentials on the SFU while the tensor cores multiply. Triton makes the carried product an async
+wgmma only in some forms (SASS, sm_90a, Triton 3.9): 16-bit pages in 64-key tiles at 3 or more
+stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 252 registers, no
+spills). 128-key tiles spill (two [64, 128] fp32 score tiles per thread plus the accumulator), and
+fp8 pages and FP8-Q keep their dots synchronous in either order (the widened K tile, or the
+transposed V tile, is written to shared memory every block). Exact reordering: the same sums in
+another association. Off by default: an experiment for the sweep, untimed.
+
 F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond fp16's range is
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
 type with one packed convert per two values (cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes
@@ -72,18 +83,33 @@ def _mma(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
-                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr):
-    """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
-    pages ks_ptrs/vs_ptrs point at the scales: [BLOCK_N] pointers, one per token, or with
-    PAGE_SCALES (the block is one page) one scalar pointer each. Scales are loaded where used
-    (loaded up front, a per-token vector stays live across the QK^T product and spills).
-    -> updated (m_i, l_i, acc)."""
+def _qk(q, k, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
+    """Q.K^T of one key block, unscaled."""
     if FP8_Q:
         qk = tl.dot(q, tl.trans(k))
     else:
         qk = _mma(q, tl.trans(k.to(cdt)), IEEE)
+    return qk
+
+
+@triton.jit
+def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
+                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
+                  PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr):
+    """The rest of a key block once its Q.K^T is there: scale and mask, online softmax, P.V."""
+    qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
+    m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
+    acc = acc * alpha[:, None]
+    pa, post = _p_operand(p, vs_ptrs, valid, cdt, KV_FP8, FP8_Q, FIX_ROUND, PAGE_SCALES)
+    return m_new, l_i, _pv(pa, post, v, acc, cdt, FP8_Q, IEEE)
+
+
+@triton.jit
+def _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8: tl.constexpr, PAGE_SCALES: tl.constexpr):
+    """Base-2 scores: Q.K^T times sm_scale * log2(e) (and the K scales), -inf at the invalid keys.
+    For fp8 pages ks_ptrs points at the K scales: [BLOCK_N] pointers, one per token, or with
+    PAGE_SCALES (the block is one page) one scalar pointer. Scales are loaded where used (loaded up
+    front, a per-token vector stays live across the QK^T product and spills)."""
     if KV_FP8:
         if PAGE_SCALES:       # a scalar: no per-token copies of it through shared memory
             qk = qk * (qk_mul * tl.load(ks_ptrs))
@@ -92,32 +118,94 @@ def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: 
             qk = qk * (qk_mul * ks)[None, :]
     else:
         qk = qk * qk_mul
-    qk = tl.where(valid[None, :], qk, float("-inf"))
+    return tl.where(valid[None, :], qk, float("-inf"))
 
+
+@triton.jit
+def _softmax_step(qk, m_i, l_i, EMPTY_OK: tl.constexpr):
+    """Online softmax over one block of scores: -> (m_new, l_new, alpha, p), alpha = 2^(m_i - m_new)
+    the factor for what was accumulated against m_i. EMPTY_OK: a block may hold no valid key (then
+    p = 0, where -inf - -inf would make it NaN)."""
     m_new = tl.maximum(m_i, tl.max(qk, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(qk - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
+    if EMPTY_OK:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(qk - m_use[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), alpha, p
+
+
+@triton.jit
+def _p_operand(p, vs_ptrs, valid, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_Q: tl.constexpr,
+               FIX_ROUND: tl.constexpr, PAGE_SCALES: tl.constexpr):
+    """P as the P.V product takes it, with the V scales folded in: -> (operand, post), where
+    acc += (operand @ v) * post (post = 1 but for FP8_Q, whose P is stretched over e4m3's range)."""
     if KV_FP8:
         if PAGE_SCALES:
             vs = tl.load(vs_ptrs)
             if FP8_Q:         # one scale for the block: P times 448 fills e4m3's range
-                p8 = cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND)
-                acc += tl.dot(p8, v) * (vs / FP8_MAX)
+                return cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND), vs / FP8_MAX
             else:
-                acc += _mma(cast_rne(p * vs, cdt, FIX_ROUND), v.to(cdt), IEEE)
+                return cast_rne(p * vs, cdt, FIX_ROUND), 1.0
         else:
             vs = tl.load(vs_ptrs, mask=valid, other=0.0)
             if FP8_Q:
                 vmax = tl.maximum(tl.max(vs, 0), 1e-30)
-                p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
-                acc += tl.dot(p8, v) * (vmax / FP8_MAX)
+                return cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND), vmax / FP8_MAX
             else:
-                acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
+                return cast_rne(p * vs[None, :], cdt, FIX_ROUND), 1.0
     else:
-        acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
-    return m_new, l_i, acc
+        return cast_rne(p, cdt, FIX_ROUND), 1.0
+
+
+@triton.jit
+def _pv(pa, post, v, acc, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
+    """acc + (pa @ v) * post."""
+    if FP8_Q:
+        acc += tl.dot(pa, v) * post
+    else:
+        acc += _mma(pa, v.to(cdt), IEEE)
+    return acc
+
+
+@triton.jit
+def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
+                  KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
+                  PAGE_SCALES: tl.constexpr):
+    """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
+    pages ks_ptrs/vs_ptrs point at the scales (see ``_scale_scores``). -> updated (m_i, l_i, acc)."""
+    return _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt,
+                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False)
+
+
+@triton.jit
+def _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh, stride_kd,
+            BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA_KV: tl.constexpr):
+    """K rows of head h in one page, [BLOCK_N, HEAD_DIM] (rows past the page: zeros)."""
+    if TMA_KV:
+        k = tl.reshape(k_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+    else:
+        k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
+                    + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+    return k
+
+
+@triton.jit
+def _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh, stride_vd,
+            BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA_KV: tl.constexpr, V_TRANS_LOAD: tl.constexpr):
+    """V rows of head h in one page, [BLOCK_N, HEAD_DIM]; rows past kv_len are zeros (P is 0 there,
+    but 0 * NaN is not)."""
+    if TMA_KV:
+        v = tl.reshape(v_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
+        v = tl.where(valid[:, None], v, tl.zeros_like(v))
+    elif V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
+        v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
+                             + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
+    else:
+        v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
+                    + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+    return v
 
 
 @triton.jit
@@ -134,7 +222,7 @@ def _paged_attn_fwd_kernel(
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
     FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr, V_TRANS_LOAD: tl.constexpr,
-    TMA_KV: tl.constexpr = False, F16_DOTS: tl.constexpr = False,
+    TMA_KV: tl.constexpr = False, F16_DOTS: tl.constexpr = False, OVERLAP: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -188,27 +276,53 @@ def _paged_attn_fwd_kernel(
                                                strides=[stride_kp, stride_ks, 1], block_shape=[1, BLOCK_N, HEAD_DIM])
             v_desc = tl.make_tensor_descriptor(v_ptr, shape=[num_pages, PAGE_SIZE, H * HEAD_DIM],
                                                strides=[stride_vp, stride_vs, 1], block_shape=[1, BLOCK_N, HEAD_DIM])
-        for pg in range(lo // PAGE_SIZE, tl.cdiv(hi, PAGE_SIZE)):
-            page = tl.load(table_row + pg * stride_tp).to(tl.int64)
-            valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
-            if TMA_KV:
-                k = tl.reshape(k_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
-                # rows of the page past kv_len are zeroed: P is 0 there, but 0 * NaN is not
-                v = tl.reshape(v_desc.load([page.to(tl.int32), 0, h * HEAD_DIM]), [BLOCK_N, HEAD_DIM])
-                v = tl.where(valid[:, None], v, tl.zeros_like(v))
-            else:
-                k = tl.load(k_ptr + page * stride_kp + offs_t[:, None] * stride_ks + h * stride_kh
-                            + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-                if V_TRANS_LOAD:   # V read as its transpose [D, BLOCK_N], then viewed back
-                    v = tl.trans(tl.load(v_ptr + page * stride_vp + offs_t[None, :] * stride_vs + h * stride_vh
-                                         + offs_d[:, None] * stride_vd, mask=valid[None, :], other=0.0))
-                else:
-                    v = tl.load(v_ptr + page * stride_vp + offs_t[:, None] * stride_vs + h * stride_vh
-                                + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
-            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
-                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid,
-                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True)
+        else:
+            k_desc = k_ptr
+            v_desc = v_ptr
+        pg_lo = lo // PAGE_SIZE
+        if OVERLAP:
+            # Q.K^T of block j + 1 issued before the softmax of block j and carried to the next
+            # iteration, so the tensor cores work on it while the softmax runs (FlashAttention-3's
+            # intra-warpgroup pipelining). Block pg_lo's product first, on its own (the range may
+            # be empty: a split past kv_len, a row with kv_len 0 -- masked, nothing read).
+            has = lo < hi
+            page = tl.load(table_row + pg_lo * stride_tp, mask=has, other=0).to(tl.int64)
+            valid = (offs_t < PAGE_SIZE) & (pg_lo * PAGE_SIZE + offs_t < hi)
+            k = _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh,
+                        stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
+            qk = _qk(q, k, cdt, FP8_Q, IEEE)
+            for pg in range(pg_lo + 1, tl.cdiv(hi, PAGE_SIZE)):
+                page_n = tl.load(table_row + pg * stride_tp).to(tl.int64)
+                valid_n = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
+                k = _k_tile(k_ptr, k_desc, page_n, h, valid_n, offs_t, offs_d, stride_kp, stride_ks,
+                            stride_kh, stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
+                qk_n = _qk(q, k, cdt, FP8_Q, IEEE)
+                v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
+                            stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
+                m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
+                                              acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, False)
+                qk = qk_n
+                page = page_n
+                valid = valid_n
+            v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
+                        stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
+            m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
+                                          acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True)
+        else:
+            for pg in range(pg_lo, tl.cdiv(hi, PAGE_SIZE)):
+                page = tl.load(table_row + pg * stride_tp).to(tl.int64)
+                valid = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
+                k = _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh,
+                            stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
+                v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
+                            stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
+                m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid,
+                                              m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True)
     else:
+        tl.static_assert(not OVERLAP, "OVERLAP needs PAGE_TILES")
         for start in range(lo, hi, BLOCK_N):
             offs_n = start + offs_t
             valid = offs_n < hi

@@ -75,8 +75,8 @@ tile_sweep() {  # limit, then tune_kernels.py options
 if [ "$mode" = single ]; then
     # correctness first, then the side-by-side tables the issues' goals are judged by; a step cut by
     # its limit keeps the rows it wrote (the scripts write JSON as rows finish). The refiner table
-    # (refiner 160 ...) and the attention sweep (tile_sweep 100 --op paged_attention) are left out
-    # while their kernels are unchanged: bench/results/gpu-20261204-3 and -4.
+    # (refiner 160 ...) is left out while its kernels are unchanged (bench/results/gpu-20261204-3);
+    # of the attention sweep, the OVERLAP rows against the production tile (--half-pages).
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
@@ -85,6 +85,7 @@ if [ "$mode" = single ]; then
         aot_check 100
         kernel_bench_graph 90
         kernel_bench 120
+        tile_sweep 110 --op paged_attention --modes bf16 --half-pages
         cold_starts 1 30
         step done
     } 2>&1 | tee "$OUT/log.txt"

@@ -5,6 +5,7 @@ fastest correct variant per (op, mode, shape) is what the frozen tables in ``com
 should hold (record device and date there).
 
     python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
+    python scripts/tune_kernels.py --op paged_attention --modes bf16 --half-pages   # OVERLAP vs plain
     TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
 
 Variants are launched through the ops' own launchers with ``lpm_rt.ops._launch.override_tiles``
@@ -21,18 +22,27 @@ import sys
 
 import torch
 
-ATTN_TILES = [(128, 128, 8, 2, True, False), (128, 128, 8, 3, True, False), (64, 128, 4, 3, True, False)]
+ATTN_TILES = [(128, 128, 8, 2, True, False, False), (128, 128, 8, 3, True, False, False),
+              (64, 128, 4, 3, True, False, False)]
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
-# TMA_KV: those page tiles through tensor descriptors). Key blocks crossing pages (128x64), TMA_KV
-# page tiles and 64x64 tiles lost at every shape of the sweeps in bench/results/gpu-20261204-2/tune.json
-# and gpu-20261204-3/tune.json (the smoke run still covers TMA_KV).
+# TMA_KV: those page tiles through tensor descriptors; OVERLAP: block j + 1's Q.K^T in flight during
+# block j's softmax). Key blocks crossing pages (128x64), TMA_KV page tiles and 64x64 tiles lost at
+# every shape of the sweeps in bench/results/gpu-20261204-2/tune.json and gpu-20261204-3/tune.json
+# (the smoke run still covers TMA_KV).
+HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False), (128, 64, 8, 3, True, False, True),
+                   (128, 64, 8, 4, True, False, True)]
+# bf16 pages of half the production size (lpm-17b: 60 tokens) in 64-key page tiles, with and without
+# OVERLAP: the form whose SASS overlaps (128x128 tiles spill with it; fp8 pages and FP8-Q serialize
+# their dots whatever the order, as their K or V tile is rewritten to shared memory every block).
 MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok")
 DEFAULT_MODES = ("bf16", "fp8kv")
 # bf16: bf16 pages; fp8kv: fp8 pages, fp16 dots (F16_DOTS, the default); fp8kv-bf16: fp8 pages, bf16
 # dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
 # token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
-MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False)], "fp8": [(128, 128, 8, 3, True, False)],
-              "fp8-vtok": [(64, 128, 4, 3, True, False)]}
+MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False)], "fp8": [(128, 128, 8, 3, True, False, False)],
+              "fp8-vtok": [(64, 128, 4, 3, True, False, False)]}
+SMOKE_TILES = [(16, 16, 4, 2, False, False, False), (32, 16, 4, 2, True, False, False),
+               (32, 16, 4, 2, True, True, False), (32, 16, 4, 2, True, False, True)]
 LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3)]
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 # (64-row tiles lost at every shape of the first sweep)
@@ -61,59 +71,67 @@ def linear_cases(smoke: bool):
             ("lpm-17b 480P chunk=6f ffn-up", "lpm-17b 480P chunk=6f qkv", "edge-1.3b 480P chunk=6f ffn-up")]
 
 
-def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES):
+def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only=False):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt import ops
     from lpm_rt.benchmark.kernels import attention_inputs, rel_l2
     from lpm_rt.ops._launch import override_tiles
 
-    tiles = [(16, 16, 4, 2, False, False), (32, 16, 4, 2, True, False), (32, 16, 4, 2, True, True)] if smoke \
-        else ATTN_TILES
+    runs = []                                  # (shape, mode, tiles)
     for sh in attention_cases(smoke):
         for mode in modes:
-            args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
-            if mode == "bf16":
-                args = args[:5] + (None, None)
-            if mode == "fp8-vtok":
-                # V pages stored token-contiguous ([P, H, D, page], passed as the [P, page, H, D]
-                # view the op takes): e4m3 wgmma wants P.V's B operand K-major, which the standard
-                # layout makes the kernel transpose through shared memory every block. A layout
-                # the cache does not use yet: this measures whether changing it would pay.
-                v = args[2]
-                args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
-            kw = dict(fp8_q=mode in ("fp8", "fp8-vtok"), num_splits=1)
-            f16 = mode == "fp8kv"
-            # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
-            nh = min(2, sh["H"])
-            q, kp, vp, table, lens, ks, vs = args
-            sub = (q[:, :, :nh].contiguous(), kp[:, :, :nh].contiguous(), vp[:, :, :nh].contiguous(), table, lens,
-                   None if ks is None else ks[:, :nh].contiguous(), None if vs is None else vs[:, :nh].contiguous())
-            ops.set_backend("ref")
-            ref = ops.paged_attention_ref(*sub).float()
-            ops.set_backend("triton")
-            # 16-bit dots (bf16 pages, and fp8 pages widened): bf16 P's rounding; fp8 dots: SQNR >= 25 dB
-            bound = 0.056 if mode in ("fp8", "fp8-vtok") else 1e-2
-            for bm, bn, w, st, pt, tma in (tiles if smoke else MODE_TILES.get(mode, tiles)):
-                if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
-                    continue                 # token-contiguous V: page tiles, pointer loads
-                row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
-                           num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma, F16_DOTS=f16)
-                try:
-                    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
-                                                                     V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma,
-                                                                     F16_DOTS=f16), w, st):
-                        fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
-                        out = fn()
-                        row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)
-                        if not row["rel_l2_vs_fp32"] < bound:
-                            row["error"] = "mismatch"
-                        else:
-                            ms = bench(fn)
-                            flops = 4.0 * sh["B"] * sh["H"] * sh["Lq"] * sh["kv"] * sh["D"]
-                            row.update(median_ms=ms, tflops=flops / ms * 1e-9)
-                except Exception as e:                       # noqa: BLE001 -- report, go on
-                    row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                emit(row)
+            if half_pages_only:                # the production form, for the same-run comparison
+                runs.append((sh, mode, ATTN_TILES[:1]))
+            else:
+                runs.append((sh, mode, SMOKE_TILES if smoke else MODE_TILES.get(mode, ATTN_TILES)))
+        if "bf16" in modes and sh["page_size"] % 2 == 0:
+            half = dict(sh, page_size=sh["page_size"] // 2, label=f"{sh['label']} page={sh['page_size'] // 2}")
+            runs.append((half, "bf16", SMOKE_TILES[1::2] if smoke else HALF_PAGE_TILES))
+    for sh, mode, tiles in runs:
+        args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
+        if mode == "bf16":
+            args = args[:5] + (None, None)
+        if mode == "fp8-vtok":
+            # V pages stored token-contiguous ([P, H, D, page], passed as the [P, page, H, D]
+            # view the op takes): e4m3 wgmma wants P.V's B operand K-major, which the standard
+            # layout makes the kernel transpose through shared memory every block. A layout
+            # the cache does not use yet: this measures whether changing it would pay.
+            v = args[2]
+            args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
+        kw = dict(fp8_q=mode in ("fp8", "fp8-vtok"), num_splits=1)
+        f16 = mode == "fp8kv"
+        # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
+        nh = min(2, sh["H"])
+        q, kp, vp, table, lens, ks, vs = args
+        sub = (q[:, :, :nh].contiguous(), kp[:, :, :nh].contiguous(), vp[:, :, :nh].contiguous(), table, lens,
+               None if ks is None else ks[:, :nh].contiguous(), None if vs is None else vs[:, :nh].contiguous())
+        ops.set_backend("ref")
+        ref = ops.paged_attention_ref(*sub).float()
+        ops.set_backend("triton")
+        # 16-bit dots (bf16 pages, and fp8 pages widened): bf16 P's rounding; fp8 dots: SQNR >= 25 dB
+        bound = 0.056 if mode in ("fp8", "fp8-vtok") else 1e-2
+        for bm, bn, w, st, pt, tma, ovl in tiles:
+            if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
+                continue                 # token-contiguous V: page tiles, pointer loads
+            row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
+                       num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma, F16_DOTS=f16, OVERLAP=ovl,
+                       page_size=sh["page_size"])
+            try:
+                with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
+                                                                 V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma,
+                                                                 F16_DOTS=f16, OVERLAP=ovl), w, st):
+                    fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
+                    out = fn()
+                    row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)
+                    if not row["rel_l2_vs_fp32"] < bound:
+                        row["error"] = "mismatch"
+                    else:
+                        ms = bench(fn)
+                        flops = 4.0 * sh["B"] * sh["H"] * sh["Lq"] * sh["kv"] * sh["D"]
+                        row.update(median_ms=ms, tflops=flops / ms * 1e-9)
+            except Exception as e:                       # noqa: BLE001 -- report, go on
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            emit(row)
 
 
 def tune_linear(dev, bench, smoke, emit):
@@ -166,6 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--op", choices=("paged_attention", "fp8_linear"), default=None, help="one op (default both)")
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help=f"attention modes, comma-separated, of {','.join(MODES)} (default %(default)s)")
+    ap.add_argument("--half-pages", action="store_true",
+                    help="attention: only the half-size page runs (OVERLAP and not) and one production-tile row "
+                         "per shape and mode")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two variants (CPU, interpreter)")
     ap.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     ap.add_argument("--out", default=None, help="JSON results (rows written as they finish)")
@@ -197,7 +218,8 @@ def main(argv=None) -> int:
         if args.op in (None, "fp8_linear"):              # the GEMM first: its goal is within reach
             tune_linear(dev, bench, args.smoke, emit)
         if args.op in (None, "paged_attention"):
-            tune_attention(dev, bench, args.smoke, emit, tuple(m for m in args.modes.split(",") if m))
+            tune_attention(dev, bench, args.smoke, emit, tuple(m for m in args.modes.split(",") if m),
+                           half_pages_only=args.half_pages)
     finally:
         ops.set_backend(prev)
     res["best"] = best_rows(res["rows"])
@@ -205,7 +227,7 @@ def main(argv=None) -> int:
     for r in res["best"]:
         print(f"  {r['op']:16s} {r['mode']:10s} {r['shape']:32s} BM={r['BLOCK_M']:<4d} BN={r['BLOCK_N']:<4d} "
               f"w={r['num_warps']} s={r['num_stages']}{' page-tiles' if r.get('PAGE_TILES') else ''}"
-              f"{' tma' if r.get('TMA') or r.get('TMA_KV') else ''}  "
+              f"{' tma' if r.get('TMA') or r.get('TMA_KV') else ''}{' overlap' if r.get('OVERLAP') else ''}  "
               f"{r['median_ms']:.3f} ms" +
               (f"  {r['tflops']:.0f} TFLOP/s" if cuda else ""))
     if args.out:

@@ -104,20 +104,37 @@ def sass_of(cubin: bytes) -> str:
                               text=True).stdout
 
 
-def _attn(arch, q, kv, fp8_q, expect, label, d=128, **extra):
+def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, **extra):
+    """A paged-attention variant at the tiles the launcher picks for 1560 queries (``extra``
+    constexprs and ``stages`` override them)."""
     ptr = {"q_ptr": q, "k_ptr": kv, "v_ptr": kv, "ks_ptr": "fp32", "vs_ptr": "fp32", "table_ptr": "i32",
            "lens_ptr": "i32", "o_ptr": q, "lse_ptr": "fp32"}
     import torch
 
     from lpm_rt.ops.paged_attention import _config
 
-    bm, bn, warps, stages, page_tiles = _config(1560, d, 120, torch.device("cuda"),      # the launcher's
-                                                (arch // 10, arch % 10))                  # choice there
-    ce = dict(PAGE_SIZE=120, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
-              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles,
-              V_TRANS_LOAD=False, **extra)
+    bm, bn, warps, st, page_tiles = _config(1560, d, page, torch.device("cuda"),          # the launcher's
+                                            (arch // 10, arch % 10))                      # choice there
+    ce = dict(PAGE_SIZE=page, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
+              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles, V_TRANS_LOAD=False)
+    ce.update(extra)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
-                num_warps=warps, num_stages=stages)
+                num_warps=warps, num_stages=stages or st)
+
+
+def exp_in_flight(sass: str) -> int:
+    """MUFU.EX2 instructions issued while a wgmma is outstanding (after a *GMMA, before the next
+    WARPGROUP.DEPBAR): the softmax's exponentials overlapping the tensor cores, in program order."""
+    n, pending = 0, False
+    for m in re.finditer(r"\b(?:[HQI]GMMA|WARPGROUP\.DEPBAR|MUFU\.EX2)\b", sass):
+        tok = m.group(0)
+        if tok.endswith("GMMA"):
+            pending = True
+        elif tok.startswith("WARPGROUP"):
+            pending = False
+        elif pending:
+            n += 1
+    return n
 
 
 def specs() -> list[Spec]:
@@ -137,6 +154,8 @@ def specs() -> list[Spec]:
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, fp16 dots, d128", F16_DOTS=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
+        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, 60-token page tiles, OVERLAP, d128",
+              page=60, stages=3, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True),
         _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
         _attn(87, "bf16", "bf16", False, "HMMA", "paged_attention bf16, d64 (Orin)", d=64),
         Spec("csrc_triton.paged_attention", "_paged_attn_combine_kernel", comb,
@@ -233,7 +252,7 @@ def check_all(selected=None) -> list[dict]:
                          num_warps=k.metadata.num_warps, shared=k.metadata.shared, mma=dict(mma),
                          resources=resource_usage(k.asm["cubin"]), local_stores=len(STL_RE.findall(sass)),
                          tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
-                         scalar_converts=len(F2F_RE.findall(sass)),
+                         scalar_converts=len(F2F_RE.findall(sass)), exp_in_flight=exp_in_flight(sass),
                          expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
     return rows
 

@@ -193,6 +193,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         raise ValueError(f"triton paged_attention: PAGE_TILES needs BLOCK_N >= page size, got {block_n} < {page_size}")
     if cx.get("TMA_KV"):
         _tma_kv_ready(k_pages, v_pages, page_tiles)
+    if cx.get("OVERLAP") and not page_tiles:
+        raise ValueError("triton paged_attention: OVERLAP needs PAGE_TILES")
     if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q)):
         raise ValueError("triton paged_attention: F16_DOTS needs fp8 pages, bf16 q and no fp8_q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles

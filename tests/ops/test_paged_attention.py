@@ -96,20 +96,23 @@ def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens,
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
 def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype,
-                                         kv_dtype, splits):
+                                         kv_dtype, splits, overlap):
     """The PAGE_TILES form (one page per key block, tile rows past the page masked) on the same
-    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages."""
+    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages; and its OVERLAP
+    order (block j + 1's Q.K^T before block j's softmax; the first and last blocks peeled)."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
 
     args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
     bn = max(16, 1 << (page_size - 1).bit_length())                      # the next power of two
     launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)     # what the launch was compiled with
-    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True), 4, 2):
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, OVERLAP=overlap),
+                        4, 2):
         out = paged_attention(*args, num_splits=splits)
-    assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn
+    assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn and launches[0]["OVERLAP"] == overlap
     ref, low = references(*args)
     assert_calibrated(out, low, ref, floor=1e-5)
 
@@ -144,18 +147,20 @@ def test_tma_page_tiles_match_fp64_reference(triton_backend, B, Lq, H, D, page_s
             paged_attention(q, padded, vp, table, lens, ks, vs)
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("kv_dtype,fp8_q", [(None, False), (torch.float8_e4m3fn, True)])
-def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q):
+def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q, overlap):
     """V_TRANS_LOAD (page tiles, V read as its transpose) on V pages stored token-contiguous
-    ([P, H, D, page], passed as the op's [P, page, H, D] view) and on the standard layout."""
+    ([P, H, D, page], passed as the op's [P, page, H, D] view) and on the standard layout; FP8-Q
+    included, and both in the OVERLAP order."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
 
     q, kp, vp, table, lens, ks, vs = make_case(2, 5, 2, 32, 8, [19, 40], torch.bfloat16, kv_dtype)
     ref, low = references(q, kp, vp, table, lens, ks, vs)
     for v in (vp, vp.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):
-        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, PAGE_TILES=True, V_TRANS_LOAD=True),
-                            4, 2):
+        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, PAGE_TILES=True, V_TRANS_LOAD=True,
+                                                         OVERLAP=overlap), 4, 2):
             out = paged_attention(q, kp, v, table, lens, ks, vs, fp8_q=fp8_q, num_splits=2)
         if fp8_q:
             assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
@@ -163,6 +168,9 @@ def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q
             assert_calibrated(out, low, ref, floor=1e-5)
     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=16, V_TRANS_LOAD=True), 4, 2):
         with pytest.raises(ValueError, match="V_TRANS_LOAD needs PAGE_TILES"):
+            paged_attention(q, kp, vp, table, lens, ks, vs)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_N=16, OVERLAP=True), 4, 2):
+        with pytest.raises(ValueError, match="OVERLAP needs PAGE_TILES"):
             paged_attention(q, kp, vp, table, lens, ks, vs)
 
 
@@ -302,6 +310,25 @@ def test_gpu_lpm17b_480p(gpu_triton, chunk, heads, kv_dtype, fp8_q):
     if fp8_q:
         assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
     else:
+        assert_calibrated(out, paged_attention_ref(*args, upcast=False), ref, floor=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_overlap_half_pages_lpm17b(gpu_triton):
+    """OVERLAP as the sweep runs it: lpm-17b one-frame chunk over bf16 pages of 60 tokens in
+    128x64 page tiles at 3 stages (the form whose SASS overlaps softmax and Q.K^T), and the same
+    tiles in the plain order: both against the fp32 reference."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    s = LPM17.stream
+    lq, kv = s.tokens_per_frame, (s.reference_slots + s.history_frames + 1) * s.tokens_per_frame
+    args = make_case(1, lq, 4, LPM17.model.head_dim, s.page_size // 2, [kv], torch.bfloat16, device="cuda")
+    ref = paged_attention_ref(*args)
+    for overlap in (False, True):
+        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64, PAGE_TILES=True, OVERLAP=overlap),
+                            8, 3):
+            out = paged_attention(*args)
         assert_calibrated(out, paged_attention_ref(*args, upcast=False), ref, floor=1e-4)
 
 

@@ -40,6 +40,11 @@ def test_kernels_compile_to_the_intended_mma():
     # none (packed F2FP); the launcher and the h100 artifacts take the fp16 form (F16_DOTS)
     assert by_label["paged_attention fp8 pages, bf16 dots, d128"]["scalar_converts"] >= 128
     assert by_label["paged_attention fp8 pages, fp16 dots, d128"]["scalar_converts"] == 0
+    # OVERLAP: the softmax's exponentials of block j issue while block j + 1's Q.K^T wgmma is in
+    # flight (34 per thread per block: 32 scores and 2 row factors); the plain loop waits for every
+    # product before its softmax
+    assert by_label["paged_attention bf16, 60-token page tiles, OVERLAP, d128"]["exp_in_flight"] >= 32
+    assert by_label["paged_attention bf16, d128"]["exp_in_flight"] == 0
     # spilled registers: the stack frame (cuobjdump's LOCAL reads 0 even then) and STL in the SASS.
     # The known ones, bytes per thread, and why they stay: 1x128 weight blocks and in-GEMM
     # quantization need a second [BM, BN] fp32 tile beside the accumulator; the cache write's fp8

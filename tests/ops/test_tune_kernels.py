@@ -44,11 +44,24 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     for r in rows:
         bound = 0.056 if r["mode"] in ("fp8", "fp8-vtok") else 1e-2
         assert 0 < r["rel_l2_vs_fp32"] < bound and r["median_ms"] > 0
-    assert len(res["best"]) == 7
+    assert len(res["best"]) == 8                                       # 7 groups + bf16 at half pages
     attn = [r for r in rows if r["op"] == "paged_attention"]
     assert all(r["F16_DOTS"] == (r["mode"] == "fp8kv") for r in attn)    # fp16 dots: fp8kv only
     vtok = [r for r in rows if r["mode"] == "fp8-vtok"]
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
     assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16"}  # TMA page tiles ran
+    assert {r["mode"] for r in rows if r.get("OVERLAP")} == set(modes.split(","))   # and OVERLAP, every mode
     with pytest.raises(SystemExit):
         script("tune_kernels").main(["--smoke", "--modes", "bf16,fp9"])
+
+
+def test_sweep_half_pages_compares_overlap_with_the_production_tile(triton_backend, tmp_path):
+    """--half-pages: per shape one production-tile row, then bf16 pages of half the size in the
+    same tile with and without OVERLAP, each checked against the reference."""
+    out = tmp_path / "tune.json"
+    assert script("tune_kernels").main(["--smoke", "--op", "paged_attention", "--modes", "bf16", "--half-pages",
+                                        "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["shape"], r["page_size"], r["OVERLAP"]) for r in rows] == [
+        ("tiny", 8, False), ("tiny page=4", 4, False), ("tiny page=4", 4, True)]
+    assert not [r for r in rows if "error" in r] and all(r["rel_l2_vs_fp32"] < 1e-2 for r in rows)
