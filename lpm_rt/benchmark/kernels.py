@@ -181,6 +181,10 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton-fp8kv", "fp8kv", triton_call(ops.paged_attention, *a8, fp8_q=False)
         yield "triton-fp8kv-bf16dots", "fp8kv", triton_call(_bf16_dots(ops.paged_attention, sh), *a8, fp8_q=False)
         yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
+        # the OVERLAP order on bf16 pages of half the size (see _overlap); the same tokens
+        half = _half_pages(sh)
+        yield "triton-overlap", "bf16", None if half is None else triton_call(
+            _overlap(ops.paged_attention, device), *attention_inputs(half, BF16, device)[:5])
         from torch.nn.attention import SDPBackend, sdpa_kernel
         for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
             def sdpa(be=be):
@@ -519,6 +523,29 @@ def _bf16_dots(fn, sh):
     return run
 
 
+def _half_pages(sh: dict) -> dict | None:
+    """The attention shape with pages of half the size, where they fit a 64-key page tile."""
+    ps = sh["page_size"]
+    return dict(sh, page_size=ps // 2) if ps % 2 == 0 and ps // 2 <= 64 else None
+
+
+def _overlap(fn, device):
+    """fn with paged attention in the OVERLAP order (block j + 1's Q.K^T in flight during block j's
+    softmax) on 64-key page tiles, 128 rows, 8 warps, 3 stages: the form whose sm_90a SASS overlaps
+    (csrc_triton/paged_attention.py). Off the GPU, small tiles for the interpreter."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+
+    from ..ops._launch import override_tiles
+
+    tiles, warps, stages = ((dict(BLOCK_M=128, BLOCK_N=64), 8, 3) if device == "cuda"
+                            else (dict(BLOCK_M=16, BLOCK_N=16), 4, 2))
+
+    def run(*a, **k):
+        with override_tiles(_paged_attn_fwd_kernel, dict(tiles, PAGE_TILES=True, OVERLAP=True), warps, stages):
+            return fn(*a, **k)
+    return run
+
+
 def _gathered_sdpa(q, k_pages, v_pages, table, lens, k_scale, v_scale, n: int):
     """Batch-1 paged attention the vendor way: the first n tokens of the table's pages gathered
     (fp8 pages dequantized) into contiguous bf16 K/V, then cuDNN's SDPA."""
@@ -535,7 +562,7 @@ def _gathered_sdpa(q, k_pages, v_pages, table, lens, k_scale, v_scale, n: int):
 
 def provider_names(op: str) -> list[str]:
     return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8kv-bf16dots",
-                                "triton-fp8", "sdpa-flash_attention", "sdpa-cudnn_attention",
+                                "triton-fp8", "triton-overlap", "sdpa-flash_attention", "sdpa-cudnn_attention",
                                 "sdpa-efficient_attention", "sdpa-gathered-cudnn", "sdpa-gathered-cudnn-fp8kv"],
             "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
                            "triton-bf16-input", "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm",

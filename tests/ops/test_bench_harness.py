@@ -70,6 +70,26 @@ def test_gathered_sdpa_baseline_computes_paged_attention(kv_dtype):
     assert (out.float() - ref.float()).abs().max() < 2e-2 * ref.float().abs().max()
 
 
+def test_overlap_provider_runs_the_overlap_order_on_half_pages(triton_backend, monkeypatch):
+    """triton-overlap: the same tokens in pages of half the size, launched with OVERLAP, and it
+    computes the attention."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+
+    from _checks import spy_constexprs
+
+    sh = dict(TINY["paged_attention"], Lq=4, kv=21)
+    fn = dict((name, f) for name, _, f in H.providers("paged_attention", sh, "cpu"))["triton-overlap"]
+    (q, kp, vp, table, lens), _ = fn.inputs
+    assert kp.shape[1] == sh["page_size"] // 2 and int(lens[0]) == sh["kv"]
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    out = fn()
+    assert launches and all(c["OVERLAP"] and c["PAGE_TILES"] for c in launches)
+    ref = H.lpm_ops().paged_attention_ref(q, kp, vp, table, lens)
+    assert (out.float() - ref.float()).abs().max() < 2e-2 * ref.float().abs().max()
+    assert H._half_pages(dict(sh, page_size=120))["page_size"] == 60
+    assert H._half_pages(dict(sh, page_size=256)) is None and H._half_pages(dict(sh, page_size=15)) is None
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
 def test_main_without_gpu(capsys, tmp_path):
     assert H.main(["--op", "norm_modulate", "--out", str(tmp_path / "x.json")]) == 0
