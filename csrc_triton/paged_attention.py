@@ -39,9 +39,10 @@ softmax, P.V) and carries the product to the next iteration (the first block's p
 loop, the last block's rest after it): FlashAttention-3's intra-warpgroup pipelining, the softmax's
 exponentials on the SFU while the tensor cores multiply. Triton makes the carried product an async
 wgmma only in some forms (SASS, sm_90a, Triton 3.9): 16-bit pages in 64-key tiles at 3 or more
-stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 250 registers, no
-spills, 505 instructions per block against 529 in the plain order: the carried block's key mask is
-rebuilt from one carried bound, as a carried mask vector costs a predicate pack and unpack). 128-key tiles spill (two [64, 128] fp32 score tiles per thread plus the accumulator), and
+stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 255 registers, no
+spills, 475 instructions per block against 529 in the plain order: the carried block's key mask is
+rebuilt from one carried bound, as a carried mask vector costs a predicate pack and unpack, and the
+scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 128] fp32 score tiles per thread plus the accumulator), and
 fp8 pages and FP8-Q keep their dots synchronous in either order (the widened K tile, or the
 transposed V tile, is written to shared memory every block). Exact reordering: the same sums in
 another association. Off by default: an experiment for the sweep, untimed.
@@ -96,10 +97,20 @@ def _qk(q, k, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
 @triton.jit
 def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr):
-    """The rest of a key block once its Q.K^T is there: scale and mask, online softmax, P.V."""
-    qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
-    m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
+                  PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr, FOLD_SCALE: tl.constexpr = False):
+    """The rest of a key block once its Q.K^T is there: scale and mask, online softmax, P.V.
+    FOLD_SCALE (one K scale per block): the max taken on the raw products and the scale folded into
+    the exponent's FFMA, exp2(qk * s - m), one multiply and one rounding fewer per score (exact for
+    the max: s > 0 and rounding is monotonic)."""
+    if FOLD_SCALE:
+        tl.static_assert(PAGE_SCALES or not KV_FP8, "FOLD_SCALE: one K scale per block")
+        s = qk_mul
+        if KV_FP8:
+            s = qk_mul * tl.load(ks_ptrs)
+        m_new, l_i, alpha, p = _softmax_step(tl.where(valid[None, :], qk, float("-inf")), m_i, l_i, EMPTY_OK, s)
+    else:
+        qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
+        m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
     acc = acc * alpha[:, None]
     pa, post = _p_operand(p, vs_ptrs, valid, cdt, KV_FP8, FP8_Q, FIX_ROUND, PAGE_SCALES)
     return m_new, l_i, _pv(pa, post, v, acc, cdt, FP8_Q, IEEE)
@@ -123,17 +134,23 @@ def _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8: tl.constexpr, PAGE_SCALES:
 
 
 @triton.jit
-def _softmax_step(qk, m_i, l_i, EMPTY_OK: tl.constexpr):
-    """Online softmax over one block of scores: -> (m_new, l_new, alpha, p), alpha = 2^(m_i - m_new)
-    the factor for what was accumulated against m_i. EMPTY_OK: a block may hold no valid key (then
-    p = 0, where -inf - -inf would make it NaN)."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+def _softmax_step(qk, m_i, l_i, EMPTY_OK: tl.constexpr, s=None):
+    """Online softmax over one block of scores (qk times s where s is given, s > 0): -> (m_new, l_new,
+    alpha, p), alpha = 2^(m_i - m_new) the factor for what was accumulated against m_i. EMPTY_OK: a
+    block may hold no valid key (then p = 0, where -inf - -inf would make it NaN)."""
+    if s is None:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * s)
     if EMPTY_OK:
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
     alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(qk - m_use[:, None])
+    if s is None:
+        p = tl.exp2(qk - m_use[:, None])
+    else:
+        p = tl.exp2(qk * s - m_use[:, None])
     return m_new, l_i * alpha + tl.sum(p, 1), alpha, p
 
 
@@ -306,7 +323,7 @@ def _paged_attn_fwd_kernel(
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
                 m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
-                                              acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, False)
+                                              acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, False, True)
                 qk = qk_n
                 page = page_n
                 n_prev = tl.minimum(hi - pg * PAGE_SIZE, PAGE_SIZE)
@@ -315,7 +332,7 @@ def _paged_attn_fwd_kernel(
                         stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
             m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                           vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
-                                          acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True)
+                                          acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, True)
         else:
             for pg in range(pg_lo, tl.cdiv(hi, PAGE_SIZE)):
                 page = tl.load(table_row + pg * stride_tp).to(tl.int64)
