@@ -74,7 +74,7 @@ def linear_cases(smoke: bool):
 def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only=False):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt import ops
-    from lpm_rt.benchmark.kernels import attention_inputs, rel_l2
+    from lpm_rt.benchmark.kernels import attention_inputs, half_pages, rel_l2
     from lpm_rt.ops._launch import override_tiles
 
     runs = []                                  # (shape, mode, tiles)
@@ -84,8 +84,9 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
                 runs.append((sh, mode, ATTN_TILES[:1]))
             else:
                 runs.append((sh, mode, SMOKE_TILES if smoke else MODE_TILES.get(mode, ATTN_TILES)))
-        if "bf16" in modes and sh["page_size"] % 2 == 0:
-            half = dict(sh, page_size=sh["page_size"] // 2, label=f"{sh['label']} page={sh['page_size'] // 2}")
+        half = half_pages(sh)
+        if "bf16" in modes and half is not None:
+            half["label"] = f"{sh['label']} page={half['page_size']}"
             runs.append((half, "bf16", SMOKE_TILES[1::2] if smoke else HALF_PAGE_TILES))
     for sh, mode, tiles in runs:
         args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]

@@ -182,7 +182,7 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton-fp8kv-bf16dots", "fp8kv", triton_call(_bf16_dots(ops.paged_attention, sh), *a8, fp8_q=False)
         yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
         # the OVERLAP order on bf16 pages of half the size (see _overlap); the same tokens
-        half = _half_pages(sh)
+        half = half_pages(sh)
         yield "triton-overlap", "bf16", None if half is None else triton_call(
             _overlap(ops.paged_attention, device), *attention_inputs(half, BF16, device)[:5])
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -523,7 +523,7 @@ def _bf16_dots(fn, sh):
     return run
 
 
-def _half_pages(sh: dict) -> dict | None:
+def half_pages(sh: dict) -> dict | None:
     """The attention shape with pages of half the size, where they fit a 64-key page tile."""
     ps = sh["page_size"]
     return dict(sh, page_size=ps // 2) if ps % 2 == 0 and ps // 2 <= 64 else None

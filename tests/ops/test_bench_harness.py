@@ -86,8 +86,8 @@ def test_overlap_provider_runs_the_overlap_order_on_half_pages(triton_backend, m
     assert launches and all(c["OVERLAP"] and c["PAGE_TILES"] for c in launches)
     ref = H.lpm_ops().paged_attention_ref(q, kp, vp, table, lens)
     assert (out.float() - ref.float()).abs().max() < 2e-2 * ref.float().abs().max()
-    assert H._half_pages(dict(sh, page_size=120))["page_size"] == 60
-    assert H._half_pages(dict(sh, page_size=256)) is None and H._half_pages(dict(sh, page_size=15)) is None
+    assert H.half_pages(dict(sh, page_size=120))["page_size"] == 60
+    assert H.half_pages(dict(sh, page_size=256)) is None and H.half_pages(dict(sh, page_size=15)) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
