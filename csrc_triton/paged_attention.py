@@ -42,10 +42,11 @@ wgmma only in some forms (SASS, sm_90a, Triton 3.9): 16-bit pages in 64-key tile
 stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 255 registers, no
 spills, 475 instructions per block against 529 in the plain order: the carried block's key mask is
 rebuilt from one carried bound, as a carried mask vector costs a predicate pack and unpack, and the
-scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 128] fp32 score tiles per thread plus the accumulator), and
-fp8 pages and FP8-Q keep their dots synchronous in either order (the widened K tile, or the
-transposed V tile, is written to shared memory every block). Exact reordering: the same sums in
-another association. Off by default: an experiment for the sweep, untimed.
+scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 128] fp32 score
+tiles per thread plus the accumulator), and fp8 pages and FP8-Q keep their dots synchronous in
+either order (the widened K tile, or the transposed V tile, is written to shared memory every
+block). Exact reordering: the same sums in another association. Off by default: an experiment for
+the sweep, untimed.
 
 F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond fp16's range is
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
