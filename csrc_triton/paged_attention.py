@@ -113,8 +113,7 @@ def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl
         qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
         m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
     acc = acc * alpha[:, None]
-    pa, post = _p_operand(p, vs_ptrs, valid, cdt, KV_FP8, FP8_Q, FIX_ROUND, PAGE_SCALES)
-    return m_new, l_i, _pv(pa, post, v, acc, cdt, FP8_Q, IEEE)
+    return m_new, l_i, _pv(p, v, vs_ptrs, valid, acc, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES)
 
 
 @triton.jit
@@ -156,35 +155,27 @@ def _softmax_step(qk, m_i, l_i, EMPTY_OK: tl.constexpr, s=None):
 
 
 @triton.jit
-def _p_operand(p, vs_ptrs, valid, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_Q: tl.constexpr,
-               FIX_ROUND: tl.constexpr, PAGE_SCALES: tl.constexpr):
-    """P as the P.V product takes it, with the V scales folded in: -> (operand, post), where
-    acc += (operand @ v) * post (post = 1 but for FP8_Q, whose P is stretched over e4m3's range)."""
+def _pv(p, v, vs_ptrs, valid, acc, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_Q: tl.constexpr,
+        IEEE: tl.constexpr, FIX_ROUND: tl.constexpr, PAGE_SCALES: tl.constexpr):
+    """acc + P.V, the V scales (fp8 pages) folded into P: vs_ptrs as ks_ptrs in ``_scale_scores``."""
     if KV_FP8:
         if PAGE_SCALES:
             vs = tl.load(vs_ptrs)
             if FP8_Q:         # one scale for the block: P times 448 fills e4m3's range
-                return cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND), vs / FP8_MAX
+                p8 = cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND)
+                acc += tl.dot(p8, v) * (vs / FP8_MAX)
             else:
-                return cast_rne(p * vs, cdt, FIX_ROUND), 1.0
+                acc += _mma(cast_rne(p * vs, cdt, FIX_ROUND), v.to(cdt), IEEE)
         else:
             vs = tl.load(vs_ptrs, mask=valid, other=0.0)
             if FP8_Q:
                 vmax = tl.maximum(tl.max(vs, 0), 1e-30)
-                return cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND), vmax / FP8_MAX
+                p8 = cast_rne(p * (vs * (FP8_MAX / vmax))[None, :], tl.float8e4nv, FIX_ROUND)
+                acc += tl.dot(p8, v) * (vmax / FP8_MAX)
             else:
-                return cast_rne(p * vs[None, :], cdt, FIX_ROUND), 1.0
+                acc += _mma(cast_rne(p * vs[None, :], cdt, FIX_ROUND), v.to(cdt), IEEE)
     else:
-        return cast_rne(p, cdt, FIX_ROUND), 1.0
-
-
-@triton.jit
-def _pv(pa, post, v, acc, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
-    """acc + (pa @ v) * post."""
-    if FP8_Q:
-        acc += tl.dot(pa, v) * post
-    else:
-        acc += _mma(pa, v.to(cdt), IEEE)
+        acc += _mma(cast_rne(p, cdt, FIX_ROUND), v, IEEE)
     return acc
 
 
