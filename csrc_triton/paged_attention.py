@@ -8,7 +8,7 @@ fp32 accumulator rescaled by ``exp2(m_old - m_new)``. Tokens are gathered one by
 page, so any PAGE_SIZE works (8, 32, 120: not a power of two) and kv_lens need not be page multiples.
 
 dtypes: q fp32/fp16/bf16; pages the same dtype as q, or float8_e4m3fn with per-page per-head
-scales [P, H] fp32. fp32 uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is
+scales [P, H] fp32, or (V16) e4m3 K pages with their scales beside V pages in q's dtype. fp32 uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is
 also set for bf16 under TRITON_INTERPRET (see ``_mma``); FIX_ROUND likewise (see ``_fp.py``).
 FP8_Q (sm_89+/sm_90a, fp8 pages only): Q is quantized per (BLOCK_M rows, head) block to e4m3
 with its own scale (SageAttention's per-block Q scale, sm_scale folded in first), Q.K^T runs
@@ -46,7 +46,18 @@ scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 12
 tiles per thread plus the accumulator), and fp8 pages and FP8-Q keep their dots synchronous in
 either order (the widened K tile, or the transposed V tile, is written to shared memory every
 block). Exact reordering: the same sums in another association. Off by default: an experiment for
-the sweep, untimed.
+the sweep, untimed. The block's page scales are loaded where its product is issued and carried
+with it: loaded at the softmax, Triton copies a scale through shared memory with the pipelined
+loads, and the CTA barrier of that copy sits between the product's wait and the exponentials, so
+no fp8 form overlapped.
+
+V16 (fp8 K pages, V pages in q's dtype, no V scales): with FP8_Q the e4m3 K codes go from memory
+to the fp8 Q.K^T untouched and P.V runs in q's type on V as stored, so no operand of either dot is
+rewritten in registers -- the one fp8 form whose Q.K^T Triton 3.9 keeps in flight under OVERLAP
+(sm_90a SASS, 60-token pages in 128x64 tiles, 3 stages: 4 QGMMA + 4 HGMMA, 441 instructions per
+64-key block, 17 of the 34 MUFU.EX2 between the QGMMAs and their wait, 241 registers, no spills).
+SageAttention's split of the precision (8-bit scores, 16-bit values); the cache does not store
+pages that way (yet).
 
 F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond fp16's range is
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
@@ -98,22 +109,25 @@ def _qk(q, k, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
 @triton.jit
 def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr, FOLD_SCALE: tl.constexpr = False):
+                  PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr, FOLD_SCALE: tl.constexpr = False,
+                  V16: tl.constexpr = False):
     """The rest of a key block once its Q.K^T is there: scale and mask, online softmax, P.V.
     FOLD_SCALE (one K scale per block): the max taken on the raw products and the scale folded into
     the exponent's FFMA, exp2(qk * s - m), one multiply and one rounding fewer per score (exact for
-    the max: s > 0 and rounding is monotonic)."""
+    the max: s > 0 and rounding is monotonic); ks_ptrs/vs_ptrs are then the block's scales
+    themselves, loaded by the caller (see OVERLAP)."""
     if FOLD_SCALE:
         tl.static_assert(PAGE_SCALES or not KV_FP8, "FOLD_SCALE: one K scale per block")
         s = qk_mul
         if KV_FP8:
-            s = qk_mul * tl.load(ks_ptrs)
+            s = qk_mul * ks_ptrs
         m_new, l_i, alpha, p = _softmax_step(tl.where(valid[None, :], qk, float("-inf")), m_i, l_i, EMPTY_OK, s)
     else:
         qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
         m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
     acc = acc * alpha[:, None]
-    return m_new, l_i, _pv(p, v, vs_ptrs, valid, acc, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES)
+    return m_new, l_i, _pv(p, v, vs_ptrs, valid, acc, cdt, KV_FP8 and not V16, FP8_Q and not V16, IEEE,
+                           FIX_ROUND, PAGE_SCALES, FOLD_SCALE)
 
 
 @triton.jit
@@ -156,11 +170,15 @@ def _softmax_step(qk, m_i, l_i, EMPTY_OK: tl.constexpr, s=None):
 
 @triton.jit
 def _pv(p, v, vs_ptrs, valid, acc, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_Q: tl.constexpr,
-        IEEE: tl.constexpr, FIX_ROUND: tl.constexpr, PAGE_SCALES: tl.constexpr):
-    """acc + P.V, the V scales (fp8 pages) folded into P: vs_ptrs as ks_ptrs in ``_scale_scores``."""
+        IEEE: tl.constexpr, FIX_ROUND: tl.constexpr, PAGE_SCALES: tl.constexpr, LOADED: tl.constexpr = False):
+    """acc + P.V, the V scales (fp8 pages) folded into P: vs_ptrs as ks_ptrs in ``_scale_scores``
+    (LOADED: the block's scale itself). KV_FP8 and FP8_Q here are V's: fp8 V pages, an fp8 P.V."""
     if KV_FP8:
         if PAGE_SCALES:
-            vs = tl.load(vs_ptrs)
+            if LOADED:
+                vs = vs_ptrs
+            else:
+                vs = tl.load(vs_ptrs)
             if FP8_Q:         # one scale for the block: P times 448 fills e4m3's range
                 p8 = cast_rne(p * FP8_MAX, tl.float8e4nv, FIX_ROUND)
                 acc += tl.dot(p8, v) * (vs / FP8_MAX)
@@ -182,11 +200,24 @@ def _pv(p, v, vs_ptrs, valid, acc, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_
 @triton.jit
 def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr):
+                  PAGE_SCALES: tl.constexpr, V16: tl.constexpr = False):
     """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
     pages ks_ptrs/vs_ptrs point at the scales (see ``_scale_scores``). -> updated (m_i, l_i, acc)."""
     return _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt,
-                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False)
+                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False, False, V16)
+
+
+@triton.jit
+def _page_scales(ks_ptr, vs_ptr, page, h, stride_ksp, stride_ksh, stride_vsp, stride_vsh, mask,
+                 KV_FP8: tl.constexpr, V16: tl.constexpr):
+    """The K and V scales of head h in one page, loaded (1.0 where the pages carry none)."""
+    ks = tl.full([], 1.0, tl.float32)
+    vs = tl.full([], 1.0, tl.float32)
+    if KV_FP8:
+        ks = tl.load(ks_ptr + page * stride_ksp + h * stride_ksh, mask=mask, other=1.0)
+        if not V16:
+            vs = tl.load(vs_ptr + page * stride_vsp + h * stride_vsh, mask=mask, other=1.0)
+    return ks, vs
 
 
 @triton.jit
@@ -233,6 +264,7 @@ def _paged_attn_fwd_kernel(
     KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
     FIX_ROUND: tl.constexpr, PAGE_TILES: tl.constexpr, V_TRANS_LOAD: tl.constexpr,
     TMA_KV: tl.constexpr = False, F16_DOTS: tl.constexpr = False, OVERLAP: tl.constexpr = False,
+    V16: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -261,7 +293,7 @@ def _paged_attn_fwd_kernel(
         # two values, where e4m3 -> bf16 takes that plus a convert per value on the slow conversion
         # pipe (SASS: F2F.BF16.F16). A Q tile beyond fp16's range (bf16 reaches 3e38; RMS-normed q
         # stays far inside) is scaled by a power of two, exactly, and the scores by its inverse.
-        tl.static_assert(KV_FP8 and not FP8_Q, "F16_DOTS: fp8 pages with 16-bit dots")
+        tl.static_assert(KV_FP8 and not FP8_Q and not V16, "F16_DOTS: fp8 pages with 16-bit dots")
         qf = q.to(tl.float32)
         q_amax = tl.max(tl.max(tl.abs(qf), 1), 0)
         q_pow2 = tl.where(q_amax > 32768.0, tl.exp2(tl.ceil(tl.log2(q_amax / 32768.0))), 1.0)
@@ -301,6 +333,11 @@ def _paged_attn_fwd_kernel(
             k = _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh,
                         stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
             qk = _qk(q, k, cdt, FP8_Q, IEEE)
+            # the block's scales travel with its product: loaded where the product is issued, they
+            # are registers by the softmax (loaded there, Triton's pipelined copy of a scale puts a
+            # CTA barrier between the product's wait and the exponentials, and no softmax overlaps)
+            ks, vs = _page_scales(ks_ptr, vs_ptr, page, h, stride_ksp, stride_ksh, stride_vsp, stride_vsh,
+                                  has, KV_FP8, V16)
             n_prev = tl.minimum(hi - pg_lo * PAGE_SIZE, PAGE_SIZE)     # valid keys of the carried block
             for pg in range(pg_lo + 1, tl.cdiv(hi, PAGE_SIZE)):
                 page_n = tl.load(table_row + pg * stride_tp).to(tl.int64)
@@ -311,20 +348,22 @@ def _paged_attn_fwd_kernel(
                 k = _k_tile(k_ptr, k_desc, page_n, h, valid_n, offs_t, offs_d, stride_kp, stride_ks,
                             stride_kh, stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
                 qk_n = _qk(q, k, cdt, FP8_Q, IEEE)
+                ks_n, vs_n = _page_scales(ks_ptr, vs_ptr, page_n, h, stride_ksp, stride_ksh, stride_vsp,
+                                          stride_vsh, True, KV_FP8, V16)
                 v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
-                m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
-                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
-                                              acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, False, True)
+                m_i, l_i, acc = _finish_block(qk, v, ks, vs, valid, m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q,
+                                              IEEE, FIX_ROUND, True, False, True, V16)
                 qk = qk_n
+                ks = ks_n
+                vs = vs_n
                 page = page_n
                 n_prev = tl.minimum(hi - pg * PAGE_SIZE, PAGE_SIZE)
             valid = offs_t < n_prev
             v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                         stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
-            m_i, l_i, acc = _finish_block(qk, v, ks_ptr + page * stride_ksp + h * stride_ksh,
-                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i,
-                                          acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, True)
+            m_i, l_i, acc = _finish_block(qk, v, ks, vs, valid, m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q,
+                                          IEEE, FIX_ROUND, True, True, True, V16)
         else:
             for pg in range(pg_lo, tl.cdiv(hi, PAGE_SIZE)):
                 page = tl.load(table_row + pg * stride_tp).to(tl.int64)
@@ -335,7 +374,8 @@ def _paged_attn_fwd_kernel(
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
                 m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid,
-                                              m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True)
+                                              m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True,
+                                              V16)
     else:
         tl.static_assert(not OVERLAP, "OVERLAP needs PAGE_TILES")
         for start in range(lo, hi, BLOCK_N):
@@ -350,7 +390,7 @@ def _paged_attn_fwd_kernel(
                         + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                           vs_ptr + page * stride_vsp + h * stride_vsh, valid,
-                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False)
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, V16)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]

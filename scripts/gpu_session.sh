@@ -76,17 +76,17 @@ tile_sweep() {  # limit, then tune_kernels.py options
 if [ "$mode" = single ]; then
     # correctness first, then the side-by-side tables the issues' goals are judged by; a step cut by
     # its limit keeps the rows it wrote (the scripts write JSON as rows finish). The refiner table
-    # (refiner 160 ...) is left out while its kernels are unchanged (bench/results/gpu-20261204-3);
-    # of the attention sweep, the OVERLAP rows against the production tile (--half-pages).
+    # (refiner 160 ...) and the CUDA-graph table (kernel_bench_graph 90) are left out while their
+    # kernels are unchanged (bench/results/gpu-20261204-3, -4); of the attention sweep, the OVERLAP
+    # and fp8-K/bf16-V rows against the production tile (--half-pages), first: the open question.
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
         versions
         gpu_tests 70
         aot_check 100
-        kernel_bench_graph 90
+        tile_sweep 150 --op paged_attention --modes bf16,fp8k --half-pages
         kernel_bench 150
-        tile_sweep 110 --op paged_attention --modes bf16 --half-pages
         cold_starts 1 30
         step done
     } 2>&1 | tee "$OUT/log.txt"

@@ -5,7 +5,7 @@ fastest correct variant per (op, mode, shape) is what the frozen tables in ``com
 should hold (record device and date there).
 
     python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
-    python scripts/tune_kernels.py --op paged_attention --modes bf16 --half-pages   # OVERLAP vs plain
+    python scripts/tune_kernels.py --op paged_attention --modes bf16,fp8k --half-pages   # OVERLAP vs plain
     TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
 
 Variants are launched through the ops' own launchers with ``lpm_rt.ops._launch.override_tiles``
@@ -31,14 +31,17 @@ ATTN_TILES = [(128, 128, 8, 2, True, False, False), (128, 128, 8, 3, True, False
 # (the smoke run still covers TMA_KV).
 HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False), (128, 64, 8, 3, True, False, True),
                    (128, 64, 8, 4, True, False, True)]
-# bf16 pages of half the production size (lpm-17b: 60 tokens) in 64-key page tiles, with and without
-# OVERLAP: the form whose SASS overlaps (128x128 tiles spill with it; fp8 pages and FP8-Q serialize
-# their dots whatever the order, as their K or V tile is rewritten to shared memory every block).
-MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok")
+# bf16 (and fp8k) pages of half the production size (lpm-17b: 60 tokens) in 64-key page tiles, with
+# and without OVERLAP: the forms whose SASS overlaps (128x128 tiles spill with it; fp8 pages and FP8-Q
+# serialize their dots whatever the order, as their K or V tile is rewritten to shared memory every
+# block).
+MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok", "fp8k")
 DEFAULT_MODES = ("bf16", "fp8kv")
+HALF_PAGE_MODES = ("bf16", "fp8k")
 # bf16: bf16 pages; fp8kv: fp8 pages, fp16 dots (F16_DOTS, the default); fp8kv-bf16: fp8 pages, bf16
 # dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
 # token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
+# fp8k: fp8 K pages beside bf16 V pages, fp8 Q.K^T (fp8_q) and bf16 P.V (untimed so far).
 MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False)], "fp8": [(128, 128, 8, 3, True, False, False)],
               "fp8-vtok": [(64, 128, 4, 3, True, False, False)]}
 SMOKE_TILES = [(16, 16, 4, 2, False, False, False), (32, 16, 4, 2, True, False, False),
@@ -74,7 +77,7 @@ def linear_cases(smoke: bool):
 def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only=False):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt import ops
-    from lpm_rt.benchmark.kernels import attention_inputs, half_pages, rel_l2
+    from lpm_rt.benchmark.kernels import attention_inputs, half_pages, mixed_pages, rel_l2
     from lpm_rt.ops._launch import override_tiles
 
     runs = []                                  # (shape, mode, tiles)
@@ -85,13 +88,16 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
             else:
                 runs.append((sh, mode, SMOKE_TILES if smoke else MODE_TILES.get(mode, ATTN_TILES)))
         half = half_pages(sh)
-        if "bf16" in modes and half is not None:
+        if half is not None:
             half["label"] = f"{sh['label']} page={half['page_size']}"
-            runs.append((half, "bf16", SMOKE_TILES[1::2] if smoke else HALF_PAGE_TILES))
+            for mode in (m for m in HALF_PAGE_MODES if m in modes):
+                runs.append((half, mode, SMOKE_TILES[1::2] if smoke else HALF_PAGE_TILES))
     for sh, mode, tiles in runs:
         args = attention_inputs(sh, torch.bfloat16 if mode == "bf16" else torch.float8_e4m3fn, dev)[:7]
         if mode == "bf16":
             args = args[:5] + (None, None)
+        if mode == "fp8k":
+            args = mixed_pages(args, attention_inputs(sh, torch.bfloat16, dev))
         if mode == "fp8-vtok":
             # V pages stored token-contiguous ([P, H, D, page], passed as the [P, page, H, D]
             # view the op takes): e4m3 wgmma wants P.V's B operand K-major, which the standard
@@ -99,7 +105,7 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
             # the cache does not use yet: this measures whether changing it would pay.
             v = args[2]
             args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
-        kw = dict(fp8_q=mode in ("fp8", "fp8-vtok"), num_splits=1)
+        kw = dict(fp8_q=mode in ("fp8", "fp8-vtok", "fp8k"), num_splits=1)
         f16 = mode == "fp8kv"
         # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
         nh = min(2, sh["H"])
@@ -110,7 +116,7 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
         ref = ops.paged_attention_ref(*sub).float()
         ops.set_backend("triton")
         # 16-bit dots (bf16 pages, and fp8 pages widened): bf16 P's rounding; fp8 dots: SQNR >= 25 dB
-        bound = 0.056 if mode in ("fp8", "fp8-vtok") else 1e-2
+        bound = 0.056 if mode in ("fp8", "fp8-vtok", "fp8k") else 1e-2
         for bm, bn, w, st, pt, tma, ovl in tiles:
             if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
                 continue                 # token-contiguous V: page tiles, pointer loads

@@ -72,8 +72,15 @@ def attention_flops(sh) -> float:
     return 4.0 * sh["B"] * sh["H"] * sh["Lq"] * sh["kv"] * sh["D"]
 
 
-def attention_bytes(sh, q_elt: int, kv_elt: int) -> float:
+def attention_bytes(sh, q_elt: int, kv_elt: float) -> float:
     return sh["B"] * sh["H"] * sh["D"] * (2 * sh["Lq"] * q_elt + 2 * sh["kv"] * kv_elt)
+
+
+def mixed_pages(a8, a16):
+    """Attention inputs with fp8 K pages (and scales) beside bf16 V pages: K from ``a8``, V from
+    ``a16`` (both made by ``attention_inputs`` with one seed: one table)."""
+    q, k8, _, table, lens, ks, _ = a8
+    return (q, k8, a16[2], table, lens, ks, None)
 
 
 def linear_flops(sh) -> float:
@@ -181,10 +188,15 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton-fp8kv", "fp8kv", triton_call(ops.paged_attention, *a8, fp8_q=False)
         yield "triton-fp8kv-bf16dots", "fp8kv", triton_call(_bf16_dots(ops.paged_attention, sh), *a8, fp8_q=False)
         yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
-        # the OVERLAP order on bf16 pages of half the size (see _overlap); the same tokens
+        # fp8 K pages beside bf16 V pages: fp8 Q.K^T on the K codes as stored, bf16 P.V
+        yield "triton-fp8k", "fp8k", triton_call(ops.paged_attention, *mixed_pages(a8, a16), fp8_q=True)
+        # the OVERLAP order on pages of half the size (see _overlap); the same tokens
         half = half_pages(sh)
+        h16 = None if half is None else attention_inputs(half, BF16, device)
         yield "triton-overlap", "bf16", None if half is None else triton_call(
-            _overlap(ops.paged_attention, device), *attention_inputs(half, BF16, device)[:5])
+            _overlap(ops.paged_attention, device), *h16[:5])
+        yield "triton-fp8k-overlap", "fp8k", None if half is None else triton_call(
+            _overlap(ops.paged_attention, device), *mixed_pages(attention_inputs(half, F8, device), h16), fp8_q=True)
         from torch.nn.attention import SDPBackend, sdpa_kernel
         for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
             def sdpa(be=be):
@@ -278,7 +290,8 @@ def providers(op: str, sh: dict, device: str = "cuda"):
 def work(op, sh, precision) -> tuple[float, float]:
     """(flops, bytes) of one call."""
     if op == "paged_attention":
-        return attention_flops(sh), attention_bytes(sh, 2, 1 if precision.startswith("fp8") else 2)
+        kv_elt = 1.5 if precision == "fp8k" else 1 if precision.startswith("fp8") else 2
+        return attention_flops(sh), attention_bytes(sh, 2, kv_elt)
     if op == "fp8_linear":
         if precision == "fp8-bf16in":
             return linear_flops(sh), linear_bytes(sh, 1) + sh["M"] * sh["K"] * 1   # x read as bf16
@@ -288,6 +301,16 @@ def work(op, sh, precision) -> tuple[float, float]:
     if op == "norm_modulate":
         return 0.0, norm_bytes(sh, 1 if precision == "fp8" else 2)
     return 0.0, cache_write_bytes(sh, 1)
+
+
+def _peak_for(precision: str, peaks: dict):
+    """The measured peak a row's TFLOP/s is a fraction of: fp8 MMAs, bf16 MMAs (fp8kv: pages
+    widened for bf16/fp16 dots), or fp8k's mix -- half the flops (Q.K^T) on fp8, half (P.V) on bf16,
+    so the time-weighted peak 2 / (1 / fp8 + 1 / bf16)."""
+    if precision == "fp8k":
+        f8, b16 = peaks.get("fp8_tflops"), peaks.get("bf16_tflops")
+        return 2.0 / (1.0 / f8 + 1.0 / b16) if f8 and b16 else None
+    return peaks.get("fp8_tflops" if precision.startswith("fp8") and precision != "fp8kv" else "bf16_tflops")
 
 
 # ---------------------------------------------------------------- device and environment
@@ -368,8 +391,7 @@ def _run_op(op, quick, peaks, shapes, device, only, graph=False) -> list[dict]:
             flops, nbytes = work(op, sh, precision)
             sec = t["median_ms"] * 1e-3
             row.update(t, tflops=flops / sec * 1e-12 if flops else None, gbps=nbytes / sec * 1e-9)
-            peak = peaks.get("fp8_tflops" if precision.startswith("fp8") and precision != "fp8kv"
-                             else "bf16_tflops")                                    # fp8kv: bf16 MMA
+            peak = _peak_for(precision, peaks)
             row["frac_peak"] = (row["tflops"] / peak if flops and peak
                                 else row["gbps"] / peaks["copy_gbps"] if not flops else None)
             rows.append(row)
@@ -562,7 +584,8 @@ def _gathered_sdpa(q, k_pages, v_pages, table, lens, k_scale, v_scale, n: int):
 
 def provider_names(op: str) -> list[str]:
     return {"paged_attention": ["ref-eager", "ref-compiled", "triton", "triton-fp8kv", "triton-fp8kv-bf16dots",
-                                "triton-fp8", "triton-overlap", "sdpa-flash_attention", "sdpa-cudnn_attention",
+                                "triton-fp8", "triton-fp8k", "triton-overlap", "triton-fp8k-overlap",
+                                "sdpa-flash_attention", "sdpa-cudnn_attention",
                                 "sdpa-efficient_attention", "sdpa-gathered-cudnn", "sdpa-gathered-cudnn-fp8kv"],
             "fp8_linear": ["ref-eager", "ref-compiled", "triton", "triton-block128", "quantize+triton",
                            "triton-bf16-input", "triton-quant-in-gemm", "torch-matmul-bf16", "scaled_mm",

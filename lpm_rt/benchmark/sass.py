@@ -104,10 +104,10 @@ def sass_of(cubin: bytes) -> str:
                               text=True).stdout
 
 
-def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, **extra):
+def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, v=None, **extra):
     """A paged-attention variant at the tiles the launcher picks for 1560 queries (``extra``
-    constexprs and ``stages`` override them)."""
-    ptr = {"q_ptr": q, "k_ptr": kv, "v_ptr": kv, "ks_ptr": "fp32", "vs_ptr": "fp32", "table_ptr": "i32",
+    constexprs and ``stages`` override them; ``v`` the V pages' type where it is not K's)."""
+    ptr = {"q_ptr": q, "k_ptr": kv, "v_ptr": v or kv, "ks_ptr": "fp32", "vs_ptr": "fp32", "table_ptr": "i32",
            "lens_ptr": "i32", "o_ptr": q, "lse_ptr": "fp32"}
     import torch
 
@@ -156,6 +156,9 @@ def specs() -> list[Spec]:
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, 60-token page tiles, OVERLAP, d128",
               page=60, stages=3, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True),
+        _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 K + bf16 V pages, FP8-Q, 60-token "
+              "page tiles, OVERLAP, d128", v="bf16", page=60, stages=3, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True,
+              V16=True),
         _attn(87, "fp16", "fp16", False, "HMMA", "paged_attention fp16, d128 (Orin)"),
         _attn(87, "bf16", "bf16", False, "HMMA", "paged_attention bf16, d64 (Orin)", d=64),
         Spec("csrc_triton.paged_attention", "_paged_attn_combine_kernel", comb,

@@ -103,12 +103,14 @@ def _config(Lq: int, D: int, page_size: int, device: torch.device, capability=No
     return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
 
 
-def f16_dots(q_dtype, kv_dtype, fp8_q: bool) -> bool:
+def f16_dots(q_dtype, kv_dtype, fp8_q: bool, v_dtype=None) -> bool:
     """Whether attention over fp8 pages under bf16 q runs its dots in fp16 (F16_DOTS): e4m3 -> fp16
     is one packed convert per two values on sm_89+, e4m3 -> bf16 that plus one convert per value on
     the conversion pipe -- 128 per thread per 128x128 block on sm_90a, which F16_DOTS removes
-    (``python -m lpm_rt.benchmark.sass``). fp16 holds e4m3 exactly and P with 3 more bits than bf16."""
-    return kv_dtype == torch.float8_e4m3fn and q_dtype == torch.bfloat16 and not fp8_q
+    (``python -m lpm_rt.benchmark.sass``). fp16 holds e4m3 exactly and P with 3 more bits than bf16.
+    Not for bf16 V pages under fp8 K (``v_dtype``): P.V stays in V's type."""
+    v_fp8 = v_dtype is None or v_dtype == torch.float8_e4m3fn
+    return kv_dtype == torch.float8_e4m3fn and v_fp8 and q_dtype == torch.bfloat16 and not fp8_q
 
 
 def _tma_kv_ready(k_pages, v_pages, page_tiles: bool) -> None:
@@ -149,18 +151,22 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     B, Lq, H, D = q.shape
     P, page_size = k_pages.shape[:2]
     kv_fp8 = k_pages.dtype == torch.float8_e4m3fn
+    v16 = kv_fp8 and v_pages.dtype == q.dtype                  # e4m3 K, V in q's type (no V scales)
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"triton paged_attention: q dtype {q.dtype} not in fp32/fp16/bf16")
     if D < 16 or D > 256 or D & (D - 1):
         raise ValueError(f"triton paged_attention: head_dim {D} must be a power of two in [16, 256]")
-    if tuple(v_pages.shape) != tuple(k_pages.shape) or v_pages.dtype != k_pages.dtype:
-        raise ValueError("k_pages and v_pages must have one shape and dtype")
+    if tuple(v_pages.shape) != tuple(k_pages.shape) or (v_pages.dtype != k_pages.dtype and not v16):
+        raise ValueError("k_pages and v_pages must have one shape and one dtype (or fp8 K pages with V "
+                         f"pages in q's dtype), got {k_pages.dtype} {tuple(k_pages.shape)} and "
+                         f"{v_pages.dtype} {tuple(v_pages.shape)}")
     if not kv_fp8 and k_pages.dtype != q.dtype:
         raise TypeError(f"pages {k_pages.dtype} must be fp8 e4m3 or q's dtype {q.dtype}")
-    if kv_fp8 and (k_scale is None or v_scale is None or tuple(k_scale.shape) != (P, H)
-                   or tuple(v_scale.shape) != (P, H) or k_scale.dtype != torch.float32
-                   or v_scale.dtype != torch.float32):
-        raise ValueError("fp8 pages need k_scale and v_scale: [P, H] float32")
+    for name, sc, want in (("k_scale", k_scale, kv_fp8), ("v_scale", v_scale, kv_fp8 and not v16)):
+        if want and (sc is None or tuple(sc.shape) != (P, H) or sc.dtype != torch.float32):
+            raise ValueError(f"fp8 pages need {name}: [P, H] float32")
+        if not want and sc is not None:
+            raise ValueError(f"{name} given for {'V' if name == 'v_scale' else 'K'} pages that are not fp8")
     if fp8_q and not kv_fp8:
         raise ValueError("fp8_q needs fp8 pages")
     if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype != torch.int32:
@@ -173,17 +179,19 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     kv_lens = kv_lens.to(q.device, non_blocking=True)
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     dummy = torch.empty(1, 1, dtype=torch.float32, device=q.device)
-    ks, vs = (k_scale, v_scale) if kv_fp8 else (dummy, dummy)
+    ks = k_scale if kv_fp8 else dummy
+    vs = v_scale if kv_fp8 and not v16 else dummy
 
     block_m, block_n, warps, stages, page_tiles = _config(Lq, D, page_size, q.device)
     kv_max = block_table.shape[1] * page_size
     splits = num_splits or _pick_splits(triton.cdiv(Lq, block_m) * B * H, kv_max, block_n, q.device)
     launch = configure(kern._paged_attn_fwd_kernel,
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
-                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting()),
+                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(),
+                            **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
                             V_TRANS_LOAD=False, TMA_KV=False,
-                            F16_DOTS=f16_dots(q.dtype, k_pages.dtype, bool(fp8_q))), warps, stages)
+                            F16_DOTS=f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype)), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
     page_tiles = bool(cx.get("PAGE_TILES", False))
@@ -195,7 +203,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         _tma_kv_ready(k_pages, v_pages, page_tiles)
     if cx.get("OVERLAP") and not page_tiles:
         raise ValueError("triton paged_attention: OVERLAP needs PAGE_TILES")
-    if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q)):
+    if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype):
         raise ValueError("triton paged_attention: F16_DOTS needs fp8 pages, bf16 q and no fp8_q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles
     grid_m = triton.cdiv(Lq, block_m)
@@ -247,9 +255,15 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
                     k_scale=None, v_scale=None, sm_scale=None, *, fp8_q=None, num_splits=0):
     """Launcher: the selected backend's kernel (``lpm_rt.ops.set_backend``); same contract as the ref.
 
-    Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T and P.V as fp8 dots
-    (needs fp8 pages and sm_89+; default off: on an H200 with Triton 3.6 it measured slower than
-    the bf16 dots over dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2),
+    Pages: both in q's dtype, both fp8 e4m3 (with k_scale and v_scale), or fp8 K pages (with
+    k_scale) beside V pages in q's dtype (no v_scale): the mixed form, where the e4m3 K codes feed an
+    fp8 Q.K^T as stored and P.V runs in q's type (SageAttention's split of the precision: 8 bits
+    for the scores, 16 for the values).
+
+    Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T as an fp8 dot, and P.V
+    too where V is fp8 (needs fp8 K pages and sm_89+). Default: on for mixed pages, off for fp8
+    K and V (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over
+    dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2).
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
     Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
     """
@@ -258,6 +272,7 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     if get_backend() == "ref":
         return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
     if fp8_q is None:
-        fp8_q = False
+        fp8_q = (k_pages.dtype == torch.float8_e4m3fn and v_pages.dtype == q.dtype
+                 and (q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) >= (8, 9)))
     run = _paged_attention_triton if direct(q, k_pages, v_pages) else torch.ops.lpm_rt.paged_attention
     return run(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale, bool(fp8_q), int(num_splits))

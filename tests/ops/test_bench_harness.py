@@ -90,6 +90,30 @@ def test_overlap_provider_runs_the_overlap_order_on_half_pages(triton_backend, m
     assert H.half_pages(dict(sh, page_size=256)) is None and H.half_pages(dict(sh, page_size=15)) is None
 
 
+@pytest.mark.parametrize("provider", ["triton-fp8k", "triton-fp8k-overlap"])
+def test_fp8k_providers_run_mixed_pages(triton_backend, monkeypatch, provider):
+    """triton-fp8k(-overlap): fp8 K pages with scales beside bf16 V pages, launched as the mixed form
+    with FP8-Q (the overlap one on half pages); it computes the attention. Its peak is the fp8/bf16
+    time-weighted mix."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+
+    from _checks import spy_constexprs
+
+    sh = dict(TINY["paged_attention"], Lq=4, kv=21)
+    fn = dict((name, f) for name, _, f in H.providers("paged_attention", sh, "cpu"))[provider]
+    (q, kp, vp, table, lens, ks, vs), kw = fn.inputs
+    assert kp.dtype == torch.float8_e4m3fn and vp.dtype == torch.bfloat16 and ks is not None and vs is None
+    assert kw == {"fp8_q": True}
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    out = fn()
+    assert launches and all(c["V16"] and c["FP8_Q"] for c in launches)
+    assert all(c.get("OVERLAP", False) for c in launches) == provider.endswith("overlap")
+    ref = H.lpm_ops().paged_attention_ref(q, kp, vp, table, lens, ks, vs)
+    assert (out.float() - ref.float()).abs().max() < 5e-2 * ref.float().abs().max()
+    assert H._peak_for("fp8k", {"fp8_tflops": 1500.0, "bf16_tflops": 750.0}) == pytest.approx(1000.0)
+    assert H.work("paged_attention", sh, "fp8k")[1] == H.attention_bytes(sh, 2, 1.5)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
 def test_main_without_gpu(capsys, tmp_path):
     assert H.main(["--op", "norm_modulate", "--out", str(tmp_path / "x.json")]) == 0

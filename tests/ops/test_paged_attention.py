@@ -174,6 +174,75 @@ def test_transposed_v_loads_match_fp64_reference(triton_backend, kv_dtype, fp8_q
             paged_attention(q, kp, vp, table, lens, ks, vs)
 
 
+def mixed_case(B, Lq, H, D, page_size, kv_lens, dtype=torch.bfloat16, device="cpu", seed=0):
+    """fp8 K pages with their scales, V pages in q's dtype (no V scales)."""
+    q, kp, _, table, lens, ks, _ = make_case(B, Lq, H, D, page_size, kv_lens, dtype, torch.float8_e4m3fn,
+                                             device=device, seed=seed)
+    _, _, vp, _, _, _, _ = make_case(B, Lq, H, D, page_size, kv_lens, dtype, device=device, seed=seed)
+    return q, kp, vp, table, lens, ks, None
+
+
+MIXED = [  # B, Lq, H, D, page_size, kv_lens, dtype, splits
+    pytest.param(2, 5, 2, 32, 8, [19, 40], torch.bfloat16, 1, id="bf16"),
+    pytest.param(2, 7, 2, 32, 8, [0, 9], torch.float16, 4, id="fp16-empty-row-empty-splits"),
+    pytest.param(1, 3, 1, 64, 120, [250], torch.bfloat16, 3, id="p120-split"),
+    pytest.param(1, 4, 2, 16, 8, [13], torch.float32, 2, id="fp32"),
+]
+
+
+@pytest.mark.parametrize("form", ["gather", "page-tiles", "overlap"])
+@pytest.mark.parametrize("fp8_q", [False, True], ids=["16-bit-dots", "fp8-q"])
+@pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,splits", MIXED)
+def test_fp8_k_pages_beside_16_bit_v_pages(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype,
+                                           splits, fp8_q, form):
+    """Mixed pages (V16): e4m3 K with per-page scales, V in q's dtype. Without fp8_q the dots are in
+    q's type, judged by the calibrated bound; with it Q.K^T is an fp8 dot on Q quantized per block
+    (P.V stays in q's type), judged by SQNR. All three key-block forms, the scales varying per page
+    (an OVERLAP block softmaxed with its successor's scale fails)."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    args = mixed_case(B, Lq, H, D, page_size, kv_lens, dtype)
+    ref, low = references(*args)
+    bn = max(16, 1 << (page_size - 1).bit_length())
+    tiles = {"gather": dict(BLOCK_M=16, BLOCK_N=16), "page-tiles": dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True),
+             "overlap": dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, OVERLAP=True)}[form]
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    with override_tiles(_paged_attn_fwd_kernel, tiles, 4, 2):
+        out = paged_attention(*args, fp8_q=fp8_q, num_splits=splits)
+    assert launches[0]["V16"] and launches[0]["FP8_Q"] == fp8_q and not launches[0]["F16_DOTS"]
+    assert out.dtype == dtype
+    if fp8_q:
+        assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
+    else:
+        assert_calibrated(out, low, ref, floor=1e-5)
+
+
+def test_mixed_pages_default_and_bad_inputs(triton_backend, monkeypatch):
+    """fp8_q defaults on for mixed pages (its QGMMA is the form's point), off for fp8 K and V; the
+    launcher refuses a V scale beside 16-bit V pages, fp8 V beside 16-bit K, and fp16 dots (F16_DOTS)
+    on bf16 V pages -- none is silently reinterpreted."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    q, kp, vp, table, lens, ks, _ = mixed_case(1, 3, 2, 16, 8, [21])
+    paged_attention(q, kp, vp, table, lens, ks)
+    assert launches[-1]["FP8_Q"] and launches[-1]["V16"]
+    _, kp8, vp8, _, _, ks8, vs8 = make_case(1, 3, 2, 16, 8, [21], torch.bfloat16, torch.float8_e4m3fn)
+    paged_attention(q, kp8, vp8, table, lens, ks8, vs8)
+    assert not launches[-1]["FP8_Q"] and "V16" not in launches[-1]
+    with pytest.raises(ValueError, match="v_scale given"):
+        paged_attention(q, kp, vp, table, lens, ks, vs8)
+    with pytest.raises(ValueError, match="k_scale"):
+        paged_attention(q, kp, vp, table, lens)
+    with pytest.raises(ValueError, match="one dtype"):
+        paged_attention(q, vp, vp8, table, lens, None, vs8)
+    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, F16_DOTS=True), 4, 2):
+        with pytest.raises(ValueError, match="F16_DOTS needs"):
+            paged_attention(q, kp, vp, table, lens, ks, fp8_q=False)
+
+
 def test_page_tiles_need_a_whole_page_per_block(triton_backend):
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
@@ -330,6 +399,27 @@ def test_gpu_overlap_half_pages_lpm17b(gpu_triton):
                             8, 3):
             out = paged_attention(*args)
         assert_calibrated(out, paged_attention_ref(*args, upcast=False), ref, floor=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [False, True], ids=["launcher-tile", "overlap-half-pages"])
+def test_gpu_mixed_pages_lpm17b(gpu_triton, half):
+    """fp8 K beside bf16 V pages (FP8-Q by default) at lpm-17b, one frame: the launcher's tile on
+    120-token pages, and OVERLAP in 128x64 tiles on 60-token pages (the sweep's forms)."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
+    s = LPM17.stream
+    lq, kv = s.tokens_per_frame, (s.reference_slots + s.history_frames + 1) * s.tokens_per_frame
+    args = mixed_case(1, lq, 4, LPM17.model.head_dim, s.page_size // 2 if half else s.page_size, [kv],
+                      device="cuda")
+    ref = paged_attention_ref(*args)
+    if half:
+        with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True), 8, 3):
+            out = paged_attention(*args)
+    else:
+        out = paged_attention(*args)
+    assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
 
 
 @pytest.mark.gpu

@@ -45,6 +45,11 @@ def test_kernels_compile_to_the_intended_mma():
     # product before its softmax
     assert by_label["paged_attention bf16, 60-token page tiles, OVERLAP, d128"]["exp_in_flight"] >= 32
     assert by_label["paged_attention bf16, d128"]["exp_in_flight"] == 0
+    # mixed pages (fp8 K, bf16 V) under FP8-Q: Q.K^T on fp8 wgmma, P.V on bf16 wgmma, and half the
+    # block's exponentials issued under the QGMMA (each block's page scale carried with its product)
+    mixed = by_label["paged_attention fp8 K + bf16 V pages, FP8-Q, 60-token page tiles, OVERLAP, d128"]
+    assert mixed["mma"].get("QGMMA", 0) > 0 and mixed["mma"].get("HGMMA", 0) > 0
+    assert mixed["exp_in_flight"] >= 16
     # spilled registers: the stack frame (cuobjdump's LOCAL reads 0 even then) and STL in the SASS.
     # The known ones, bytes per thread, and why they stay: 1x128 weight blocks and in-GEMM
     # quantization need a second [BM, BN] fp32 tile beside the accumulator; the cache write's fp8

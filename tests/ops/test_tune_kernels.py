@@ -56,12 +56,17 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
 
 
 def test_sweep_half_pages_compares_overlap_with_the_production_tile(triton_backend, tmp_path):
-    """--half-pages: per shape one production-tile row, then bf16 pages of half the size in the
-    same tile with and without OVERLAP, each checked against the reference."""
+    """--half-pages: per shape and mode one production-tile row, then pages of half the size in the
+    same tile with and without OVERLAP -- bf16 pages, and fp8 K beside bf16 V (fp8k, FP8-Q, judged
+    by SQNR) -- each checked against the reference."""
     out = tmp_path / "tune.json"
-    assert script("tune_kernels").main(["--smoke", "--op", "paged_attention", "--modes", "bf16", "--half-pages",
-                                        "--out", str(out)]) == 0
+    assert script("tune_kernels").main(["--smoke", "--op", "paged_attention", "--modes", "bf16,fp8k",
+                                        "--half-pages", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["shape"], r["page_size"], r["OVERLAP"]) for r in rows] == [
-        ("tiny", 8, False), ("tiny page=4", 4, False), ("tiny page=4", 4, True)]
-    assert not [r for r in rows if "error" in r] and all(r["rel_l2_vs_fp32"] < 1e-2 for r in rows)
+    assert [(r["mode"], r["shape"], r["page_size"], r["OVERLAP"]) for r in rows] == [
+        ("bf16", "tiny", 8, False), ("fp8k", "tiny", 8, False),
+        ("bf16", "tiny page=4", 4, False), ("bf16", "tiny page=4", 4, True),
+        ("fp8k", "tiny page=4", 4, False), ("fp8k", "tiny page=4", 4, True)]
+    assert not [r for r in rows if "error" in r]
+    assert all(r["rel_l2_vs_fp32"] < (0.056 if r["mode"] == "fp8k" else 1e-2) for r in rows)
+    assert all(not r["F16_DOTS"] for r in rows)
