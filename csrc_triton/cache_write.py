@@ -21,8 +21,9 @@ module rounds (``(x * rsqrt(mean x^2 + eps)).to(dtype) * w``). A norm needs ever
 token, so then one program per (group, tensor) walks all H heads (grid axis 1 is 1): a first
 pass over the heads gives each token's RMS, the second writes head by head.
 
-dtypes: k/v fp32/fp16/bf16, cos/sin fp32, pages fp32/fp16/bf16/float8_e4m3fn. HEAD_DIM even,
-HEAD_DIM / 2 a power of two.
+dtypes: k/v fp32/fp16/bf16, cos/sin fp32, pages fp32/fp16/bf16/float8_e4m3fn (V16: fp8 K pages
+beside V pages of a 16- or 32-bit dtype, V written by a plain cast). HEAD_DIM even, HEAD_DIM / 2 a
+power of two.
 """
 
 import triton
@@ -45,7 +46,7 @@ def _cache_write_kernel(
     stride_ksp, stride_ksh, stride_vsp, stride_vsh, stride_shh, stride_shd,
     PAGE_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HALF_D: tl.constexpr,
     ROPE: tl.constexpr, FP8: tl.constexpr, FIX_ROUND: tl.constexpr, SHIFT: tl.constexpr,
-    QK_NORM: tl.constexpr,
+    QK_NORM: tl.constexpr, V16: tl.constexpr = False,
 ):
     pid_g = tl.program_id(0)
     which = tl.program_id(2)
@@ -68,7 +69,7 @@ def _cache_write_kernel(
             _write_group(v_ptr, cos_ptr, sin_ptr, slot_ptr, vp_ptr, vs_ptr, shift_ptr, kw_ptr, 0.0, pid_g, h,
                          stride_vn, stride_vh, stride_vd, stride_cn, stride_cd, stride_sn, stride_sd,
                          stride_vpp, stride_vps, stride_vph, stride_vpd, stride_vsp, stride_vsh, 0, 0,
-                         PAGE_SIZE, BLOCK_T, HALF_D, False, FP8, FIX_ROUND, False, False, False)
+                         PAGE_SIZE, BLOCK_T, HALF_D, False, FP8 and not V16, FIX_ROUND, False, False, False)
     else:
         # rotated q, written row for row ([N, H, D] seen as [N / PAGE_SIZE, PAGE_SIZE, H, D])
         rstd = _rstd(q_ptr, pid_g, H, eps, stride_qn, stride_qh, stride_qd, PAGE_SIZE, BLOCK_T, HALF_D, QK_NORM)

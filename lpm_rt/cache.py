@@ -27,10 +27,13 @@ import torch
 from .config import KVDtype, StreamConfig
 from .errors import CapacityError
 
-__all__ = ["PagePool", "StreamCache", "TORCH_KV_DTYPES"]
+__all__ = ["PagePool", "StreamCache", "TORCH_KV_DTYPES", "TORCH_ACT_DTYPES"]
+
+TORCH_ACT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # RuntimeConfig.dtype
 
 TORCH_KV_DTYPES = {KVDtype.FP32: torch.float32, KVDtype.BF16: torch.bfloat16,
-                   KVDtype.FP16: torch.float16, KVDtype.FP8: torch.float8_e4m3fn}
+                   KVDtype.FP16: torch.float16, KVDtype.FP8: torch.float8_e4m3fn,
+                   KVDtype.FP8K: torch.float8_e4m3fn}          # (fp8k: K's; V in v_dtype)
 
 
 @dataclass
@@ -41,17 +44,22 @@ class _Shared:
 
 
 class PagePool:
-    """Pages of one network (all layers) plus the free list and the shared-reference registry."""
+    """Pages of one network (all layers) plus the free list and the shared-reference registry.
+    ``kv_dtype`` fp8k: e4m3 K pages with scales beside V pages in ``v_dtype`` (the activations'
+    dtype: attention's P.V runs in it on V as stored)."""
 
     def __init__(self, layers: int, num_pages: int, page_size: int, heads: int, head_dim: int,
-                 kv_dtype: KVDtype = KVDtype.FP32, device="cpu"):
-        dt = TORCH_KV_DTYPES[KVDtype(kv_dtype)]
+                 kv_dtype: KVDtype = KVDtype.FP32, device="cpu", v_dtype: torch.dtype = torch.float32):
+        kv_dtype = KVDtype(kv_dtype)
+        dt = TORCH_KV_DTYPES[kv_dtype]
+        vdt = v_dtype if kv_dtype == KVDtype.FP8K else dt
+        if kv_dtype == KVDtype.FP8K and vdt == torch.float8_e4m3fn:
+            raise ValueError("fp8k pools keep V in a 16- or 32-bit dtype")
         shape = (layers, num_pages, page_size, heads, head_dim)
         self.k = torch.zeros(shape, dtype=dt, device=device)
-        self.v = torch.zeros(shape, dtype=dt, device=device)
-        fp8 = dt == torch.float8_e4m3fn
-        self.k_scale = torch.ones(layers, num_pages, heads, device=device) if fp8 else None
-        self.v_scale = torch.ones(layers, num_pages, heads, device=device) if fp8 else None
+        self.v = torch.zeros(shape, dtype=vdt, device=device)
+        self.k_scale = torch.ones(layers, num_pages, heads, device=device) if dt == torch.float8_e4m3fn else None
+        self.v_scale = torch.ones(layers, num_pages, heads, device=device) if vdt == torch.float8_e4m3fn else None
         self.page_size, self.num_pages, self.layers = page_size, num_pages, layers
         self.heads, self.head_dim = heads, head_dim
         self._free = collections.deque(range(num_pages))
@@ -62,8 +70,8 @@ class PagePool:
         return len(self._free)
 
     def nbytes(self) -> int:
-        n = self.k.numel() * self.k.element_size() * 2
-        return n + (0 if self.k_scale is None else self.k_scale.numel() * 8)
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.k_scale, self.v_scale)
+                   if t is not None)
 
     def layer(self, i: int):
         """(k_pages, v_pages, k_scale, v_scale) of layer i."""

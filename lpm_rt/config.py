@@ -201,6 +201,7 @@ class KVDtype(str, enum.Enum):
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"
+    FP8K = "fp8k"      # fp8 e4m3 K pages (per-page per-head scales), V pages in the activation dtype
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from . import ops
+from .cache import TORCH_ACT_DTYPES
 from .checkpoint import load_dir
 from .config import PRESETS, RuntimeConfig, preset
 from .errors import ArtifactError
@@ -47,16 +48,13 @@ def load(src: str = "demo", runtime: RuntimeConfig | None = None, seed: int = 0)
     raise ArtifactError(f"{src!r} is neither a preset ({', '.join(PRESETS)}) nor a model directory")
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def _place(model: OnlineLPM) -> OnlineLPM:
     """Move the model to the runtime's device and dtype (the VAE stays fp32 on CPU, its
     convolutions' weights channels-last: oneDNN decodes the demo's latent frames 1.3-1.4x as
     fast as NCHW, same arithmetic; scripts/cpu_hotpaths.py) and select the runtime's op backend
     (process-wide: ``lpm_rt.ops.set_backend``)."""
     rt = model.cfg.runtime
-    dt = _DTYPES[rt.dtype]
+    dt = TORCH_ACT_DTYPES[rt.dtype]
     if rt.device != "cpu" and not torch.cuda.is_available():
         raise ArtifactError(f"runtime device {rt.device!r} requested but no CUDA device is available")
     if rt.ops_backend == "triton" and rt.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

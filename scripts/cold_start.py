@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="preset name, model dir or compiled artifact dir")
     ap.add_argument("--device", default=None, help="runtime device (default: the model's / the artifact's)")
     ap.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--kv-dtype", default=None, choices=("fp32", "bf16", "fp16", "fp8"))
+    ap.add_argument("--kv-dtype", default=None, choices=("fp32", "bf16", "fp16", "fp8", "fp8k"))
     ap.add_argument("--backend", default=None, choices=("ref", "triton", "aot"), help="ops backend")
     ap.add_argument("--warm-cache", default=None, help="reuse this TRITON_CACHE_DIR instead of an empty one")
     ap.add_argument("--runs", type=int, default=3, help="fresh processes to take the median of (default 3)")

@@ -5,7 +5,7 @@ import torch
 
 from lpm_rt import CapacityError
 from lpm_rt.cache import PagePool, StreamCache
-from lpm_rt.config import preset
+from lpm_rt.config import KVDtype, preset
 
 S = preset("tiny").stream            # 2 pages per latent frame, chunk 2 frames, window 3
 
@@ -78,3 +78,19 @@ def test_admission_control_raises_and_leaks_nothing():
         a.attach_refs("y", S.reference_slots + 1)
     a.close()
     assert pool.free_pages == pool.num_pages
+
+
+def test_fp8k_pool_keeps_v_in_the_activation_dtype():
+    """fp8k: e4m3 K pages with per-page scales, V pages in the dtype given (no V scales); what a
+    layer hands to the ops, and its bytes (K 1, V 2 per element, plus the K scales)."""
+    per = (S.reference_slots + S.history_frames + S.chunk_frames) * S.pages_per_frame
+    pool = PagePool(2, per, S.page_size, 4, 16, KVDtype.FP8K, v_dtype=torch.bfloat16)
+    kp, vp, ks, vs = pool.layer(1)
+    assert kp.dtype == torch.float8_e4m3fn and vp.dtype == torch.bfloat16 and vs is None
+    assert tuple(ks.shape) == (per, 4)
+    n = 2 * per * S.page_size * 4 * 16
+    assert pool.nbytes() == n * 1 + n * 2 + 2 * per * 4 * 4
+    fp8 = PagePool(2, per, S.page_size, 4, 16, KVDtype.FP8)
+    assert fp8.v.dtype == torch.float8_e4m3fn and fp8.nbytes() == 2 * n + 2 * (2 * per * 4 * 4)
+    with pytest.raises(ValueError, match="fp8k"):
+        PagePool(2, per, S.page_size, 4, 16, KVDtype.FP8K, v_dtype=torch.float8_e4m3fn)

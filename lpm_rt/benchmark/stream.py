@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import KVDtype
+
 __all__ = ["main", "run_stream_bench", "environment"]
 
 
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's runtime)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="activation / weight dtype")
-    p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8"), default=None, help="history page dtype")
+    p.add_argument("--kv-dtype", choices=[k.value for k in KVDtype], default=None,
+                   help="history page dtype (fp8k: e4m3 K pages, V pages in the activation dtype)")
     p.add_argument("--backend", choices=("ref", "triton"), default=None, help="ops backend")
     p.add_argument("--fp8", action="store_true", help="block linears as e4m3 GEMMs with fused epilogues")
     p.add_argument("--cuda-graphs", action="store_true",

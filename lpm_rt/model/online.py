@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..cache import PagePool, StreamCache
+from ..cache import TORCH_ACT_DTYPES, PagePool, StreamCache
 from ..config import LPMConfig
 from .attend import PagedAttention, RefPrefill, token_positions
 from .audio import AUDIO_RATE, MEL_HOP, MEL_WIN, log_mel
@@ -152,9 +152,10 @@ class OnlineLPM(nn.Module):
         n = max_sessions or rt.max_sessions
         per_bb = (s.reference_slots + s.history_frames + s.chunk_frames) * s.pages_per_frame
         per_rf = (s.reference_slots + s.chunk_frames) * s.pages_per_frame
-        dev = rt.device
-        self.pools = (PagePool(m.num_layers, n * per_bb, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev),
-                      PagePool(m.refiner_layers, n * per_rf, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev))
+        dev, vdt = rt.device, TORCH_ACT_DTYPES[rt.dtype]          # fp8k pools: V pages in the activations' dtype
+        self.pools = (PagePool(m.num_layers, n * per_bb, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev, vdt),
+                      PagePool(m.refiner_layers, n * per_rf, s.page_size, m.num_heads, m.head_dim, rt.kv_dtype, dev,
+                               vdt))
         return self.pools
 
     @torch.no_grad()

@@ -6,6 +6,7 @@
     fp8 pages: scale[p, h] = amax over the tokens written to page p of |x[:, h]| / 448,
                pages[p][off, h] = (x / scale[p, h]).to(float8_e4m3fn)
     other page dtypes: a plain cast; scales are left untouched (pass None).
+    K and V pages share a dtype, or K's are fp8 and V's wider (an fp8k pool: v_scale None).
 
 K smoothing (SageAttention, Zhang et al. 2024): keys after RMSNorm share a large per-channel
 offset. Subtracting one vector per head from *every* key a query attends to changes each score
@@ -99,10 +100,12 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     N, H, D = k.shape
     P, page_size = k_pages.shape[:2]
     fp8 = k_pages.dtype == torch.float8_e4m3fn
+    v16 = fp8 and v_pages.dtype != k_pages.dtype                 # fp8 K pages, V pages of a wider dtype
     if tuple(v.shape) != (N, H, D) or tuple(k_pages.shape[2:]) != (H, D) or v_pages.shape != k_pages.shape:
         raise ValueError(f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not match pages {tuple(k_pages.shape)}")
-    if v_pages.dtype != k_pages.dtype:
-        raise TypeError("k_pages and v_pages must share a dtype")
+    if v_pages.dtype != k_pages.dtype and not v16:
+        raise TypeError(f"k_pages and v_pages must share a dtype (or be fp8 K beside wider V), got "
+                        f"{k_pages.dtype} and {v_pages.dtype}")
     half = D // 2
     if D % 2 or half & (half - 1):
         raise ValueError(f"triton cache_write: head_dim {D} must be 2 * a power of two")
@@ -110,10 +113,11 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
         raise ValueError(f"triton cache_write writes whole pages: N={N} is not a multiple of {page_size}")
     if tuple(slot_mapping.shape) != (N,) or slot_mapping.dtype not in (torch.int64, torch.int32):
         raise ValueError("slot_mapping must be [N] int64/int32")
-    if fp8 and (k_scale is None or v_scale is None or tuple(k_scale.shape) != (P, H)
-                or tuple(v_scale.shape) != (P, H) or k_scale.dtype != torch.float32
-                or v_scale.dtype != torch.float32):
-        raise ValueError("fp8 pages need k_scale and v_scale: [P, H] float32 (written)")
+    for name, sc, want in (("k_scale", k_scale, fp8), ("v_scale", v_scale, fp8 and not v16)):
+        if want and (sc is None or tuple(sc.shape) != (P, H) or sc.dtype != torch.float32):
+            raise ValueError(f"fp8 pages need {name}: [P, H] float32 (written)")
+        if not want and sc is not None:
+            raise ValueError(f"{name} given for {'V' if name == 'v_scale' else 'K'} pages that are not fp8")
     if (cos is None) != (sin is None) or (cos is not None and (tuple(cos.shape) != (N, half)
                                                              or tuple(sin.shape) != (N, half))):
         raise ValueError(f"cos/sin must both be [N={N}, D/2={half}] or None")
@@ -132,7 +136,8 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     if N == 0:
         return q_out
     dummy = torch.empty(1, 1, dtype=torch.float32, device=k.device)
-    ks, vs = (k_scale, v_scale) if fp8 else (dummy, dummy)
+    ks = k_scale if fp8 else dummy
+    vs = v_scale if fp8 and not v16 else dummy
     c, s = (cos, sin) if cos is not None else (dummy, dummy)
     qi = q if q is not None else k
     # without q the third program row never runs: a placeholder of q's dtype and page layout
@@ -141,7 +146,7 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     launch = configure(kern._cache_write_kernel,
                        dict(PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
                             ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
-                            QK_NORM=norm),
+                            QK_NORM=norm, **({"V16": True} if v16 else {})),    # (artifacts record no V16)
                        {}, num_warps=launch_warps(page_size, half))
     wq, wk = (q_weight, k_weight) if norm else (qi.new_empty(1), qi.new_empty(1))
     launch[(N // page_size, 1 if norm else H, 3 if q is not None else 2)](

@@ -101,6 +101,44 @@ def test_fp8_pages(triton_backend, dtype, page_size, D):
         check_untouched(pages, written_mask(P, page_size, slots))
 
 
+@pytest.mark.parametrize("dtype,qk_norm", [(torch.bfloat16, False), (torch.float32, True)])
+def test_fp8_k_pages_beside_wider_v_pages(triton_backend, monkeypatch, dtype, qk_norm):
+    """An fp8k pool's write: K rotated and quantized with its page scales (as the fp8 pool's),
+    V copied as is into V pages of the activations' dtype, no V scale; with the fused q/k norms too.
+    A V scale, or fp8 V beside wider K, is refused."""
+    from csrc_triton.cache_write import _cache_write_kernel
+
+    from _checks import spy_constexprs
+
+    N, H, D, page_size, P = 16, 2, 16, 8, 4
+    k, v, slots, cos, sin = make_case(N, H, D, page_size, P, dtype)
+    q = torch.randn(N, H, D).to(dtype)
+    norm = (torch.rand(H * D) + 0.5, torch.rand(H * D) + 0.5, 1e-6) if qk_norm else None
+    if norm is not None:
+        norm = (norm[0].to(dtype), norm[1].to(dtype), norm[2])
+    kp, _, ks, _ = new_pages(P, page_size, H, D, torch.float8_e4m3fn)
+    _, vp, _, _ = new_pages(P, page_size, H, D, dtype)
+    rkp, _, rks, _ = new_pages(P, page_size, H, D, torch.float8_e4m3fn)
+    _, rvp, _, _ = new_pages(P, page_size, H, D, dtype)
+    launches = spy_constexprs(monkeypatch, _cache_write_kernel)
+    got_q = cache_write(k, v, kp, vp, slots, ks, None, cos, sin, q=q, qk_norm=norm)
+    want_q = cache_write_ref(k, v, rkp, rvp, slots, rks, None, cos, sin, q=q, qk_norm=norm)
+    assert launches[-1]["V16"] and launches[-1]["FP8"]
+    pages_written = slots.div(page_size, rounding_mode="floor").unique()
+    torch.testing.assert_close(ks[pages_written], rks[pages_written], rtol=1e-2, atol=0)
+    same = (kp.view(-1, H, D)[slots].view(torch.uint8) == rkp.view(-1, H, D)[slots].view(torch.uint8))
+    assert same.double().mean().item() >= 0.97
+    assert torch.equal(vp.view(-1, H, D)[slots], v.to(dtype)), "v pages are a plain copy"
+    torch.testing.assert_close(got_q, want_q, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+    mask = written_mask(P, page_size, slots)
+    check_untouched(kp, mask), check_untouched(vp, mask)
+    _, vp8, _, vs8 = new_pages(P, page_size, H, D, torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="v_scale given"):
+        cache_write(k, v, kp, vp, slots, ks, vs8, cos, sin)
+    with pytest.raises(TypeError, match="share a dtype"):
+        cache_write(k, v, vp, vp8, slots, None, vs8, cos, sin)
+
+
 def test_launcher_really_launches_triton(triton_backend, monkeypatch):
     launches = spy_triton(monkeypatch, "cache_write", "_cache_write_kernel")
     k, v, slots, cos, sin = make_case(16, 1, 16, 8, 3)

@@ -33,6 +33,17 @@ def test_tiny_online_step_triton_matches_ref(triton_backend, kv, min_db):
     assert_sqnr(got, want, min_db=min_db, min_cos=0.9999)
 
 
+def test_tiny_online_step_fp8k_pages(triton_backend):
+    """fp8k pools (e4m3 K pages beside V pages in the activations' dtype) through the model: the
+    Triton step runs its Q.K^T on fp8 (FP8-Q, the default on such pages) where the reference
+    dequantizes K in fp32, so the two differ by Q's e4m3 rounding -- measured 58 dB here, about
+    what the fp8 K pages themselves cost against fp32 pages (59 dB); a misplaced scale or V page
+    costs tens of dB."""
+    want = _stream(KVDtype.FP8K, "ref")
+    got = _stream(KVDtype.FP8K, "triton")
+    assert_sqnr(got, want, min_db=45.0, min_cos=0.9999)
+
+
 def test_fp8_linears_in_the_model(triton_backend):
     """The FP8 block form (e4m3 GEMMs, activations quantized by norm_modulate, residuals in
     the GEMM epilogues): the Triton kernels match the fp32 emulation of the same e4m3 values to
