@@ -32,8 +32,9 @@ from .targets import KERNEL_TABLES, Target, WeightFormat
 __all__ = ["KernelEntry", "Variant", "BuildContext", "KERNELS", "discover", "enumerate_variants",
            "compile_variant"]
 
-_TRITON_DT = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8e4nv"}
-_TORCH_DT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}   # torch.<name>
+_TRITON_DT = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8e4nv", "fp8k": "fp8e4nv"}   # (fp8k: K's)
+_TORCH_DT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn",
+             "fp8k": "float8_e4m3fn"}   # torch.<name>
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def _attention_variants(ctx: BuildContext) -> list:
     m, s = cfg.model, cfg.stream
     H, D, ps = m.num_heads, m.head_dim, s.page_size
     act, kv = _TRITON_DT[tgt.act_dtype], _TRITON_DT[tgt.kv_dtype]
-    kv_fp8 = tgt.kv_dtype == "fp8"
+    kv_fp8 = tgt.kv_dtype in ("fp8", "fp8k")
+    v16 = tgt.kv_dtype == "fp8k"                  # e4m3 K pages, V pages in the activations' dtype
     lq = s.chunk_frames * s.tokens_per_frame
     table = KERNEL_TABLES[tgt.name]
     kc = table["paged_attention" if lq >= 128 else "paged_attention_small"]
@@ -103,7 +105,8 @@ def _attention_variants(ctx: BuildContext) -> list:
                     **_strides(("stride_kp", "stride_ks", "stride_kh", "stride_kd"), (P, ps, H, D)),
                     **_strides(("stride_vp", "stride_vs", "stride_vh", "stride_vd"), (P, ps, H, D)),
                     **(_strides(("stride_ksp", "stride_ksh"), (P, H)) if kv_fp8 else dict(stride_ksp=1, stride_ksh=1)),
-                    **(_strides(("stride_vsp", "stride_vsh"), (P, H)) if kv_fp8 else dict(stride_vsp=1, stride_vsh=1)),
+                    **(_strides(("stride_vsp", "stride_vsh"), (P, H)) if kv_fp8 and not v16
+                       else dict(stride_vsp=1, stride_vsh=1)),
                     **_strides(("stride_tb", "stride_tp"), (1, max_pages)))
         # whole-grid launches (no split-KV) when the query tiles fill the GPU
         split = -(-lq // bm) * H < tgt.num_sms
@@ -115,16 +118,17 @@ def _attention_variants(ctx: BuildContext) -> list:
             ints.update(stride_ob=lq * H * D, stride_os=0, stride_ol=H * D, stride_oh=D, stride_od=1,
                         stride_lb=0, stride_ls=0, stride_ll=0, stride_lh=0)
         ce = dict(PAGE_SIZE=ps, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv_fp8,
-                  # the launcher's default (lpm_rt.ops.paged_attention: fp8_q off) unless the table
-                  # asks; fp8 dots need sm_89+ and K >= 32
-                  FP8_Q=bool(kc.tiles.get("FP8_Q", False)) and kv_fp8 and tgt.sm >= 89 and D >= 32,
+                  # the launcher's default (lpm_rt.ops.paged_attention): fp8_q off for fp8 K and V
+                  # unless the table asks, on for fp8k (the form's point); fp8 dots need sm_89+, K >= 32
+                  FP8_Q=(v16 or bool(kc.tiles.get("FP8_Q", False))) and kv_fp8 and tgt.sm >= 89 and D >= 32,
                   SPLIT=split, IEEE=False, FIX_ROUND=False,
                   PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and page_tiles_fit(bn, ps),
-                  V_TRANS_LOAD=False)
+                  V_TRANS_LOAD=False, **({"V16": True} if v16 else {}))
         # fp8 pages under bf16 activations: fp16 dots, as the launcher picks (F16_DOTS), unless the table says
+        vt = getattr(torch, _TORCH_DT[tgt.act_dtype if v16 else tgt.kv_dtype])
         ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and f16_dots(
-            getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), ce["FP8_Q"])
-        ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
+            getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), ce["FP8_Q"], vt)
+        ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=act if v16 else kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[
             "_paged_attn_fwd_kernel"], ptr, ce, ints, kc.num_warps, kc.num_stages, ("qk_scale",), "attention"))
@@ -214,12 +218,14 @@ def _cache_write_variants(ctx: BuildContext) -> list:
     kc = KERNEL_TABLES[tgt.name]["cache_write"]
     act, kv = _TRITON_DT[tgt.act_dtype], _TRITON_DT[tgt.kv_dtype]
     H, D, ps = m.num_heads, m.head_dim, s.page_size
-    ptr = dict(k_ptr=act, v_ptr=act, cos_ptr="fp32", sin_ptr="fp32", slot_ptr="i64", kp_ptr=kv, vp_ptr=kv,
-               ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act, shift_ptr="fp32", qw_ptr=act, kw_ptr=act)
-    fp8 = tgt.kv_dtype == "fp8"                                     # K smoothing rides on fp8 pages
+    v16 = tgt.kv_dtype == "fp8k"                                    # V pages in the activations' dtype
+    ptr = dict(k_ptr=act, v_ptr=act, cos_ptr="fp32", sin_ptr="fp32", slot_ptr="i64", kp_ptr=kv,
+               vp_ptr=act if v16 else kv, ks_ptr="fp32", vs_ptr="fp32", q_ptr=act, qo_ptr=act, shift_ptr="fp32",
+               qw_ptr=act, kw_ptr=act)
+    fp8 = tgt.kv_dtype in ("fp8", "fp8k")                           # K smoothing rides on fp8 K pages
     fp8_form = any(f.startswith("fp8") for f in ctx.weight_formats)  # its q/k RMSNorms run here
     ce = dict(PAGE_SIZE=ps, BLOCK_T=triton.next_power_of_2(ps), HALF_D=D // 2, ROPE=True,
-              FP8=fp8, FIX_ROUND=False, SHIFT=fp8, QK_NORM=fp8_form)
+              FP8=fp8, FIX_ROUND=False, SHIFT=fp8, QK_NORM=fp8_form, **({"V16": True} if v16 else {}))
     ints = dict(**{f"stride_{x}d": 1 for x in ("k", "v", "q", "qo", "kp", "vp", "sh")}, stride_shh=D,
                 stride_cd=1, stride_sd=1,
                 **{f"stride_{x}h": D for x in ("k", "v", "q", "qo", "kp", "vp")},

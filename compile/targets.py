@@ -55,7 +55,8 @@ class Target:
             raise ValueError(f"{self.name}: default weights {self.weights} not allowed")
         if self.sm is not None and self.sm < 89 and any(w.value.startswith("fp8") for w in allowed):
             raise ValueError(f"{self.name}: sm_{self.sm} has no FP8 tensor cores")
-        if self.act_dtype not in ("fp32", "bf16", "fp16") or self.kv_dtype not in ("fp32", "bf16", "fp16", "fp8"):
+        if self.act_dtype not in ("fp32", "bf16", "fp16") or self.kv_dtype not in ("fp32", "bf16", "fp16", "fp8",
+                                                                                    "fp8k"):
             raise ValueError(f"{self.name}: bad act/kv dtype {self.act_dtype}/{self.kv_dtype}")
         object.__setattr__(self, "allowed_kv", tuple(self.allowed_kv) or (self.kv_dtype,))
         if self.kv_dtype not in self.allowed_kv:
@@ -84,10 +85,11 @@ class Target:
 
 TARGETS: dict = {
     "h100": Target("h100", 90, WeightFormat.FP8_CHANNEL, (WeightFormat.FP8_CHANNEL, WeightFormat.FP8_BLOCK),
-                   act_dtype="bf16", kv_dtype="fp8", num_sms=132, allowed_kv=("fp8", "bf16"),
+                   act_dtype="bf16", kv_dtype="fp8", num_sms=132, allowed_kv=("fp8", "bf16", "fp8k"),
                    description="NVIDIA H100 (sm_90a): FP8 e4m3 linears and KV pages, bf16 activations "
                                "(bf16 pages: twice the memory, 3 dB more accurate; attention measured 1.21x "
-                               "faster on an H200, 1.65x before fp8 pages got fp16 dots)"),
+                               "faster on an H200, 1.65x before fp8 pages got fp16 dots; fp8k: e4m3 K beside "
+                               "bf16 V pages, fp8 Q.K^T, untimed)"),
     "orin": Target("orin", 87, WeightFormat.INT8_CHANNEL, (WeightFormat.INT8_CHANNEL, WeightFormat.FP16),
                    act_dtype="fp16", kv_dtype="fp16", num_sms=16, onnx=True,
                    description="Jetson AGX Orin (sm_87, no FP8): INT8 weight-only or FP16, fp16 KV; "

@@ -261,8 +261,8 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     for the scores, 16 for the values).
 
     Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T as an fp8 dot, and P.V
-    too where V is fp8 (needs fp8 K pages and sm_89+). Default: on for mixed pages, off for fp8
-    K and V (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over
+    too where V is fp8 (needs fp8 K pages, sm_89+ and head_dim >= 32, the fp8 MMA's K). Default:
+    on for mixed pages where those hold (as the h100 artifacts compile them), off for fp8 K and V (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over
     dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2).
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
     Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
@@ -272,7 +272,7 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     if get_backend() == "ref":
         return paged_attention_ref(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale)
     if fp8_q is None:
-        fp8_q = (k_pages.dtype == torch.float8_e4m3fn and v_pages.dtype == q.dtype
+        fp8_q = (k_pages.dtype == torch.float8_e4m3fn and v_pages.dtype == q.dtype and q.shape[-1] >= 32
                  and (q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) >= (8, 9)))
     run = _paged_attention_triton if direct(q, k_pages, v_pages) else torch.ops.lpm_rt.paged_attention
     return run(q, k_pages, v_pages, block_table, kv_lens, k_scale, v_scale, sm_scale, bool(fp8_q), int(num_splits))

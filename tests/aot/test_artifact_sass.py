@@ -120,10 +120,34 @@ def test_h100_bf16_pages(tmp_path):
     for k in attn:
         assert {"HGMMA", "HMMA"} & set(MMA.findall(sass(out / k["file"]))), k["name"]
     bad = compile_artifact("tiny", "h100", tmp_path / "no", "--kv-dtype", "fp16")
-    assert bad.returncode == 1 and "does not support KV pages fp16; choose from fp8, bf16" in bad.stderr
+    assert bad.returncode == 1 and "does not support KV pages fp16; choose from fp8, bf16, fp8k" in bad.stderr
     assert not (tmp_path / "no").exists()
     bad = compile_artifact("tiny", "orin", tmp_path / "no", "--kv-dtype", "fp8")
     assert bad.returncode == 1 and "does not support KV pages fp8" in bad.stderr
+
+
+def test_h100_fp8k_pages(tmp_path):
+    """``--kv-dtype fp8k`` (e4m3 K pages beside bf16 V pages): the manifest and the runtime say
+    fp8k; the attention kernels take e4m3 K and bf16 V pages (V16) with FP8-Q where head_dim
+    reaches the fp8 MMA's K (demo: 32; it runs Q.K^T on QGMMA and P.V on HGMMA), the cache write
+    quantizes K only; the compile's step check streams the quantized model on those pages."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from artifact_fixture import compile_artifact
+
+    out = tmp_path / "demo-h100-fp8k"
+    r = compile_artifact("demo", "h100", out, "--kv-dtype", "fp8k", "--no-step-check")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["target"]["kv_dtype"] == "fp8k" and meta["config"]["runtime"]["kv_dtype"] == "fp8k"
+    attn = [k for k in meta["kernels"] if k["role"] == "attention"]
+    assert attn and all(k["signature"]["k_ptr"] == "*fp8e4nv" and k["signature"]["v_ptr"] == "*bf16"
+                        and k["constexprs"]["V16"] and k["constexprs"]["FP8_Q"]
+                        and not k["constexprs"]["F16_DOTS"] for k in attn)
+    for k in attn:
+        assert {"QGMMA", "HGMMA"} <= set(MMA.findall(sass(out / k["file"]))), k["name"]
+    cw = [k for k in meta["kernels"] if k["role"] == "cache"]
+    assert cw and all(k["signature"]["kp_ptr"] == "*fp8e4nv" and k["signature"]["vp_ptr"] == "*bf16"
+                      and k["constexprs"]["V16"] and k["constexprs"]["SHIFT"] for k in cw)
 
 
 PRODUCTION_SCRIPT = COMPILE_ATTENTION + """

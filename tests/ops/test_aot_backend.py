@@ -94,7 +94,7 @@ def _model(d, meta):
     """The artifact's weights on the CPU in its activation dtype (what load_artifact puts on the GPU)."""
     cfg = LPMConfig.from_dict(meta["config"])
     cfg = cfg.replace(stream=cfg.stream.replace(backbone_steps=1),
-                      runtime=cfg.runtime.replace(dtype="bf16", kv_dtype="fp8", max_sessions=1))
+                      runtime=cfg.runtime.replace(dtype="bf16", kv_dtype=meta["target"]["kv_dtype"], max_sessions=1))
     model = OnlineLPM(cfg)
     assert _load_weights(d, meta, model, torch.float32, fp8_gemms=True) > 0
     model.backbone.to(torch.bfloat16)
@@ -135,6 +135,37 @@ def test_guided_audio_runs_on_the_artifacts_kernels(aot_kernels):
     got, video = stream_chunks(model, "aot")
     assert any(n.startswith("cross_attention_out_audio_guided_norm_") for n in launched), sorted(set(launched))
     _launch.uninstall()
+    for (mod, fn_name), real in REAL.items():
+        setattr(importlib.import_module(mod), fn_name, real)
+    want, want_video = stream_chunks(model, "triton")
+    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
+    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+
+
+def test_fp8k_pages_run_on_the_artifacts_kernels(tmp_path, monkeypatch):
+    """An h100 artifact compiled for fp8k pages (e4m3 K, bf16 V): the step's cache writes and
+    attentions launch its V16 specializations (what the launchers ask for on such pages matches
+    what the compile froze), and the result is the JIT kernels' as for fp8 pages."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from artifact_fixture import compile_artifact
+
+    d = tmp_path / "tiny-h100-fp8k"
+    r = compile_artifact("tiny", "h100", d, "--kv-dtype", "fp8k", "--no-step-check")
+    assert r.returncode == 0, r.stderr[-3000:]
+    gen = _install(d, monkeypatch)
+    _, meta, launched = next(gen)
+    try:
+        model = _model(d, meta)
+        assert model.make_pools()[0].v.dtype == torch.bfloat16
+        got, video = stream_chunks(model, "aot")
+        v16 = {r["name"] for r in meta["kernels"] if r["constexprs"].get("V16")}
+        assert {n.split("_sm_")[0] for n in launched if n in v16} >= {
+            "paged_attention_backbone", "paged_attention_refiner", "cache_write"}, sorted(set(launched))
+    finally:
+        _launch.uninstall()
     for (mod, fn_name), real in REAL.items():
         setattr(importlib.import_module(mod), fn_name, real)
     want, want_video = stream_chunks(model, "triton")

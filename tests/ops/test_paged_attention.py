@@ -219,16 +219,19 @@ def test_fp8_k_pages_beside_16_bit_v_pages(triton_backend, monkeypatch, B, Lq, H
 
 
 def test_mixed_pages_default_and_bad_inputs(triton_backend, monkeypatch):
-    """fp8_q defaults on for mixed pages (its QGMMA is the form's point), off for fp8 K and V; the
+    """fp8_q defaults on for mixed pages (its QGMMA is the form's point) from head_dim 32 (the fp8
+    MMA's K, as the h100 artifacts compile it), off for fp8 K and V; the
     launcher refuses a V scale beside 16-bit V pages, fp8 V beside 16-bit K, and fp16 dots (F16_DOTS)
     on bf16 V pages -- none is silently reinterpreted."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
 
     launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
-    q, kp, vp, table, lens, ks, _ = mixed_case(1, 3, 2, 16, 8, [21])
-    paged_attention(q, kp, vp, table, lens, ks)
+    paged_attention(*mixed_case(1, 3, 2, 32, 8, [21]))
     assert launches[-1]["FP8_Q"] and launches[-1]["V16"]
+    q, kp, vp, table, lens, ks, _ = mixed_case(1, 3, 2, 16, 8, [21])
+    paged_attention(q, kp, vp, table, lens, ks)                  # head_dim 16: below the fp8 MMA's K
+    assert not launches[-1]["FP8_Q"] and launches[-1]["V16"]
     _, kp8, vp8, _, _, ks8, vs8 = make_case(1, 3, 2, 16, 8, [21], torch.bfloat16, torch.float8_e4m3fn)
     paged_attention(q, kp8, vp8, table, lens, ks8, vs8)
     assert not launches[-1]["FP8_Q"] and "V16" not in launches[-1]
