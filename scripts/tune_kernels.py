@@ -22,15 +22,16 @@ import sys
 
 import torch
 
-ATTN_TILES = [(128, 128, 8, 2, True, False, False), (128, 128, 8, 3, True, False, False),
-              (64, 128, 4, 3, True, False, False)]
+ATTN_TILES = [(128, 128, 8, 2, True, False, False, False), (128, 128, 8, 2, True, False, False, True),
+              (128, 128, 8, 3, True, False, False, False), (64, 128, 4, 3, True, False, False, False)]
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
 # TMA_KV: those page tiles through tensor descriptors; OVERLAP: block j + 1's Q.K^T in flight during
-# block j's softmax). Key blocks crossing pages (128x64), TMA_KV page tiles and 64x64 tiles lost at
-# every shape of the sweeps in bench/results/gpu-20261204-2/tune.json and gpu-20261204-3/tune.json
-# (the smoke run still covers TMA_KV).
-HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False), (128, 64, 8, 3, True, False, True),
-                   (128, 64, 8, 4, True, False, True)]
+# block j's softmax; PEEL_LAST: the last page after the loop -- fp8 V pages only, as over 16-bit V
+# ptxas serializes that form's wgmma). Key blocks crossing pages (128x64), TMA_KV page tiles and
+# 64x64 tiles lost at every shape of the sweeps in bench/results/gpu-20261204-2/tune.json and
+# gpu-20261204-3/tune.json (the smoke run still covers TMA_KV).
+HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False, False), (128, 64, 8, 3, True, False, True, False),
+                   (128, 64, 8, 4, True, False, True, False)]
 # bf16 (and fp8k) pages of half the production size (lpm-17b: 60 tokens) in 64-key page tiles, with
 # and without OVERLAP: the forms whose SASS overlaps (128x128 tiles spill with it; fp8 pages and FP8-Q
 # serialize their dots whatever the order, as their K or V tile is rewritten to shared memory every
@@ -42,10 +43,12 @@ HALF_PAGE_MODES = ("bf16", "fp8k")
 # dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
 # token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
 # fp8k: fp8 K pages beside bf16 V pages, fp8 Q.K^T (fp8_q) and bf16 P.V (untimed so far).
-MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False)], "fp8": [(128, 128, 8, 3, True, False, False)],
-              "fp8-vtok": [(64, 128, 4, 3, True, False, False)]}
-SMOKE_TILES = [(16, 16, 4, 2, False, False, False), (32, 16, 4, 2, True, False, False),
-               (32, 16, 4, 2, True, True, False), (32, 16, 4, 2, True, False, True)]
+MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False, True)],
+              "fp8": [(128, 128, 8, 3, True, False, False, False), (128, 128, 8, 2, True, False, False, True)],
+              "fp8-vtok": [(64, 128, 4, 3, True, False, False, False)]}
+SMOKE_TILES = [(16, 16, 4, 2, False, False, False, False), (32, 16, 4, 2, True, False, False, False),
+               (32, 16, 4, 2, True, True, False, False), (32, 16, 4, 2, True, False, True, False),
+               (32, 16, 4, 2, True, False, False, True)]
 LIN_TILES = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3)]
 # (BLOCK_M, BLOCK_N, warps, stages), each with pointer or TMA loads and promoted or fast accumulation
 # (64-row tiles lost at every shape of the first sweep)
@@ -117,16 +120,18 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
         ops.set_backend("triton")
         # 16-bit dots (bf16 pages, and fp8 pages widened): bf16 P's rounding; fp8 dots: SQNR >= 25 dB
         bound = 0.056 if mode in ("fp8", "fp8-vtok", "fp8k") else 1e-2
-        for bm, bn, w, st, pt, tma, ovl in tiles:
+        for bm, bn, w, st, pt, tma, ovl, peel in tiles:
             if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
                 continue                 # token-contiguous V: page tiles, pointer loads
+            if peel and mode in ("bf16", "fp8k"):
+                continue                 # 16-bit V pages: the peeled form's wgmma are serialized
             row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
                        num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma, F16_DOTS=f16, OVERLAP=ovl,
-                       page_size=sh["page_size"])
+                       PEEL_LAST=peel, page_size=sh["page_size"])
             try:
                 with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=bm, BLOCK_N=bn, SPLIT=False, PAGE_TILES=pt,
                                                                  V_TRANS_LOAD=mode == "fp8-vtok", TMA_KV=tma,
-                                                                 F16_DOTS=f16, OVERLAP=ovl), w, st):
+                                                                 F16_DOTS=f16, OVERLAP=ovl, PEEL_LAST=peel), w, st):
                     fn = lambda: ops.paged_attention(*args, **kw)          # noqa: E731
                     out = fn()
                     row["rel_l2_vs_fp32"] = rel_l2(out[:, :, :nh], ref)

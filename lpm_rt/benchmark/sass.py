@@ -113,13 +113,26 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, v=Non
 
     from lpm_rt.ops.paged_attention import _config
 
+    from lpm_rt.ops.paged_attention import peel_last
+
     bm, bn, warps, st, page_tiles = _config(1560, d, page, torch.device("cuda"),          # the launcher's
                                             (arch // 10, arch % 10))                      # choice there
+    v_dtype = torch.float8_e4m3fn if (v or kv) == "fp8e4nv" else torch.bfloat16
     ce = dict(PAGE_SIZE=page, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
-              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles, V_TRANS_LOAD=False)
+              SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles, V_TRANS_LOAD=False,
+              PEEL_LAST=peel_last(page_tiles, v_dtype))
     ce.update(extra)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages or st)
+
+
+def wgmma_waited(sass: str) -> tuple[int, int]:
+    """(wgmma instructions, those that wait on their own group): ptxas may serialize a kernel's
+    wgmma -- every HGMMA/QGMMA then closes its group (``gsb0``) and is waited on alone, with no
+    MMA in flight behind another -- when it cannot keep the accumulators safe (seen on the peeled
+    form over 16-bit V pages). Triton's own groups close once per dot."""
+    g = re.findall(r"\b[HQI]GMMA\.[^;]*;", sass)
+    return len(g), sum("gsb0" in x for x in g)
 
 
 def exp_in_flight(sass: str) -> int:
@@ -154,6 +167,8 @@ def specs() -> list[Spec]:
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, fp16 dots, d128", F16_DOTS=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
+        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, last page peeled (not taken), d128",
+              PEEL_LAST=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, 60-token page tiles, OVERLAP, d128",
               page=60, stages=3, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True),
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 K + bf16 V pages, FP8-Q, 60-token "
@@ -256,6 +271,7 @@ def check_all(selected=None) -> list[dict]:
                          resources=resource_usage(k.asm["cubin"]), local_stores=len(STL_RE.findall(sass)),
                          tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
                          scalar_converts=len(F2F_RE.findall(sass)), exp_in_flight=exp_in_flight(sass),
+                         wgmma=dict(zip(("total", "waited_alone"), wgmma_waited(sass))),
                          expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
     return rows
 

@@ -103,6 +103,14 @@ def _config(Lq: int, D: int, page_size: int, device: torch.device, capability=No
     return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
 
 
+def peel_last(page_tiles: bool, v_dtype) -> bool:
+    """Whether page tiles run the whole pages in the loop and the last page after it (PEEL_LAST):
+    for fp8 V pages (sm_90a SASS at lpm-17b's tiles: 17% fewer instructions per block, FP8-Q's and
+    the bf16-dot form's spills gone); over 16-bit V pages ptxas serializes every wgmma of that form,
+    so not there (``python -m lpm_rt.benchmark.sass`` checks both)."""
+    return bool(page_tiles) and v_dtype == torch.float8_e4m3fn
+
+
 def f16_dots(q_dtype, kv_dtype, fp8_q: bool, v_dtype=None) -> bool:
     """Whether attention over fp8 pages under bf16 q runs its dots in fp16 (F16_DOTS): e4m3 -> fp16
     is one packed convert per two values on sm_89+, e4m3 -> bf16 that plus one convert per value on
@@ -190,7 +198,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(),
                             **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
-                            V_TRANS_LOAD=False, TMA_KV=False,
+                            V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=peel_last(page_tiles, v_pages.dtype),
                             F16_DOTS=f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype)), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
@@ -203,6 +211,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         _tma_kv_ready(k_pages, v_pages, page_tiles)
     if cx.get("OVERLAP") and not page_tiles:
         raise ValueError("triton paged_attention: OVERLAP needs PAGE_TILES")
+    if cx.get("PEEL_LAST") and (not page_tiles or cx.get("OVERLAP")):
+        raise ValueError("triton paged_attention: PEEL_LAST needs PAGE_TILES and the plain order")
     if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype):
         raise ValueError("triton paged_attention: F16_DOTS needs fp8 pages, bf16 q and no fp8_q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles

@@ -174,6 +174,8 @@ def test_production_presets_enumerate_and_lpm17b_attention_compiles(tmp_path):
     assert res["attention"]
     for rec in res["attention"]:
         ce = rec["constexprs"]
-        assert ce["PAGE_TILES"] and ce["F16_DOTS"] and not ce["FP8_Q"], rec["name"]
+        assert ce["PAGE_TILES"] and ce["F16_DOTS"] and ce["PEEL_LAST"] and not ce["FP8_Q"], rec["name"]
         code = sass(tmp_path / f"{rec['name']}.cubin")
         assert "HGMMA" in MMA.findall(code) and not re.search(r"\bF2F\.", code), rec["name"]
+        waits = re.findall(r"\bHGMMA\.[^;]*;", code)
+        assert sum("gsb0" in w for w in waits) < len(waits), f"{rec['name']}: ptxas serialized its wgmma"

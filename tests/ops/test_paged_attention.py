@@ -96,23 +96,25 @@ def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens,
     assert_calibrated(out, low, ref, floor=1e-5)
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
+@pytest.mark.parametrize("order", ["plain", "peel-last", "overlap"])
 @pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
 def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype,
-                                         kv_dtype, splits, overlap):
+                                         kv_dtype, splits, order):
     """The PAGE_TILES form (one page per key block, tile rows past the page masked) on the same
-    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages; and its OVERLAP
-    order (block j + 1's Q.K^T before block j's softmax; the first and last blocks peeled)."""
+    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages; with the last
+    page after the loop (PEEL_LAST), and in the OVERLAP order (block j + 1's Q.K^T before block j's
+    softmax; the first and last blocks peeled)."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
 
     args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
     bn = max(16, 1 << (page_size - 1).bit_length())                      # the next power of two
     launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)     # what the launch was compiled with
-    with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, OVERLAP=overlap),
-                        4, 2):
+    tiles = dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, OVERLAP=order == "overlap", PEEL_LAST=order == "peel-last")
+    with override_tiles(_paged_attn_fwd_kernel, tiles, 4, 2):
         out = paged_attention(*args, num_splits=splits)
-    assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn and launches[0]["OVERLAP"] == overlap
+    assert launches[0]["PAGE_TILES"] and launches[0]["BLOCK_N"] == bn
+    assert launches[0]["OVERLAP"] == (order == "overlap") and launches[0]["PEEL_LAST"] == (order == "peel-last")
     ref, low = references(*args)
     assert_calibrated(out, low, ref, floor=1e-5)
 
@@ -244,6 +246,23 @@ def test_mixed_pages_default_and_bad_inputs(triton_backend, monkeypatch):
     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, F16_DOTS=True), 4, 2):
         with pytest.raises(ValueError, match="F16_DOTS needs"):
             paged_attention(q, kp, vp, table, lens, ks, fp8_q=False)
+
+
+def test_peel_last_is_for_fp8_v_pages_in_the_plain_order(triton_backend):
+    """The launcher peels the last page only for page tiles over fp8 V pages (over 16-bit V ptxas
+    serializes that form's wgmma: tests/ops/test_sass.py), and refuses it with OVERLAP or without
+    page tiles."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+    from lpm_rt.ops.paged_attention import peel_last
+
+    assert peel_last(True, torch.float8_e4m3fn)
+    assert not peel_last(True, torch.bfloat16) and not peel_last(False, torch.float8_e4m3fn)
+    args = make_case(1, 2, 1, 16, 8, [20])
+    for bad in (dict(BLOCK_N=16, PEEL_LAST=True), dict(BLOCK_N=8, PAGE_TILES=True, OVERLAP=True, PEEL_LAST=True)):
+        with override_tiles(_paged_attn_fwd_kernel, bad, 4, 2):
+            with pytest.raises(ValueError, match="PEEL_LAST needs"):
+                paged_attention(*args)
 
 
 def test_page_tiles_need_a_whole_page_per_block(triton_backend):

@@ -51,6 +51,7 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
     assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16"}  # TMA page tiles ran
     assert {r["mode"] for r in rows if r.get("OVERLAP")} == set(modes.split(","))   # and OVERLAP, every mode
+    assert {r["mode"] for r in rows if r.get("PEEL_LAST")} == set(modes.split(",")) - {"bf16"}  # fp8 V only
     with pytest.raises(SystemExit):
         script("tune_kernels").main(["--smoke", "--modes", "bf16,fp9"])
 
