@@ -77,15 +77,16 @@ if [ "$mode" = single ]; then
     # correctness first, then the side-by-side tables the issues' goals are judged by; a step cut by
     # its limit keeps the rows it wrote (the scripts write JSON as rows finish). The refiner table
     # (refiner 160 ...) and the CUDA-graph table (kernel_bench_graph 90) are left out while their
-    # kernels are unchanged (bench/results/gpu-20261204-3, -4); of the attention sweep, the OVERLAP
-    # and fp8-K/bf16-V rows against the production tile (--half-pages), first: the open question.
+    # kernels are unchanged (bench/results/gpu-20261204-3, -4); of the attention sweep, the OVERLAP,
+    # fp8-K/bf16-V and peeled-last-page rows against the production tile (--half-pages), first: the
+    # open questions.
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
         versions
         gpu_tests 70
         aot_check 100
-        tile_sweep 150 --op paged_attention --modes bf16,fp8k --half-pages
+        tile_sweep 150 --op paged_attention --modes bf16,fp8k,fp8kv --half-pages
         kernel_bench 150
         cold_starts 1 30
         step done

@@ -5,7 +5,7 @@ fastest correct variant per (op, mode, shape) is what the frozen tables in ``com
 should hold (record device and date there).
 
     python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
-    python scripts/tune_kernels.py --op paged_attention --modes bf16,fp8k --half-pages   # OVERLAP vs plain
+    python scripts/tune_kernels.py --op paged_attention --modes bf16,fp8k,fp8kv --half-pages   # OVERLAP, PEEL_LAST
     TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
 
 Variants are launched through the ops' own launchers with ``lpm_rt.ops._launch.override_tiles``
@@ -86,8 +86,8 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
     runs = []                                  # (shape, mode, tiles)
     for sh in attention_cases(smoke):
         for mode in modes:
-            if half_pages_only:                # the production form, for the same-run comparison
-                runs.append((sh, mode, ATTN_TILES[:1]))
+            if half_pages_only:                # the production tile (last page peeled and not), for the
+                runs.append((sh, mode, ATTN_TILES[:2]))      # same-run comparison
             else:
                 runs.append((sh, mode, SMOKE_TILES if smoke else MODE_TILES.get(mode, ATTN_TILES)))
         half = half_pages(sh)
@@ -197,8 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help=f"attention modes, comma-separated, of {','.join(MODES)} (default %(default)s)")
     ap.add_argument("--half-pages", action="store_true",
-                    help="attention: only the half-size page runs (OVERLAP and not) and one production-tile row "
-                         "per shape and mode")
+                    help="attention: only the half-size page runs (OVERLAP and not) and the production tile's rows "
+                         "per shape and mode (over fp8 V pages with and without the last page peeled)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two variants (CPU, interpreter)")
     ap.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     ap.add_argument("--out", default=None, help="JSON results (rows written as they finish)")

@@ -61,13 +61,14 @@ def test_sweep_half_pages_compares_overlap_with_the_production_tile(triton_backe
     same tile with and without OVERLAP -- bf16 pages, and fp8 K beside bf16 V (fp8k, FP8-Q, judged
     by SQNR) -- each checked against the reference."""
     out = tmp_path / "tune.json"
-    assert script("tune_kernels").main(["--smoke", "--op", "paged_attention", "--modes", "bf16,fp8k",
+    assert script("tune_kernels").main(["--smoke", "--op", "paged_attention", "--modes", "bf16,fp8k,fp8kv",
                                         "--half-pages", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["mode"], r["shape"], r["page_size"], r["OVERLAP"]) for r in rows] == [
-        ("bf16", "tiny", 8, False), ("fp8k", "tiny", 8, False),
-        ("bf16", "tiny page=4", 4, False), ("bf16", "tiny page=4", 4, True),
-        ("fp8k", "tiny page=4", 4, False), ("fp8k", "tiny page=4", 4, True)]
+    assert [(r["mode"], r["shape"], r["page_size"], r["OVERLAP"], r["PEEL_LAST"]) for r in rows] == [
+        ("bf16", "tiny", 8, False, False), ("fp8k", "tiny", 8, False, False),
+        ("fp8kv", "tiny", 8, False, False), ("fp8kv", "tiny", 8, False, True),
+        ("bf16", "tiny page=4", 4, False, False), ("bf16", "tiny page=4", 4, True, False),
+        ("fp8k", "tiny page=4", 4, False, False), ("fp8k", "tiny page=4", 4, True, False)]
     assert not [r for r in rows if "error" in r]
     assert all(r["rel_l2_vs_fp32"] < (0.056 if r["mode"] == "fp8k" else 1e-2) for r in rows)
-    assert all(not r["F16_DOTS"] for r in rows)
+    assert all(r["F16_DOTS"] == (r["mode"] == "fp8kv") for r in rows)
