@@ -8,8 +8,9 @@ fp32 accumulator rescaled by ``exp2(m_old - m_new)``. Tokens are gathered one by
 page, so any PAGE_SIZE works (8, 32, 120: not a power of two) and kv_lens need not be page multiples.
 
 dtypes: q fp32/fp16/bf16; pages the same dtype as q, or float8_e4m3fn with per-page per-head
-scales [P, H] fp32, or (V16) e4m3 K pages with their scales beside V pages in q's dtype. fp32 uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is
-also set for bf16 under TRITON_INTERPRET (see ``_mma``); FIX_ROUND likewise (see ``_fp.py``).
+scales [P, H] fp32, or (V16) e4m3 K pages with their scales beside V pages in q's dtype. fp32
+uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is also set for bf16 under
+TRITON_INTERPRET (see ``_mma``); FIX_ROUND likewise (see ``_fp.py``).
 FP8_Q (sm_89+/sm_90a, fp8 pages only): Q is quantized per (BLOCK_M rows, head) block to e4m3
 with its own scale (SageAttention's per-block Q scale, sm_scale folded in first), Q.K^T runs
 as an fp8 dot; P is rescaled by v_scale[token] / max(v_scale in block) and by 448 so it fills
@@ -408,7 +409,8 @@ def _paged_attn_fwd_kernel(
                             stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
                 v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
-                m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v,
+                                              ks_ptr + page * stride_ksp + h * stride_ksh,
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
                                               qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16)
     else:

@@ -272,8 +272,9 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
 
     Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T as an fp8 dot, and P.V
     too where V is fp8 (needs fp8 K pages, sm_89+ and head_dim >= 32, the fp8 MMA's K). Default:
-    on for mixed pages where those hold (as the h100 artifacts compile them), off for fp8 K and V (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over
-    dequantized fp8 pages, with 14x their error -- bench/results/gpu-20261204-2).
+    on for mixed pages where those hold (as the h100 artifacts compile them), off for fp8 K and V
+    (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over dequantized fp8
+    pages, with 14x their error -- bench/results/gpu-20261204-2).
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
     Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
     """

@@ -52,7 +52,8 @@ def test_kernels_compile_to_the_intended_mma():
     assert mixed["exp_in_flight"] >= 16
     # no kernel has its wgmma serialized by ptxas (each MMA waited on alone) -- except the peeled
     # loop over 16-bit V pages, which is why the launcher peels only over fp8 V pages
-    serial = [r["label"] for r in rows if r["wgmma"]["total"] >= 4 and r["wgmma"]["waited_alone"] == r["wgmma"]["total"]]
+    serial = [r["label"] for r in rows
+              if r["wgmma"]["total"] >= 4 and r["wgmma"]["waited_alone"] == r["wgmma"]["total"]]
     assert serial == ["paged_attention bf16, last page peeled (not taken), d128"], serial
     # the peeled loop over fp8 pages: fewer instructions and no spill (checked below)
     assert by_label["paged_attention fp8 pages, fp16 dots, d128"]["wgmma"]["total"] == 32    # two copies of the block
