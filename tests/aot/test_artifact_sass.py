@@ -103,18 +103,27 @@ def test_orin_kernels(artifact):
             assert {"HMMA", "IMMA"} & set(MMA.findall(code)), k["name"]
 
 
+def _h100_with_kv(tmp_path, model, kv):
+    """Compile ``model`` for h100 with ``--kv-dtype kv`` (no step check): -> (dir, manifest), the
+    manifest's target and runtime both saying ``kv``."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from artifact_fixture import compile_artifact
+
+    out = tmp_path / f"{model}-h100-{kv}"
+    r = compile_artifact(model, "h100", out, "--kv-dtype", kv, "--no-step-check")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["target"]["kv_dtype"] == kv and meta["config"]["runtime"]["kv_dtype"] == kv
+    return out, meta
+
+
 def test_h100_bf16_pages(tmp_path):
     """``--kv-dtype bf16`` (the faster attention, twice the page memory): the manifest and the
     runtime it selects say bf16, the attention and cache-write kernels take bf16 pages and the
     attention runs on bf16 wgmma; a dtype the target does not offer is refused before any work."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    out, meta = _h100_with_kv(tmp_path, "tiny", "bf16")
     from artifact_fixture import compile_artifact
 
-    out = tmp_path / "tiny-h100-bf16"
-    r = compile_artifact("tiny", "h100", out, "--kv-dtype", "bf16", "--no-step-check")
-    assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((out / "manifest.json").read_text())
-    assert meta["target"]["kv_dtype"] == "bf16" and meta["config"]["runtime"]["kv_dtype"] == "bf16"
     attn = [k for k in meta["kernels"] if k["role"] == "attention"]
     assert attn and all(k["signature"]["k_ptr"] == "*bf16" and not k["constexprs"]["KV_FP8"] for k in attn)
     for k in attn:
@@ -130,15 +139,8 @@ def test_h100_fp8k_pages(tmp_path):
     """``--kv-dtype fp8k`` (e4m3 K pages beside bf16 V pages): the manifest and the runtime say
     fp8k; the attention kernels take e4m3 K and bf16 V pages (V16) with FP8-Q where head_dim
     reaches the fp8 MMA's K (demo: 32; it runs Q.K^T on QGMMA and P.V on HGMMA), the cache write
-    quantizes K only; the compile's step check streams the quantized model on those pages."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-    from artifact_fixture import compile_artifact
-
-    out = tmp_path / "demo-h100-fp8k"
-    r = compile_artifact("demo", "h100", out, "--kv-dtype", "fp8k", "--no-step-check")
-    assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((out / "manifest.json").read_text())
-    assert meta["target"]["kv_dtype"] == "fp8k" and meta["config"]["runtime"]["kv_dtype"] == "fp8k"
+    quantizes K only."""
+    out, meta = _h100_with_kv(tmp_path, "demo", "fp8k")
     attn = [k for k in meta["kernels"] if k["role"] == "attention"]
     assert attn and all(k["signature"]["k_ptr"] == "*fp8e4nv" and k["signature"]["v_ptr"] == "*bf16"
                         and k["constexprs"]["V16"] and k["constexprs"]["FP8_Q"]

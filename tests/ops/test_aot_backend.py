@@ -90,6 +90,15 @@ def _on_jit_kernels(fn):
         ops.set_backend("ref")
 
 
+def _assert_matches_jit(model, got, video):
+    """The step streamed on the JIT kernels (the records uninstalled, the real kernels back) gives
+    ``got`` / ``video`` up to the tiles' summation order: >= 60 dB."""
+    _launch.uninstall()
+    want, want_video = _on_jit_kernels(lambda: stream_chunks(model, "triton"))
+    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
+    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+
+
 def _model(d, meta):
     """The artifact's weights on the CPU in its activation dtype (what load_artifact puts on the GPU)."""
     cfg = LPMConfig.from_dict(meta["config"])
@@ -117,12 +126,7 @@ def test_online_step_runs_on_the_artifacts_kernels(aot_kernels):
     # after each fused
     assert {n.split("_sm_")[0] for n in launched if n.startswith("cross_attention_out_")} == {
         "cross_attention_out_text_norm", "cross_attention_out_audio_norm"}, sorted(set(launched))
-    _launch.uninstall()                                 # the JIT reference: same kernels, own tiles
-    for (mod, fn_name), real in REAL.items():
-        setattr(importlib.import_module(mod), fn_name, real)
-    want, want_video = stream_chunks(model, "triton")
-    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
-    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+    _assert_matches_jit(model, got, video)              # the JIT reference: same kernels, own tiles
 
 
 def test_guided_audio_runs_on_the_artifacts_kernels(aot_kernels):
@@ -134,12 +138,7 @@ def test_guided_audio_runs_on_the_artifacts_kernels(aot_kernels):
     model.cfg = model.cfg.replace(stream=model.cfg.stream.replace(listener_guidance=2.0))
     got, video = stream_chunks(model, "aot")
     assert any(n.startswith("cross_attention_out_audio_guided_norm_") for n in launched), sorted(set(launched))
-    _launch.uninstall()
-    for (mod, fn_name), real in REAL.items():
-        setattr(importlib.import_module(mod), fn_name, real)
-    want, want_video = stream_chunks(model, "triton")
-    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
-    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+    _assert_matches_jit(model, got, video)
 
 
 def test_fp8k_pages_run_on_the_artifacts_kernels(tmp_path, monkeypatch):
@@ -166,11 +165,7 @@ def test_fp8k_pages_run_on_the_artifacts_kernels(tmp_path, monkeypatch):
             "paged_attention_backbone", "paged_attention_refiner", "cache_write"}, sorted(set(launched))
     finally:
         _launch.uninstall()
-    for (mod, fn_name), real in REAL.items():
-        setattr(importlib.import_module(mod), fn_name, real)
-    want, want_video = stream_chunks(model, "triton")
-    assert_sqnr(got, want, min_db=60.0, min_cos=0.9999, name="velocity")
-    assert_sqnr(video, want_video, min_db=60.0, min_cos=0.9999, name="video")
+    _assert_matches_jit(model, got, video)
 
 
 def test_a_call_no_specialization_accepts_is_refused(aot_kernels):
