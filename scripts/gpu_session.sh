@@ -6,15 +6,15 @@
 #   on the GPU machine:      bash scripts/gpu_session.sh run          # with build/gpu copied along; <= 7.6 minutes
 #                            bash scripts/gpu_session.sh tune         # right after (still warm); <= 7 minutes
 #   or, with one call's time:  bash scripts/gpu_session.sh single       # the open figures by priority; step
-#                                                                       # limits add to 10.3 min (4.8 used, last run)
+#                                                                       # limits add to 9.5 min
 #
 # The device image has its own python3 with torch, triton, cuda-python and pytest; the project
 # runs from the checkout (PYTHONPATH), nothing is installed. Each step has its own time limit and
 # a failing step does not stop the others. Results: $OUT (bench/results/gpu-<date> when unset):
 # run: log.txt, aot_check.json, cold_aot.json, cold_jit.json, refiner.json;
 # tune: tune_log.txt, kernels.json, kernels_graph.json, tune.json (the tile sweep: what the frozen
-# tables in compile/targets.py should hold); single: log.txt, aot_check.json, kernels_graph.json,
-# kernels.json, tune.json (the OVERLAP rows), cold_aot.json, cold_jit.json.
+# tables in compile/targets.py should hold); single: log.txt, aot_check.json, tune.json (the OVERLAP,
+# fp8k and PEEL_LAST rows against the production tile), kernels.json, cold_aot.json, cold_jit.json.
 set -uo pipefail
 mode=${1:-run}
 cd "$(dirname "$0")/.."
