@@ -127,7 +127,7 @@ def _attention_variants(ctx: BuildContext) -> list:
         # fp8 pages under bf16 activations: fp16 dots, as the launcher picks (F16_DOTS), unless the table says
         vt = getattr(torch, _TORCH_DT[tgt.act_dtype if v16 else tgt.kv_dtype])
         ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and f16_dots(
-            getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), ce["FP8_Q"], vt)
+            getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), vt)
         # the last page after the loop where the launcher peels it (fp8 V pages), unless the table says
         ce["PEEL_LAST"] = bool(kc.tiles.get("PEEL_LAST", True)) and peel_last(ce["PAGE_TILES"], vt)
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=act if v16 else kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",

@@ -13,9 +13,10 @@ uses IEEE dots (no TF32) so it matches the fp32 reference; IEEE is also set for 
 TRITON_INTERPRET (see ``_mma``); FIX_ROUND likewise (see ``_fp.py``).
 FP8_Q (sm_89+/sm_90a, fp8 pages only): Q is quantized per (BLOCK_M rows, head) block to e4m3
 with its own scale (SageAttention's per-block Q scale, sm_scale folded in first), Q.K^T runs
-as an fp8 dot; P is rescaled by v_scale[token] / max(v_scale in block) and by 448 so it fills
-e4m3's range, P.V runs as an fp8 dot, and every block's product is accumulated in fp32 registers
-(FA3's fix for the fp8 MMA's limited accumulator precision). K smoothing (SageAttention) needs
+as an fp8 dot; with fp8 V pages and not F16_DOTS, P is rescaled by v_scale[token] / max(v_scale
+in block) and by 448 so it fills e4m3's range, P.V runs as an fp8 dot, and every block's product
+is accumulated in fp32 registers (FA3's fix for the fp8 MMA's limited accumulator precision);
+with F16_DOTS (or V16) P.V is a 16-bit dot. K smoothing (SageAttention) needs
 nothing here: ``cache_write`` stores K minus a per-head mean, which shifts every score of a
 query by the same q.mean and leaves the softmax unchanged.
 
@@ -60,7 +61,7 @@ rewritten in registers -- the one fp8 form whose Q.K^T Triton 3.9 keeps in fligh
 SageAttention's split of the precision (8-bit scores, 16-bit values); the cache does not store
 pages that way (yet).
 
-F16_DOTS (fp8 pages under bf16 q, not FP8_Q): Q and P in fp16 (a Q tile beyond fp16's range is
+F16_DOTS (fp8 pages under bf16 q): Q and P in fp16 (a Q tile beyond fp16's range is
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
 type with one packed convert per two values (cvt.rn.f16x2.e4m3x2). Widening to bf16 instead takes
 that plus one convert per value on the conversion pipe (e4m3 -> f16 -> bf16): on sm_90a 128 per
@@ -68,7 +69,10 @@ thread per 128x128 key block, by estimate (16 per clock per SM) the order of the
 on the tensor cores; F16_DOTS removes them (SASS: no F2F in the loop, 907 instructions per block
 instead of 1103, no spills). fp16 holds every e4m3 value exactly and P with 3 more bits than
 bf16. With PAGE_TILES a block's K and V scales are one scalar each (the whole block is one page),
-loaded once per block.
+loaded once per block. With FP8_Q, Q.K^T runs on fp8 over the K codes as stored and only P.V is an
+fp16 dot (P not rounded to e4m3): sm_90a SASS at lpm-17b's page tiles, last page peeled, 718
+instructions per block against 752 for fp16 dots and 880 for FP8-Q with an fp8 P.V, no spills, no
+conversion-pipe converts, Q.K^T's MMA at the fp8 rate. Untimed.
 
 PEEL_LAST (with PAGE_TILES, the plain order): the loop runs over the whole pages before the range's
 last, whose key mask is the constant tile mask, and the last page follows the loop with the
@@ -119,7 +123,7 @@ def _qk(q, k, cdt: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr):
 def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
                   PAGE_SCALES: tl.constexpr, EMPTY_OK: tl.constexpr, FOLD_SCALE: tl.constexpr = False,
-                  V16: tl.constexpr = False):
+                  V16: tl.constexpr = False, F16_DOTS: tl.constexpr = False):
     """The rest of a key block once its Q.K^T is there: scale and mask, online softmax, P.V.
     FOLD_SCALE (one K scale per block): the max taken on the raw products and the scale folded into
     the exponent's FFMA, exp2(qk * s - m), one multiply and one rounding fewer per score (exact for
@@ -135,8 +139,8 @@ def _finish_block(qk, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl
         qk = _scale_scores(qk, ks_ptrs, valid, qk_mul, KV_FP8, PAGE_SCALES)
         m_new, l_i, alpha, p = _softmax_step(qk, m_i, l_i, EMPTY_OK)
     acc = acc * alpha[:, None]
-    return m_new, l_i, _pv(p, v, vs_ptrs, valid, acc, cdt, KV_FP8 and not V16, FP8_Q and not V16, IEEE,
-                           FIX_ROUND, PAGE_SCALES, FOLD_SCALE)
+    return m_new, l_i, _pv(p, v, vs_ptrs, valid, acc, cdt, KV_FP8 and not V16, FP8_Q and not V16 and not F16_DOTS,
+                           IEEE, FIX_ROUND, PAGE_SCALES, FOLD_SCALE)
 
 
 @triton.jit
@@ -209,11 +213,11 @@ def _pv(p, v, vs_ptrs, valid, acc, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_
 @triton.jit
 def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr, V16: tl.constexpr = False):
+                  PAGE_SCALES: tl.constexpr, V16: tl.constexpr = False, F16_DOTS: tl.constexpr = False):
     """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
     pages ks_ptrs/vs_ptrs point at the scales (see ``_scale_scores``). -> updated (m_i, l_i, acc)."""
     return _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt,
-                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False, False, V16)
+                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False, False, V16, F16_DOTS)
 
 
 @triton.jit
@@ -302,12 +306,14 @@ def _paged_attn_fwd_kernel(
         # two values, where e4m3 -> bf16 takes that plus a convert per value on the slow conversion
         # pipe (SASS: F2F.BF16.F16). A Q tile beyond fp16's range (bf16 reaches 3e38; RMS-normed q
         # stays far inside) is scaled by a power of two, exactly, and the scores by its inverse.
-        tl.static_assert(KV_FP8 and not FP8_Q and not V16, "F16_DOTS: fp8 pages with 16-bit dots")
-        qf = q.to(tl.float32)
-        q_amax = tl.max(tl.max(tl.abs(qf), 1), 0)
-        q_pow2 = tl.where(q_amax > 32768.0, tl.exp2(tl.ceil(tl.log2(q_amax / 32768.0))), 1.0)
-        q = (qf / q_pow2).to(tl.float16)
-        qk_mul = qk_mul * q_pow2
+        # Under FP8_Q only P.V is a 16-bit dot (Q is e4m3 already).
+        tl.static_assert(KV_FP8 and not V16, "F16_DOTS: fp8 pages with 16-bit dots")
+        if not FP8_Q:
+            qf = q.to(tl.float32)
+            q_amax = tl.max(tl.max(tl.abs(qf), 1), 0)
+            q_pow2 = tl.where(q_amax > 32768.0, tl.exp2(tl.ceil(tl.log2(q_amax / 32768.0))), 1.0)
+            q = (qf / q_pow2).to(tl.float16)
+            qk_mul = qk_mul * q_pow2
         cdt = tl.float16
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -369,7 +375,7 @@ def _paged_attn_fwd_kernel(
                 v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
                 m_i, l_i, acc = _finish_block(qk, v, ks, vs, valid, m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q,
-                                              IEEE, FIX_ROUND, True, False, True, V16)
+                                              IEEE, FIX_ROUND, True, False, True, V16, F16_DOTS)
                 qk = qk_n
                 ks = ks_n
                 vs = vs_n
@@ -379,7 +385,7 @@ def _paged_attn_fwd_kernel(
             v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                         stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
             m_i, l_i, acc = _finish_block(qk, v, ks, vs, valid, m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q,
-                                          IEEE, FIX_ROUND, True, True, True, V16)
+                                          IEEE, FIX_ROUND, True, True, True, V16, F16_DOTS)
         else:
             # PEEL_LAST: the loop takes the whole pages before the range's last (the constant tile
             # mask, its compares hoisted) and the last page, maybe partial or absent, follows it
@@ -399,7 +405,7 @@ def _paged_attn_fwd_kernel(
                 m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid,
                                               m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True,
-                                              V16)
+                                              V16, F16_DOTS)
             if PEEL_LAST:
                 has = lo < hi          # (a split past kv_len: nothing read, nothing added)
                 page = tl.load(table_row + pg_end * stride_tp, mask=has, other=0).to(tl.int64)
@@ -412,7 +418,8 @@ def _paged_attn_fwd_kernel(
                 m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v,
                                               ks_ptr + page * stride_ksp + h * stride_ksh,
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
-                                              qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16)
+                                              qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16,
+                                              F16_DOTS)
     else:
         tl.static_assert(not OVERLAP, "OVERLAP needs PAGE_TILES")
         for start in range(lo, hi, BLOCK_N):
@@ -427,7 +434,8 @@ def _paged_attn_fwd_kernel(
                         + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                           vs_ptr + page * stride_vsp + h * stride_vsh, valid,
-                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, V16)
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, V16,
+                                          F16_DOTS)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]

@@ -14,7 +14,8 @@
 # run: log.txt, aot_check.json, cold_aot.json, cold_jit.json, refiner.json;
 # tune: tune_log.txt, kernels.json, kernels_graph.json, tune.json (the tile sweep: what the frozen
 # tables in compile/targets.py should hold); single: log.txt, aot_check.json, tune.json (the OVERLAP,
-# fp8k and PEEL_LAST rows against the production tile), kernels.json, cold_aot.json, cold_jit.json.
+# fp8k, fp8qk and PEEL_LAST rows against the production tile), kernels.json, cold_aot.json,
+# cold_jit.json.
 set -uo pipefail
 mode=${1:-run}
 cd "$(dirname "$0")/.."
@@ -78,15 +79,15 @@ if [ "$mode" = single ]; then
     # its limit keeps the rows it wrote (the scripts write JSON as rows finish). The refiner table
     # (refiner 160 ...) and the CUDA-graph table (kernel_bench_graph 90) are left out while their
     # kernels are unchanged (bench/results/gpu-20261204-3, -4); of the attention sweep, the OVERLAP,
-    # fp8-K/bf16-V and peeled-last-page rows against the production tile (--half-pages), first: the
-    # open questions.
+    # fp8-K/bf16-V, fp8-Q.K^T/fp16-P.V and peeled-last-page rows against the production tile
+    # (--half-pages), first: the open questions.
     {
         step environment
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm --format=csv
         versions
         gpu_tests 70
         aot_check 100
-        tile_sweep 150 --op paged_attention --modes bf16,fp8k,fp8kv --half-pages
+        tile_sweep 150 --op paged_attention --modes bf16,fp8k,fp8kv,fp8qk --half-pages
         kernel_bench 150
         cold_starts 1 30
         step done

@@ -5,7 +5,7 @@ fastest correct variant per (op, mode, shape) is what the frozen tables in ``com
 should hold (record device and date there).
 
     python scripts/tune_kernels.py --out tune.json                 # CUDA: ~2.5 minutes (estimated)
-    python scripts/tune_kernels.py --op paged_attention --modes bf16,fp8k,fp8kv --half-pages   # OVERLAP, PEEL_LAST
+    python scripts/tune_kernels.py --op paged_attention --modes bf16,fp8k,fp8kv,fp8qk --half-pages  # open forms
     TRITON_INTERPRET=1 python scripts/tune_kernels.py --smoke      # CPU: tiny shapes, two variants each
 
 Variants are launched through the ops' own launchers with ``lpm_rt.ops._launch.override_tiles``
@@ -36,13 +36,14 @@ HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False, False), (128, 64, 8, 3, T
 # and without OVERLAP: the forms whose SASS overlaps (128x128 tiles spill with it; fp8 pages and FP8-Q
 # serialize their dots whatever the order, as their K or V tile is rewritten to shared memory every
 # block).
-MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok", "fp8k")
+MODES = ("bf16", "fp8kv", "fp8kv-bf16", "fp8", "fp8-vtok", "fp8k", "fp8qk")
 DEFAULT_MODES = ("bf16", "fp8kv")
 HALF_PAGE_MODES = ("bf16", "fp8k")
 # bf16: bf16 pages; fp8kv: fp8 pages, fp16 dots (F16_DOTS, the default); fp8kv-bf16: fp8 pages, bf16
 # dots (the form before F16_DOTS); fp8: FP8 Q.K^T and P.V (fp8_q); fp8-vtok: fp8_q over
 # token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
-# fp8k: fp8 K pages beside bf16 V pages, fp8 Q.K^T (fp8_q) and bf16 P.V (untimed so far).
+# fp8k: fp8 K pages beside bf16 V pages, fp8 Q.K^T (fp8_q) and bf16 P.V; fp8qk: fp8 pages, fp8 Q.K^T
+# and fp16 P.V (F16_DOTS with fp8_q). Both untimed so far.
 MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False, True)],
               "fp8": [(128, 128, 8, 3, True, False, False, False), (128, 128, 8, 2, True, False, False, True)],
               "fp8-vtok": [(64, 128, 4, 3, True, False, False, False)]}
@@ -108,8 +109,8 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
             # the cache does not use yet: this measures whether changing it would pay.
             v = args[2]
             args = args[:2] + (v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),) + args[3:]
-        kw = dict(fp8_q=mode in ("fp8", "fp8-vtok", "fp8k"), num_splits=1)
-        f16 = mode == "fp8kv"
+        kw = dict(fp8_q=mode in ("fp8", "fp8-vtok", "fp8k", "fp8qk"), num_splits=1)
+        f16 = mode in ("fp8kv", "fp8qk")
         # the fp32 reference on two heads (all 40 would materialize ~50 GB of scores)
         nh = min(2, sh["H"])
         q, kp, vp, table, lens, ks, vs = args
@@ -119,7 +120,7 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
         ref = ops.paged_attention_ref(*sub).float()
         ops.set_backend("triton")
         # 16-bit dots (bf16 pages, and fp8 pages widened): bf16 P's rounding; fp8 dots: SQNR >= 25 dB
-        bound = 0.056 if mode in ("fp8", "fp8-vtok", "fp8k") else 1e-2
+        bound = 0.056 if mode in ("fp8", "fp8-vtok", "fp8k", "fp8qk") else 1e-2
         for bm, bn, w, st, pt, tma, ovl, peel in tiles:
             if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
                 continue                 # token-contiguous V: page tiles, pointer loads

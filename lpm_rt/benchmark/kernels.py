@@ -187,7 +187,7 @@ def providers(op: str, sh: dict, device: str = "cuda"):
         yield "triton", "bf16", triton_call(ops.paged_attention, *a16)
         yield "triton-fp8kv", "fp8kv", triton_call(ops.paged_attention, *a8, fp8_q=False)
         yield "triton-fp8kv-bf16dots", "fp8kv", triton_call(_bf16_dots(ops.paged_attention, sh), *a8, fp8_q=False)
-        yield "triton-fp8", "fp8", triton_call(ops.paged_attention, *a8, fp8_q=True)
+        yield "triton-fp8", "fp8qk", triton_call(ops.paged_attention, *a8, fp8_q=True)   # fp16 P.V
         # fp8 K pages beside bf16 V pages: fp8 Q.K^T on the K codes as stored, bf16 P.V
         yield "triton-fp8k", "fp8k", triton_call(ops.paged_attention, *mixed_pages(a8, a16), fp8_q=True)
         # the OVERLAP order on pages of half the size (see _overlap); the same tokens
@@ -305,9 +305,10 @@ def work(op, sh, precision) -> tuple[float, float]:
 
 def _peak_for(precision: str, peaks: dict):
     """The measured peak a row's TFLOP/s is a fraction of: fp8 MMAs, bf16 MMAs (fp8kv: pages
-    widened for bf16/fp16 dots), or fp8k's mix -- half the flops (Q.K^T) on fp8, half (P.V) on bf16,
-    so the time-weighted peak 2 / (1 / fp8 + 1 / bf16)."""
-    if precision == "fp8k":
+    widened for bf16/fp16 dots), or the mix of fp8k (fp8 K, bf16 V pages) and fp8qk (fp8 pages,
+    fp16 P.V) -- half the flops (Q.K^T) on fp8, half (P.V) on 16-bit, so the time-weighted peak
+    2 / (1 / fp8 + 1 / bf16)."""
+    if precision in ("fp8k", "fp8qk"):
         f8, b16 = peaks.get("fp8_tflops"), peaks.get("bf16_tflops")
         return 2.0 / (1.0 / f8 + 1.0 / b16) if f8 and b16 else None
     return peaks.get("fp8_tflops" if precision.startswith("fp8") and precision != "fp8kv" else "bf16_tflops")

@@ -165,6 +165,8 @@ def specs() -> list[Spec]:
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128"),
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, fp16 dots, d128", F16_DOTS=True),
+        _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, fp8 Q.K^T + fp16 P.V, d128",
+              F16_DOTS=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, last page peeled (not taken), d128",

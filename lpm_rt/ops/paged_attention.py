@@ -111,14 +111,15 @@ def peel_last(page_tiles: bool, v_dtype) -> bool:
     return bool(page_tiles) and v_dtype == torch.float8_e4m3fn
 
 
-def f16_dots(q_dtype, kv_dtype, fp8_q: bool, v_dtype=None) -> bool:
+def f16_dots(q_dtype, kv_dtype, v_dtype=None) -> bool:
     """Whether attention over fp8 pages under bf16 q runs its dots in fp16 (F16_DOTS): e4m3 -> fp16
     is one packed convert per two values on sm_89+, e4m3 -> bf16 that plus one convert per value on
     the conversion pipe -- 128 per thread per 128x128 block on sm_90a, which F16_DOTS removes
     (``python -m lpm_rt.benchmark.sass``). fp16 holds e4m3 exactly and P with 3 more bits than bf16.
-    Not for bf16 V pages under fp8 K (``v_dtype``): P.V stays in V's type."""
+    With ``fp8_q`` Q.K^T is an fp8 dot and P.V the fp16 one (an fp8 P.V, P rounded to e4m3, is the
+    F16_DOTS=False form). Not for bf16 V pages under fp8 K (``v_dtype``): P.V stays in V's type."""
     v_fp8 = v_dtype is None or v_dtype == torch.float8_e4m3fn
-    return kv_dtype == torch.float8_e4m3fn and v_fp8 and q_dtype == torch.bfloat16 and not fp8_q
+    return kv_dtype == torch.float8_e4m3fn and v_fp8 and q_dtype == torch.bfloat16
 
 
 def _tma_kv_ready(k_pages, v_pages, page_tiles: bool) -> None:
@@ -199,7 +200,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                             **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
                             V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=peel_last(page_tiles, v_pages.dtype),
-                            F16_DOTS=f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype)), warps, stages)
+                            F16_DOTS=f16_dots(q.dtype, k_pages.dtype, v_pages.dtype)), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
     page_tiles = bool(cx.get("PAGE_TILES", False))
@@ -213,8 +214,8 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         raise ValueError("triton paged_attention: OVERLAP needs PAGE_TILES")
     if cx.get("PEEL_LAST") and (not page_tiles or cx.get("OVERLAP")):
         raise ValueError("triton paged_attention: PEEL_LAST needs PAGE_TILES and the plain order")
-    if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, bool(fp8_q), v_pages.dtype):
-        raise ValueError("triton paged_attention: F16_DOTS needs fp8 pages, bf16 q and no fp8_q")
+    if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, v_pages.dtype):
+        raise ValueError("triton paged_attention: F16_DOTS needs fp8 K and V pages and bf16 q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles
     grid_m = triton.cdiv(Lq, block_m)
     combine = None
@@ -270,13 +271,14 @@ def paged_attention(q, k_pages, v_pages, block_table, kv_lens,
     fp8 Q.K^T as stored and P.V runs in q's type (SageAttention's split of the precision: 8 bits
     for the scores, 16 for the values).
 
-    Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T as an fp8 dot, and P.V
-    too where V is fp8 (needs fp8 K pages, sm_89+ and head_dim >= 32, the fp8 MMA's K). Default:
-    on for mixed pages where those hold (as the h100 artifacts compile them), off for fp8 K and V
-    (on an H200 with Triton 3.6 that form measured slower than the bf16 dots over dequantized fp8
-    pages, with 14x their error -- bench/results/gpu-20261204-2).
+    Triton-only knobs (keyword, ignored by the ref): ``fp8_q`` runs Q.K^T as an fp8 dot (needs fp8
+    K pages, sm_89+ and head_dim >= 32, the fp8 MMA's K); P.V then runs in fp16 over fp8 V pages
+    under bf16 q (see :func:`f16_dots`), in fp8 otherwise. Default: on for mixed pages where those
+    hold (as the h100 artifacts compile them), off for fp8 K and V (on an H200 with Triton 3.6 the
+    form with an fp8 P.V measured slower than the bf16 dots over dequantized fp8 pages, with 14x
+    their error -- bench/results/gpu-20261204-2; the fp16 P.V form is untimed).
     ``num_splits`` forces split-KV (0 = heuristic: split when the grid cannot fill the GPU).
-    Without fp8_q, fp8 pages under bf16 q run their dots in fp16 (see :func:`f16_dots`).
+    Without fp8_q, fp8 pages under bf16 q run both dots in fp16.
     """
     from . import direct, get_backend
 

@@ -303,8 +303,9 @@ def test_long_query_streams(triton_backend, page_tiles):
 
 @pytest.mark.parametrize("page_tiles", [False, True])
 def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page_tiles):
-    """fp8 pages under bf16 q run their dots in fp16 by default (F16_DOTS), fp16 q or fp8_q never;
-    the bf16-dot form stays selectable (for the tile sweep) and both match the fp64 reference."""
+    """fp8 pages under bf16 q run their 16-bit dots in fp16 by default (F16_DOTS; with fp8_q that is
+    P.V alone), under fp16 q never; the bf16-dot form stays selectable (for the tile sweep) and both
+    match the fp64 reference."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
 
@@ -328,20 +329,35 @@ def test_fp8_pages_under_bf16_q_take_fp16_dots(triton_backend, monkeypatch, page
     assert_calibrated(out_big, low_big, ref_big, floor=1e-5)         # scaled by a power of two, not clipped
     paged_attention(args[0].half(), *args[1:])
     assert launches[-1]["F16_DOTS"] is False
-    paged_attention(*args, fp8_q=True)
-    assert launches[-1]["F16_DOTS"] is False
+    paged_attention(*args, fp8_q=True)                                # fp8 Q.K^T, fp16 P.V
+    assert launches[-1]["F16_DOTS"] is True and launches[-1]["FP8_Q"] is True
     with override_tiles(_paged_attn_fwd_kernel, {**tiles, "F16_DOTS": True}, 4, 2):
         with pytest.raises(ValueError, match="F16_DOTS needs"):
-            paged_attention(*args, fp8_q=True)
+            paged_attention(args[0].half(), *args[1:])
 
 
+@pytest.mark.parametrize("page_tiles", [False, True])
 @pytest.mark.parametrize("Lq,page_size,splits", [(1, 8, 1), (20, 120, 2)])
-def test_fp8_q_sqnr(triton_backend, Lq, page_size, splits):
-    """FP8 Q.K^T and P.V: ~3 mantissa bits per operand, so judged by SQNR and cosine."""
+def test_fp8_q_sqnr(triton_backend, monkeypatch, Lq, page_size, splits, page_tiles):
+    """FP8 Q.K^T (Q rounded to e4m3 per block) with P.V in fp16 (the default under bf16 q) and with
+    P.V in fp8 too (F16_DOTS off: P rounded to e4m3): ~3 mantissa bits per rounded operand, so
+    judged by SQNR and cosine; keeping P in fp16 loses less."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from _checks import sqnr_db
+    from lpm_rt.ops._launch import override_tiles
+
     args = make_case(2, Lq, 2, 64, page_size, [45, 130], torch.bfloat16, torch.float8_e4m3fn)
-    out = paged_attention(*args, fp8_q=True, num_splits=splits)
     ref, _ = references(*args)
-    assert_sqnr(out, ref, min_db=25.0, min_cos=0.995)
+    bn = max(16, 1 << (page_size - 1).bit_length())
+    tiles = dict(BLOCK_M=16, BLOCK_N=bn, PAGE_TILES=True, PEEL_LAST=True) if page_tiles else dict(BLOCK_M=16, BLOCK_N=16)
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    outs = {}
+    for f16 in (True, False):
+        with override_tiles(_paged_attn_fwd_kernel, {**tiles, "F16_DOTS": f16}, 4, 2):
+            outs[f16] = paged_attention(*args, fp8_q=True, num_splits=splits)
+        assert launches[-1]["FP8_Q"] and launches[-1]["F16_DOTS"] is f16
+        assert_sqnr(outs[f16], ref, min_db=25.0, min_cos=0.995)
+    assert sqnr_db(outs[True], ref) > sqnr_db(outs[False], ref)
 
 
 def test_sm_scale_and_page_order(triton_backend):

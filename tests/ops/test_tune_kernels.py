@@ -32,24 +32,24 @@ def test_override_tiles_reaches_the_jit_launch_and_is_undone(triton_backend):
 
 def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     out = tmp_path / "tune.json"
-    modes = "bf16,fp8kv,fp8kv-bf16,fp8,fp8-vtok"
+    modes = "bf16,fp8kv,fp8kv-bf16,fp8,fp8-vtok,fp8qk"
     assert script("tune_kernels").main(["--smoke", "--modes", modes, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     rows = res["rows"]
     assert {(r["op"], r["mode"]) for r in rows} == {
         ("paged_attention", "bf16"), ("paged_attention", "fp8"), ("paged_attention", "fp8kv"),
-        ("paged_attention", "fp8kv-bf16"), ("paged_attention", "fp8-vtok"),
+        ("paged_attention", "fp8kv-bf16"), ("paged_attention", "fp8-vtok"), ("paged_attention", "fp8qk"),
         ("fp8_linear", "promote128"), ("fp8_linear", "fast_accum")}
     assert not [r for r in rows if "error" in r], rows
     for r in rows:
-        bound = 0.056 if r["mode"] in ("fp8", "fp8-vtok") else 1e-2
+        bound = 0.056 if r["mode"] in ("fp8", "fp8-vtok", "fp8qk") else 1e-2
         assert 0 < r["rel_l2_vs_fp32"] < bound and r["median_ms"] > 0
-    assert len(res["best"]) == 8                                       # 7 groups + bf16 at half pages
+    assert len(res["best"]) == 9                                       # 8 groups + bf16 at half pages
     attn = [r for r in rows if r["op"] == "paged_attention"]
-    assert all(r["F16_DOTS"] == (r["mode"] == "fp8kv") for r in attn)    # fp16 dots: fp8kv only
+    assert all(r["F16_DOTS"] == (r["mode"] in ("fp8kv", "fp8qk")) for r in attn)   # fp16 dots (fp8qk: P.V)
     vtok = [r for r in rows if r["mode"] == "fp8-vtok"]
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
-    assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16"}  # TMA page tiles ran
+    assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16", "fp8qk"}  # TMA ran
     assert {r["mode"] for r in rows if r.get("OVERLAP")} == set(modes.split(","))   # and OVERLAP, every mode
     assert {r["mode"] for r in rows if r.get("PEEL_LAST")} == set(modes.split(",")) - {"bf16"}  # fp8 V only
     with pytest.raises(SystemExit):
