@@ -41,8 +41,8 @@ softmax, P.V) and carries the product to the next iteration (the first block's p
 loop, the last block's rest after it): FlashAttention-3's intra-warpgroup pipelining, the softmax's
 exponentials on the SFU while the tensor cores multiply. Triton makes the carried product an async
 wgmma only in some forms (SASS, sm_90a, Triton 3.9): 16-bit pages in 64-key tiles at 3 or more
-stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 253 registers, no
-spills, 449 instructions per block against 529 in the plain order: every block in the loop is a
+stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 255 registers, no
+spills, 446 instructions per block against 529 in the plain order: every block in the loop is a
 whole page, so its key mask is the constant tile mask -- a carried mask vector costs a predicate
 pack and unpack -- and the scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 128] fp32 score
 tiles per thread plus the accumulator), and fp8 pages and FP8-Q keep their dots synchronous in
@@ -56,8 +56,8 @@ no fp8 form overlapped.
 V16 (fp8 K pages, V pages in q's dtype, no V scales): with FP8_Q the e4m3 K codes go from memory
 to the fp8 Q.K^T untouched and P.V runs in q's type on V as stored, so no operand of either dot is
 rewritten in registers -- the one fp8 form whose Q.K^T Triton 3.9 keeps in flight under OVERLAP
-(sm_90a SASS, 60-token pages in 128x64 tiles, 3 stages: 4 QGMMA + 4 HGMMA, 440 instructions per
-64-key block, 17 of the 34 MUFU.EX2 between the QGMMAs and their wait, 239 registers, no spills).
+(sm_90a SASS, 60-token pages in 128x64 tiles, 3 stages: 4 QGMMA + 4 HGMMA, 441 instructions per
+64-key block, 17 of the 34 MUFU.EX2 between the QGMMAs and their wait, 241 registers, no spills).
 SageAttention's split of the precision (8-bit scores, 16-bit values); the cache does not store
 pages that way (yet).
 
@@ -359,7 +359,7 @@ def _paged_attn_fwd_kernel(
                 valid_n = (offs_t < PAGE_SIZE) & (pg * PAGE_SIZE + offs_t < hi)
                 # block pg - 1 is not the range's last, so it is a whole page (only the last page of
                 # a row is partial, and splits start on pages): the constant tile mask, its compares
-                # hoisted (449 instructions per block against 475 with bf16 pages). Under FP8_Q the
+                # hoisted (446 instructions per block against 475 with bf16 pages). Under FP8_Q the
                 # mask comes from a carried bound instead (equal here): with the constant one ptxas
                 # issues the QGMMAs before the softmax's max and waits on them with no exponential
                 # in flight (sm_90a, Triton 3.9), with the bound it overlaps 17 of 34

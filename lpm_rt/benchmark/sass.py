@@ -135,6 +135,20 @@ def wgmma_waited(sass: str) -> tuple[int, int]:
     return len(g), sum("gsb0" in x for x in g)
 
 
+def loop_sizes(sass: str) -> list[int]:
+    """Instructions in each loop body (from a backward branch's target to the branch), in program
+    order: for the attention kernels the first is the key-block loop, whose size is the issue
+    cost of one key block per thread."""
+    ins = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    sizes = []
+    for addr, op in ins:
+        m = re.search(r"\bBRA\s+(?:`\(\S*\)\s*)?0x([0-9a-f]+)", op)
+        if m and int(m.group(1), 16) < addr:
+            lo = int(m.group(1), 16)
+            sizes.append(sum(1 for a, _ in ins if lo <= a <= addr))
+    return sizes
+
+
 def exp_in_flight(sass: str) -> int:
     """MUFU.EX2 instructions issued while a wgmma is outstanding (after a *GMMA, before the next
     WARPGROUP.DEPBAR): the softmax's exponentials overlapping the tensor cores, in program order."""
@@ -274,6 +288,7 @@ def check_all(selected=None) -> list[dict]:
                          tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
                          scalar_converts=len(F2F_RE.findall(sass)), exp_in_flight=exp_in_flight(sass),
                          wgmma=dict(zip(("total", "waited_alone"), wgmma_waited(sass))),
+                         loop_instructions=loop_sizes(sass),
                          expect=spec.expect, ok=ok, compile_s=round(time.perf_counter() - t0, 2)))
     return rows
 
@@ -293,7 +308,7 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{'ok ' if r['ok'] else 'BAD'} {r['arch']:8s} {r['label']:45s} warps={r['num_warps']} "
                   f"smem={r['shared']:6d} regs={r['resources'].get('reg')} stack={r['resources'].get('stack')} "
-                  f"mma={r['mma']} ({r['compile_s']} s)")
+                  f"mma={r['mma']} loop={r['loop_instructions'][:1]} ({r['compile_s']} s)")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -43,6 +43,8 @@ def test_kernels_compile_to_the_intended_mma():
     # FP8-Q over fp8 pages with P.V in fp16: Q.K^T on fp8 wgmma over the K codes, P.V on fp16 wgmma
     qk8 = by_label["paged_attention fp8 pages, fp8 Q.K^T + fp16 P.V, d128"]
     assert qk8["mma"].get("QGMMA", 0) > 0 and qk8["mma"].get("HGMMA", 0) > 0 and qk8["scalar_converts"] == 0
+    fp16_dots = by_label["paged_attention fp8 pages, fp16 dots, d128"]
+    assert 0 < qk8["loop_instructions"][0] < fp16_dots["loop_instructions"][0]      # 718 < 752 (Triton 3.9)
     # OVERLAP: the softmax's exponentials of block j issue while block j + 1's Q.K^T wgmma is in
     # flight (34 per thread per block: 32 scores and 2 row factors); the plain loop waits for every
     # product before its softmax
