@@ -70,17 +70,18 @@ on the tensor cores; F16_DOTS removes them (SASS: no F2F in the loop, 907 instru
 instead of 1103, no spills). fp16 holds every e4m3 value exactly and P with 3 more bits than
 bf16. With PAGE_TILES a block's K and V scales are one scalar each (the whole block is one page),
 loaded once per block. With FP8_Q, Q.K^T runs on fp8 over the K codes as stored and only P.V is an
-fp16 dot (P not rounded to e4m3): sm_90a SASS at lpm-17b's page tiles, last page peeled, 718
-instructions per block against 752 for fp16 dots and 880 for FP8-Q with an fp8 P.V, no spills, no
+fp16 dot (P not rounded to e4m3): sm_90a SASS at lpm-17b's page tiles, last page peeled, 704
+instructions per block against 743 for fp16 dots and 864 for FP8-Q with an fp8 P.V, no spills, no
 conversion-pipe converts, Q.K^T's MMA at the fp8 rate. Untimed.
 
-PEEL_LAST (with PAGE_TILES, the plain order): the loop runs over the whole pages before the range's
-last, whose key mask is the constant tile mask, and the last page follows the loop with the
-kv_len mask. sm_90a SASS (Triton 3.9, lpm-17b's 120-token pages in 128x128 tiles): fp8 pages with
-fp16 dots 752 instructions per block instead of 907; FP8-Q 880 instead of 1032 and its 56-byte
-spill gone; bf16 dots 965 instead of 1103. Not for bf16 pages: there ptxas serializes every wgmma
-of the peeled kernel (each HGMMA waited on alone; 675 instructions, but no MMA overlaps another).
-The launcher and the h100 tables take it for fp8 pages (untimed: the sweep's fp8kv rows time both).
+PEEL_LAST (with PAGE_TILES, the plain order): the range's last page, the only one that may be
+partial, first (the online softmax is order-free), then a loop over whole pages whose key mask is
+the constant tile mask (its compares hoisted). sm_90a SASS (Triton 3.9, lpm-17b's 120-token pages in
+128x128 tiles), instructions per block: bf16 pages 628 instead of 827; fp8 pages with fp16 dots 743
+instead of 907; FP8-Q 864 instead of 1032, its 56-byte spill gone; TMA page tiles 598 instead of
+908. The last page after the loop instead made ptxas serialize every wgmma over bf16 pages (each
+HGMMA waited on alone); before it, none is. The launcher's and the h100 tables' pick for page tiles
+(untimed: the sweep times both).
 
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
@@ -387,11 +388,24 @@ def _paged_attn_fwd_kernel(
             m_i, l_i, acc = _finish_block(qk, v, ks, vs, valid, m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q,
                                           IEEE, FIX_ROUND, True, True, True, V16, F16_DOTS)
         else:
-            # PEEL_LAST: the loop takes the whole pages before the range's last (the constant tile
-            # mask, its compares hoisted) and the last page, maybe partial or absent, follows it
+            # PEEL_LAST: the range's last page, maybe partial or absent, first (the softmax is
+            # order-free), then a loop over whole pages whose key mask is the constant tile mask
             pg_end = tl.cdiv(hi, PAGE_SIZE)
             if PEEL_LAST:
                 pg_end -= 1
+                has = lo < hi          # (a split past kv_len: nothing read, nothing added)
+                page = tl.load(table_row + pg_end * stride_tp, mask=has, other=0).to(tl.int64)
+                key = pg_end * PAGE_SIZE + offs_t
+                valid = (offs_t < PAGE_SIZE) & (key < hi) & (key >= lo)          # [lo, hi) may be empty
+                k = _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh,
+                            stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
+                v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
+                            stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
+                m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v,
+                                              ks_ptr + page * stride_ksp + h * stride_ksh,
+                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
+                                              qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16,
+                                              F16_DOTS)
             for pg in range(pg_lo, pg_end):
                 page = tl.load(table_row + pg * stride_tp).to(tl.int64)
                 if PEEL_LAST:
@@ -406,20 +420,6 @@ def _paged_attn_fwd_kernel(
                                               vs_ptr + page * stride_vsp + h * stride_vsh, valid,
                                               m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True,
                                               V16, F16_DOTS)
-            if PEEL_LAST:
-                has = lo < hi          # (a split past kv_len: nothing read, nothing added)
-                page = tl.load(table_row + pg_end * stride_tp, mask=has, other=0).to(tl.int64)
-                key = pg_end * PAGE_SIZE + offs_t
-                valid = (offs_t < PAGE_SIZE) & (key < hi) & (key >= lo)          # [lo, hi) may be empty
-                k = _k_tile(k_ptr, k_desc, page, h, valid, offs_t, offs_d, stride_kp, stride_ks, stride_kh,
-                            stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
-                v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
-                            stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
-                m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v,
-                                              ks_ptr + page * stride_ksp + h * stride_ksh,
-                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
-                                              qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16,
-                                              F16_DOTS)
     else:
         tl.static_assert(not OVERLAP, "OVERLAP needs PAGE_TILES")
         for start in range(lo, hi, BLOCK_N):

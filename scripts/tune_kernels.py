@@ -26,8 +26,8 @@ ATTN_TILES = [(128, 128, 8, 2, True, False, False, False), (128, 128, 8, 2, True
               (128, 128, 8, 3, True, False, False, False), (64, 128, 4, 3, True, False, False, False)]
 # (BLOCK_M, BLOCK_N, warps, stages, PAGE_TILES: one page per key block, needs BLOCK_N >= the page;
 # TMA_KV: those page tiles through tensor descriptors; OVERLAP: block j + 1's Q.K^T in flight during
-# block j's softmax; PEEL_LAST: the last page after the loop -- fp8 V pages only, as over 16-bit V
-# ptxas serializes that form's wgmma). Key blocks crossing pages (128x64), TMA_KV page tiles and
+# block j's softmax; PEEL_LAST: the range's last page before a loop over whole pages, the
+# launcher's pick for page tiles). Key blocks crossing pages (128x64), TMA_KV page tiles and
 # 64x64 tiles lost at every shape of the sweeps in bench/results/gpu-20261204-2/tune.json and
 # gpu-20261204-3/tune.json (the smoke run still covers TMA_KV).
 HALF_PAGE_TILES = [(128, 64, 8, 3, True, False, False, False), (128, 64, 8, 3, True, False, True, False),
@@ -44,7 +44,7 @@ HALF_PAGE_MODES = ("bf16", "fp8k")
 # token-contiguous V pages. The last three lost to fp8kv in gpu-20261204-3/tune.json: --modes to rerun.
 # fp8k: fp8 K pages beside bf16 V pages, fp8 Q.K^T (fp8_q) and bf16 P.V; fp8qk: fp8 pages, fp8 Q.K^T
 # and fp16 P.V (F16_DOTS with fp8_q). Both untimed so far.
-MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False, True)],
+MODE_TILES = {"fp8kv-bf16": [(128, 128, 8, 2, True, False, False, False)],
               "fp8": [(128, 128, 8, 3, True, False, False, False), (128, 128, 8, 2, True, False, False, True)],
               "fp8-vtok": [(64, 128, 4, 3, True, False, False, False)]}
 SMOKE_TILES = [(16, 16, 4, 2, False, False, False, False), (32, 16, 4, 2, True, False, False, False),
@@ -124,8 +124,6 @@ def tune_attention(dev, bench, smoke, emit, modes=DEFAULT_MODES, half_pages_only
         for bm, bn, w, st, pt, tma, ovl, peel in tiles:
             if (pt and bn < sh["page_size"]) or (mode == "fp8-vtok" and (not pt or tma)):
                 continue                 # token-contiguous V: page tiles, pointer loads
-            if peel and mode in ("bf16", "fp8k"):
-                continue                 # 16-bit V pages: the peeled form's wgmma are serialized
             row = dict(op="paged_attention", mode=mode, shape=sh["label"], BLOCK_M=bm, BLOCK_N=bn,
                        num_warps=w, num_stages=st, PAGE_TILES=pt, TMA_KV=tma, F16_DOTS=f16, OVERLAP=ovl,
                        PEEL_LAST=peel, page_size=sh["page_size"])
@@ -199,7 +197,7 @@ def main(argv=None) -> int:
                     help=f"attention modes, comma-separated, of {','.join(MODES)} (default %(default)s)")
     ap.add_argument("--half-pages", action="store_true",
                     help="attention: only the half-size page runs (OVERLAP and not) and the production tile's rows "
-                         "per shape and mode (over fp8 V pages with and without the last page peeled)")
+                         "per shape and mode (with and without the last page peeled)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and two variants (CPU, interpreter)")
     ap.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     ap.add_argument("--out", default=None, help="JSON results (rows written as they finish)")

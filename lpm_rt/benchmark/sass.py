@@ -113,14 +113,11 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, v=Non
 
     from lpm_rt.ops.paged_attention import _config
 
-    from lpm_rt.ops.paged_attention import peel_last
-
     bm, bn, warps, st, page_tiles = _config(1560, d, page, torch.device("cuda"),          # the launcher's
                                             (arch // 10, arch % 10))                      # choice there
-    v_dtype = torch.float8_e4m3fn if (v or kv) == "fp8e4nv" else torch.bfloat16
     ce = dict(PAGE_SIZE=page, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
               SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles, V_TRANS_LOAD=False,
-              PEEL_LAST=peel_last(page_tiles, v_dtype))
+              PEEL_LAST=page_tiles)
     ce.update(extra)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages or st)
@@ -177,14 +174,16 @@ def specs() -> list[Spec]:
     comb = {"part_ptr": "fp32", "lse_ptr": "fp32", "o_ptr": "bf16"}
     out = [
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, FP8-Q, d128"),
-        _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128"),
+        _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, bf16 dots, d128", PEEL_LAST=False),
         _attn(90, "bf16", "fp8e4nv", False, "HGMMA", "paged_attention fp8 pages, fp16 dots, d128", F16_DOTS=True),
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 pages, fp8 Q.K^T + fp16 P.V, d128",
               F16_DOTS=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, d128"),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, TMA page tiles, d128", TMA_KV=True),
-        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, last page peeled (not taken), d128",
-              PEEL_LAST=True),
+        _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, last page in the loop, d128",
+              PEEL_LAST=False),
+        _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 K + bf16 V pages, FP8-Q, d128", v="bf16",
+              V16=True),
         _attn(90, "bf16", "bf16", False, "HGMMA", "paged_attention bf16, 60-token page tiles, OVERLAP, d128",
               page=60, stages=3, BLOCK_N=64, PAGE_TILES=True, OVERLAP=True),
         _attn(90, "bf16", "fp8e4nv", True, "QGMMA", "paged_attention fp8 K + bf16 V pages, FP8-Q, 60-token "

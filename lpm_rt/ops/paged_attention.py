@@ -103,14 +103,6 @@ def _config(Lq: int, D: int, page_size: int, device: torch.device, capability=No
     return small_m, 64 if D <= 128 else 32, 4, 3 if D <= 128 else 2, False
 
 
-def peel_last(page_tiles: bool, v_dtype) -> bool:
-    """Whether page tiles run the whole pages in the loop and the last page after it (PEEL_LAST):
-    for fp8 V pages (sm_90a SASS at lpm-17b's tiles: 17% fewer instructions per block, FP8-Q's and
-    the bf16-dot form's spills gone); over 16-bit V pages ptxas serializes every wgmma of that form,
-    so not there (``python -m lpm_rt.benchmark.sass`` checks both)."""
-    return bool(page_tiles) and v_dtype == torch.float8_e4m3fn
-
-
 def f16_dots(q_dtype, kv_dtype, v_dtype=None) -> bool:
     """Whether attention over fp8 pages under bf16 q runs its dots in fp16 (F16_DOTS): e4m3 -> fp16
     is one packed convert per two values on sm_89+, e4m3 -> bf16 that plus one convert per value on
@@ -199,7 +191,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(),
                             **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
-                            V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=peel_last(page_tiles, v_pages.dtype),
+                            V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=page_tiles,   # (see the kernel)
                             F16_DOTS=f16_dots(q.dtype, k_pages.dtype, v_pages.dtype)), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]

@@ -101,8 +101,8 @@ def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens,
 def test_page_tiles_match_fp64_reference(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype,
                                          kv_dtype, splits, order):
     """The PAGE_TILES form (one page per key block, tile rows past the page masked) on the same
-    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages; with the last
-    page after the loop (PEEL_LAST), and in the OVERLAP order (block j + 1's Q.K^T before block j's
+    cases: scrambled tables, partial last pages, empty rows and splits, fp8 pages; with the range's
+    last page before the loop (PEEL_LAST), and in the OVERLAP order (block j + 1's Q.K^T before block j's
     softmax; the first and last blocks peeled)."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
@@ -248,16 +248,11 @@ def test_mixed_pages_default_and_bad_inputs(triton_backend, monkeypatch):
             paged_attention(q, kp, vp, table, lens, ks, fp8_q=False)
 
 
-def test_peel_last_is_for_fp8_v_pages_in_the_plain_order(triton_backend):
-    """The launcher peels the last page only for page tiles over fp8 V pages (over 16-bit V ptxas
-    serializes that form's wgmma: tests/ops/test_sass.py), and refuses it with OVERLAP or without
-    page tiles."""
+def test_peel_last_needs_page_tiles_in_the_plain_order(triton_backend):
+    """PEEL_LAST (the range's last page before the loop) is refused with OVERLAP or without page tiles."""
     from csrc_triton.paged_attention import _paged_attn_fwd_kernel
     from lpm_rt.ops._launch import override_tiles
-    from lpm_rt.ops.paged_attention import peel_last
 
-    assert peel_last(True, torch.float8_e4m3fn)
-    assert not peel_last(True, torch.bfloat16) and not peel_last(False, torch.float8_e4m3fn)
     args = make_case(1, 2, 1, 16, 8, [20])
     for bad in (dict(BLOCK_N=16, PEEL_LAST=True), dict(BLOCK_N=8, PAGE_TILES=True, OVERLAP=True, PEEL_LAST=True)):
         with override_tiles(_paged_attn_fwd_kernel, bad, 4, 2):

@@ -51,7 +51,7 @@ def test_sweep_smoke_checks_every_variant(triton_backend, tmp_path):
     assert vtok and all(r["PAGE_TILES"] and not r["TMA_KV"] for r in vtok)   # token-contiguous V: page tiles
     assert {r["mode"] for r in rows if r.get("TMA_KV")} == {"bf16", "fp8", "fp8kv", "fp8kv-bf16", "fp8qk"}  # TMA ran
     assert {r["mode"] for r in rows if r.get("OVERLAP")} == set(modes.split(","))   # and OVERLAP, every mode
-    assert {r["mode"] for r in rows if r.get("PEEL_LAST")} == set(modes.split(",")) - {"bf16"}  # fp8 V only
+    assert {r["mode"] for r in rows if r.get("PEEL_LAST")} == set(modes.split(","))
     with pytest.raises(SystemExit):
         script("tune_kernels").main(["--smoke", "--modes", "bf16,fp9"])
 
@@ -65,7 +65,8 @@ def test_sweep_half_pages_compares_overlap_with_the_production_tile(triton_backe
                                         "--half-pages", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["mode"], r["shape"], r["page_size"], r["OVERLAP"], r["PEEL_LAST"]) for r in rows] == [
-        ("bf16", "tiny", 8, False, False), ("fp8k", "tiny", 8, False, False),
+        ("bf16", "tiny", 8, False, False), ("bf16", "tiny", 8, False, True),
+        ("fp8k", "tiny", 8, False, False), ("fp8k", "tiny", 8, False, True),
         ("fp8kv", "tiny", 8, False, False), ("fp8kv", "tiny", 8, False, True),
         ("bf16", "tiny page=4", 4, False, False), ("bf16", "tiny page=4", 4, True, False),
         ("fp8k", "tiny page=4", 4, False, False), ("fp8k", "tiny page=4", 4, True, False)]
