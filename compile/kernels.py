@@ -128,8 +128,8 @@ def _attention_variants(ctx: BuildContext) -> list:
         vt = getattr(torch, _TORCH_DT[tgt.act_dtype if v16 else tgt.kv_dtype])
         ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and f16_dots(
             getattr(torch, _TORCH_DT[tgt.act_dtype]), getattr(torch, _TORCH_DT[tgt.kv_dtype]), vt)
-        # page tiles take the range's last page before the loop, as the launcher does, unless the table says
-        ce["PEEL_LAST"] = bool(kc.tiles.get("PEEL_LAST", True)) and ce["PAGE_TILES"]
+        # the range's last key block before the loop, as the launcher does, unless the table says
+        ce["PEEL_LAST"] = bool(kc.tiles.get("PEEL_LAST", True))
         ptr = dict(q_ptr=act, k_ptr=kv, v_ptr=act if v16 else kv, ks_ptr="fp32", vs_ptr="fp32", table_ptr="i32",
                    lens_ptr="i32", o_ptr="fp32" if split else act, lse_ptr="fp32")
         out.append(Variant(f"paged_attention_{net}_{tgt.arch}_{act}_{kv}_d{D}_ps{ps}", KERNELS_BY_FN[

@@ -74,14 +74,16 @@ fp16 dot (P not rounded to e4m3): sm_90a SASS at lpm-17b's page tiles, last page
 instructions per block against 743 for fp16 dots and 864 for FP8-Q with an fp8 P.V, no spills, no
 conversion-pipe converts, Q.K^T's MMA at the fp8 rate. Untimed.
 
-PEEL_LAST (with PAGE_TILES, the plain order): the range's last page, the only one that may be
-partial, first (the online softmax is order-free), then a loop over whole pages whose key mask is
-the constant tile mask (its compares hoisted). sm_90a SASS (Triton 3.9, lpm-17b's 120-token pages in
-128x128 tiles), instructions per block: bf16 pages 628 instead of 827; fp8 pages with fp16 dots 743
-instead of 907; FP8-Q 864 instead of 1032, its 56-byte spill gone; TMA page tiles 598 instead of
-908. The last page after the loop instead made ptxas serialize every wgmma over bf16 pages (each
-HGMMA waited on alone); before it, none is. The launcher's and the h100 tables' pick for page tiles
-(untimed: the sweep times both).
+PEEL_LAST (the plain order; OVERLAP peels its own first and last blocks and ignores it): the
+range's last key block, the only one that may be partial, first (the online softmax is
+order-free), then a loop over whole blocks whose key mask is constant (page tiles: the tile mask;
+gathered blocks: none), its compares hoisted. SASS (Triton 3.9, instructions per key block at
+lpm-17b's tiles): sm_90a page tiles over bf16 pages 628 instead of 827, fp8 pages with fp16 dots
+743 instead of 907, FP8-Q 864 instead of 1032 (its 56-byte spill gone), TMA page tiles 598 instead
+of 908; sm_87 gathered blocks fp16 d128 641 instead of 829, bf16 d64 420 instead of 504. Peeled
+after the loop instead, ptxas serialized every wgmma of the bf16 page-tile kernel (each HGMMA
+waited on alone); before it, none is. The launchers' and the tables' pick (untimed: the sweep
+times both forms).
 
 SPLIT (split-KV, FlashDecoding): program (m, bh, s) covers kv tokens [s * KV_PER_SPLIT, ...),
 writes its normalized partial output and log2-sum-exp to fp32 workspaces, and
@@ -264,6 +266,20 @@ def _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs,
 
 
 @triton.jit
+def _gather_kv(k_ptr, v_ptr, table_row, offs_n, valid, h, offs_d, stride_tp, stride_kp, stride_ks, stride_kh,
+               stride_kd, stride_vp, stride_vs, stride_vh, stride_vd, PAGE_SIZE: tl.constexpr):
+    """The gather: each token's page from the table (pages may lie anywhere) -> (page ids [BLOCK_N],
+    K and V rows [BLOCK_N, D] of head h; zeros where not valid)."""
+    page = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tp, mask=valid, other=0).to(tl.int64)
+    off = offs_n % PAGE_SIZE
+    k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_ks + h * stride_kh
+                + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
+    v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vs + h * stride_vh
+                + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+    return page, k, v
+
+
+@triton.jit
 def _paged_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, table_ptr, lens_ptr, o_ptr, lse_ptr,
     qk_scale, Lq, H, kv_per_split, num_pages,
@@ -422,16 +438,28 @@ def _paged_attn_fwd_kernel(
                                               V16, F16_DOTS)
     else:
         tl.static_assert(not OVERLAP, "OVERLAP needs PAGE_TILES")
-        for start in range(lo, hi, BLOCK_N):
+        end = hi
+        if PEEL_LAST:
+            # the range's last block, the only one that may be partial, first; then whole blocks
+            end = lo + tl.maximum(hi - lo - 1, 0) // BLOCK_N * BLOCK_N
+            offs_n = end + offs_t
+            valid = offs_n < hi                  # (end >= lo: an empty range leaves nothing valid)
+            page, k, v = _gather_kv(k_ptr, v_ptr, table_row, offs_n, valid, h, offs_d, stride_tp, stride_kp,
+                                    stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh, stride_vd,
+                                    PAGE_SIZE)
+            m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
+                                          qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, True, False, V16,
+                                          F16_DOTS)
+        for start in range(lo, end, BLOCK_N):
             offs_n = start + offs_t
-            valid = offs_n < hi
-            # the gather: each token's page comes from the table, so pages may lie anywhere
-            page = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tp, mask=valid, other=0).to(tl.int64)
-            off = offs_n % PAGE_SIZE
-            k = tl.load(k_ptr + page[:, None] * stride_kp + off[:, None] * stride_ks + h * stride_kh
-                        + offs_d[None, :] * stride_kd, mask=valid[:, None], other=0.0)
-            v = tl.load(v_ptr + page[:, None] * stride_vp + off[:, None] * stride_vs + h * stride_vh
-                        + offs_d[None, :] * stride_vd, mask=valid[:, None], other=0.0)
+            if PEEL_LAST:
+                valid = offs_t < BLOCK_N
+            else:
+                valid = offs_n < hi
+            page, k, v = _gather_kv(k_ptr, v_ptr, table_row, offs_n, valid, h, offs_d, stride_tp, stride_kp,
+                                    stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh, stride_vd,
+                                    PAGE_SIZE)
             m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
                                           vs_ptr + page * stride_vsp + h * stride_vsh, valid,
                                           m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, V16,

@@ -117,7 +117,7 @@ def _attn(arch, q, kv, fp8_q, expect, label, d=128, page=120, stages=None, v=Non
                                             (arch // 10, arch % 10))                      # choice there
     ce = dict(PAGE_SIZE=page, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, KV_FP8=kv == "fp8e4nv", FP8_Q=fp8_q,
               SPLIT=False, IEEE=False, FIX_ROUND=False, PAGE_TILES=page_tiles, V_TRANS_LOAD=False,
-              PEEL_LAST=page_tiles)
+              PEEL_LAST=True)
     ce.update(extra)
     return Spec("csrc_triton.paged_attention", "_paged_attn_fwd_kernel", ptr, ce, arch, expect, label,
                 num_warps=warps, num_stages=stages or st)

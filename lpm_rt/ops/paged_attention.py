@@ -191,7 +191,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                             IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(),
                             **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
-                            V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=page_tiles,   # (see the kernel)
+                            V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=True,   # (see the kernel)
                             F16_DOTS=f16_dots(q.dtype, k_pages.dtype, v_pages.dtype)), warps, stages)
     cx = launch.constexprs                      # an artifact's frozen tiles and split choice win
     block_m, block_n = cx["BLOCK_M"], cx["BLOCK_N"]
@@ -204,8 +204,6 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
         _tma_kv_ready(k_pages, v_pages, page_tiles)
     if cx.get("OVERLAP") and not page_tiles:
         raise ValueError("triton paged_attention: OVERLAP needs PAGE_TILES")
-    if cx.get("PEEL_LAST") and (not page_tiles or cx.get("OVERLAP")):
-        raise ValueError("triton paged_attention: PEEL_LAST needs PAGE_TILES and the plain order")
     if cx.get("F16_DOTS") and not f16_dots(q.dtype, k_pages.dtype, v_pages.dtype):
         raise ValueError("triton paged_attention: F16_DOTS needs fp8 K and V pages and bf16 q")
     step = page_size if page_tiles else block_n  # split boundaries: whole pages for page tiles

@@ -86,11 +86,24 @@ CASES = [  # B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, num_splits
 ]
 
 
+@pytest.mark.parametrize("peel", [True, False], ids=["", "last-block-in-loop"])
 @pytest.mark.parametrize("B,Lq,H,D,page_size,kv_lens,dtype,kv_dtype,splits", CASES)
-def test_matches_fp64_reference(triton_backend, B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype, splits):
+def test_matches_fp64_reference(triton_backend, monkeypatch, B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype,
+                                splits, peel):
+    """The launcher's form (key blocks gathered across pages, the range's last block before the
+    loop: PEEL_LAST) and the last block inside the loop."""
+    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
+    from lpm_rt.ops._launch import override_tiles
+
     args = make_case(B, Lq, H, D, page_size, kv_lens, dtype, kv_dtype)
     assert not args[0].is_contiguous()
-    out = paged_attention(*args, num_splits=splits)
+    launches = spy_constexprs(monkeypatch, _paged_attn_fwd_kernel)
+    if peel:
+        out = paged_attention(*args, num_splits=splits)
+    else:
+        with override_tiles(_paged_attn_fwd_kernel, dict(PEEL_LAST=False), 4, 2):
+            out = paged_attention(*args, num_splits=splits)
+    assert launches[0]["PEEL_LAST"] is peel and not launches[0]["PAGE_TILES"]
     ref, low = references(*args)
     assert out.dtype == dtype
     assert_calibrated(out, low, ref, floor=1e-5)
@@ -246,18 +259,6 @@ def test_mixed_pages_default_and_bad_inputs(triton_backend, monkeypatch):
     with override_tiles(_paged_attn_fwd_kernel, dict(BLOCK_M=16, BLOCK_N=16, F16_DOTS=True), 4, 2):
         with pytest.raises(ValueError, match="F16_DOTS needs"):
             paged_attention(q, kp, vp, table, lens, ks, fp8_q=False)
-
-
-def test_peel_last_needs_page_tiles_in_the_plain_order(triton_backend):
-    """PEEL_LAST (the range's last page before the loop) is refused with OVERLAP or without page tiles."""
-    from csrc_triton.paged_attention import _paged_attn_fwd_kernel
-    from lpm_rt.ops._launch import override_tiles
-
-    args = make_case(1, 2, 1, 16, 8, [20])
-    for bad in (dict(BLOCK_N=16, PEEL_LAST=True), dict(BLOCK_N=8, PAGE_TILES=True, OVERLAP=True, PEEL_LAST=True)):
-        with override_tiles(_paged_attn_fwd_kernel, bad, 4, 2):
-            with pytest.raises(ValueError, match="PEEL_LAST needs"):
-                paged_attention(*args)
 
 
 def test_page_tiles_need_a_whole_page_per_block(triton_backend):
