@@ -123,7 +123,7 @@ def _attention_variants(ctx: BuildContext) -> list:
                   FP8_Q=(v16 or bool(kc.tiles.get("FP8_Q", False))) and kv_fp8 and tgt.sm >= 89 and D >= 32,
                   SPLIT=split, IEEE=False, FIX_ROUND=False,
                   PAGE_TILES=bool(kc.tiles.get("PAGE_TILES", False)) and page_tiles_fit(bn, ps),
-                  V_TRANS_LOAD=False, **({"V16": True} if v16 else {}))
+                  V_TRANS_LOAD=False, V16=v16)
         # fp8 pages under bf16 activations: fp16 dots, as the launcher picks (F16_DOTS), unless the table says
         vt = getattr(torch, _TORCH_DT[tgt.act_dtype if v16 else tgt.kv_dtype])
         ce["F16_DOTS"] = bool(kc.tiles.get("F16_DOTS", True)) and f16_dots(
@@ -227,7 +227,7 @@ def _cache_write_variants(ctx: BuildContext) -> list:
     fp8 = tgt.kv_dtype in ("fp8", "fp8k")                           # K smoothing rides on fp8 K pages
     fp8_form = any(f.startswith("fp8") for f in ctx.weight_formats)  # its q/k RMSNorms run here
     ce = dict(PAGE_SIZE=ps, BLOCK_T=triton.next_power_of_2(ps), HALF_D=D // 2, ROPE=True,
-              FP8=fp8, FIX_ROUND=False, SHIFT=fp8, QK_NORM=fp8_form, **({"V16": True} if v16 else {}))
+              FP8=fp8, FIX_ROUND=False, SHIFT=fp8, QK_NORM=fp8_form, V16=v16)
     ints = dict(**{f"stride_{x}d": 1 for x in ("k", "v", "q", "qo", "kp", "vp", "sh")}, stride_shh=D,
                 stride_cd=1, stride_sd=1,
                 **{f"stride_{x}h": D for x in ("k", "v", "q", "qo", "kp", "vp")},

@@ -73,6 +73,13 @@ def _signature(fn) -> tuple[list, list]:
     return declared, [n for n in params if n not in declared]
 
 
+def _constexpr_defaults(fn) -> dict:
+    """{name: default} of a kernel's constexprs that have one: what a cubin compiled before such a
+    constexpr existed was compiled with, so an artifact's record without it matches its default."""
+    return {n: p.default for n, p in inspect.signature(fn.fn).parameters.items()
+            if "constexpr" in str(p.annotation) and p.default is not inspect.Parameter.empty}
+
+
 def install(kernels: dict) -> None:
     """Make the AOT backend launch ``kernels`` ({name: CubinKernel}, from ``load_kernels``)."""
     uninstall()
@@ -101,7 +108,7 @@ class _Jit:
 class _Aot:
     def __init__(self, fn, candidates: list, declared: list, names: list):
         self.fn, self.candidates, self.names = fn, candidates, names
-        first = candidates[0].record["constexprs"]
+        first = {**_constexpr_defaults(fn), **candidates[0].record["constexprs"]}
         self.constexprs = {n: first[n] for n in declared if n in first}
 
     def __getitem__(self, grid):
@@ -144,9 +151,11 @@ def configure(fn, semantic: dict, tiles: dict, num_warps: int, num_stages: int |
         return _HANDLES[memo]
     declared, names = _signature(fn)
     have = _CUBINS.get(key, [])
-    match = [k for k in have if all(k.record["constexprs"].get(n) == v for n, v in want.items())]
+    defaults = _constexpr_defaults(fn)
+    compiled_with = lambda k, n: k.record["constexprs"].get(n, defaults.get(n))   # noqa: E731
+    match = [k for k in have if all(compiled_with(k, n) == v for n, v in want.items())]
     if not match:
-        compiled = [{n: k.record["constexprs"].get(n) for n in want} for k in have]
+        compiled = [{n: compiled_with(k, n) for n in want} for k in have]
         raise ArtifactError(f"the artifact has no {key} compiled for {want} (it has {compiled or 'none'}); "
                             "recompile it for this configuration (lpm-rt compile)")
     preferred = [k for k in match if all(k.record["constexprs"].get(n) == tiles[n] for n in prefer)]

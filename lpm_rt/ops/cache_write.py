@@ -146,7 +146,7 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     launch = configure(kern._cache_write_kernel,
                        dict(PAGE_SIZE=page_size, BLOCK_T=triton.next_power_of_2(page_size), HALF_D=half,
                             ROPE=cos is not None, FP8=fp8, FIX_ROUND=interpreting(), SHIFT=k_shift is not None,
-                            QK_NORM=norm, **({"V16": True} if v16 else {})),    # (artifacts record no V16)
+                            QK_NORM=norm, V16=v16),
                        {}, num_warps=launch_warps(page_size, half))
     wq, wk = (q_weight, k_weight) if norm else (qi.new_empty(1), qi.new_empty(1))
     launch[(N // page_size, 1 if norm else H, 3 if q is not None else 2)](

@@ -188,8 +188,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     splits = num_splits or _pick_splits(triton.cdiv(Lq, block_m) * B * H, kv_max, block_n, q.device)
     launch = configure(kern._paged_attn_fwd_kernel,
                        dict(PAGE_SIZE=page_size, HEAD_DIM=D, KV_FP8=kv_fp8, FP8_Q=bool(fp8_q),
-                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(),
-                            **({"V16": True} if v16 else {})),     # (artifacts record no V16: off)
+                            IEEE=ieee_dots(q.dtype), FIX_ROUND=interpreting(), V16=v16),
                        dict(BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1, PAGE_TILES=page_tiles,
                             V_TRANS_LOAD=False, TMA_KV=False, PEEL_LAST=True,   # (see the kernel)
                             F16_DOTS=f16_dots(q.dtype, k_pages.dtype, v_pages.dtype)), warps, stages)

@@ -168,6 +168,34 @@ def test_fp8k_pages_run_on_the_artifacts_kernels(tmp_path, monkeypatch):
     _assert_matches_jit(model, got, video)
 
 
+def test_a_record_without_a_newer_constexpr_matches_its_default(aot_kernels):
+    """An artifact compiled before a constexpr existed (its records lack V16) still serves calls
+    that take the kernel's default for it (fp8 K and V pages), and refuses the ones that do not
+    (fp8 K beside bf16 V pages) -- never a silent mismatch."""
+    _, meta, launched = aot_kernels
+    old = {}
+    for rec in meta["kernels"]:
+        rec = dict(rec, constexprs={n: v for n, v in rec["constexprs"].items() if n != "V16"})
+        k = InterpretedCubin(rec)
+        k.launched = launched
+        old[rec["name"]] = k
+    _launch.install(old)
+    cfg = LPMConfig.from_dict(meta["config"])
+    H, D, ps = cfg.model.num_heads, cfg.model.head_dim, cfg.stream.page_size
+    q = torch.randn(1, 2 * ps, H, D).bfloat16()
+    k8 = torch.randn(4, ps, H, D).to(torch.float8_e4m3fn)
+    sc = torch.ones(4, H)
+    table, lens = torch.arange(4, dtype=torch.int32)[None], torch.tensor([3 * ps], dtype=torch.int32)
+    ops.set_backend("aot")
+    try:
+        out = ops.paged_attention(q, k8, k8, table, lens, sc, sc)
+        assert any(n.startswith("paged_attention_") for n in launched) and torch.isfinite(out).all()
+        with pytest.raises(lpm_rt.ArtifactError, match="V16"):
+            ops.paged_attention(q, k8, k8.bfloat16(), table, lens, sc)
+    finally:
+        ops.set_backend("ref")
+
+
 def test_a_call_no_specialization_accepts_is_refused(aot_kernels):
     """fp32 activations against a bf16 artifact, and a head dim it was not compiled for: refused
     with the reason, never compiled on the spot."""
