@@ -44,9 +44,9 @@ wgmma only in some forms (SASS, sm_90a, Triton 3.9): 16-bit pages in 64-key tile
 stages (the MUFU.EX2 of block j between block j + 1's HGMMA and its wait; 255 registers, no
 spills, 446 instructions per block against 529 in the plain order: every block in the loop is a
 whole page, so its key mask is the constant tile mask -- a carried mask vector costs a predicate
-pack and unpack -- and the scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill (two [64, 128] fp32 score
-tiles per thread plus the accumulator), and fp8 pages and FP8-Q keep their dots synchronous in
-either order (the widened K tile, or the transposed V tile, is written to shared memory every
+pack and unpack -- and the scale is folded into the exponent, FOLD_SCALE). 128-key tiles spill
+(two [64, 128] fp32 score tiles per thread plus the accumulator), and fp8 pages and FP8-Q keep
+their dots synchronous in either order (the widened K tile, or the transposed V tile, is written to shared memory every
 block). Exact reordering: the same sums in another association. Off by default: an experiment for
 the sweep, untimed. The block's page scales are loaded where its product is issued and carried
 with it: loaded at the softmax, Triton copies a scale through shared memory with the pipelined
@@ -58,8 +58,8 @@ to the fp8 Q.K^T untouched and P.V runs in q's type on V as stored, so no operan
 rewritten in registers -- the one fp8 form whose Q.K^T Triton 3.9 keeps in flight under OVERLAP
 (sm_90a SASS, 60-token pages in 128x64 tiles, 3 stages: 4 QGMMA + 4 HGMMA, 441 instructions per
 64-key block, 17 of the 34 MUFU.EX2 between the QGMMAs and their wait, 241 registers, no spills).
-SageAttention's split of the precision (8-bit scores, 16-bit values); the cache does not store
-pages that way (yet).
+SageAttention's split of the precision (8-bit scores, 16-bit values); the cache's fp8k pools
+store pages that way.
 
 F16_DOTS (fp8 pages under bf16 q): Q and P in fp16 (a Q tile beyond fp16's range is
 scaled by a power of two, the scores by its inverse), so the pages' e4m3 codes widen to the dot
@@ -216,11 +216,13 @@ def _pv(p, v, vs_ptrs, valid, acc, cdt: tl.constexpr, KV_FP8: tl.constexpr, FP8_
 @triton.jit
 def _attend_block(q, k, v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt: tl.constexpr,
                   KV_FP8: tl.constexpr, FP8_Q: tl.constexpr, IEEE: tl.constexpr, FIX_ROUND: tl.constexpr,
-                  PAGE_SCALES: tl.constexpr, V16: tl.constexpr = False, F16_DOTS: tl.constexpr = False):
+                  PAGE_SCALES: tl.constexpr, V16: tl.constexpr = False, F16_DOTS: tl.constexpr = False,
+                  EMPTY_OK: tl.constexpr = False):
     """One key block of the online softmax: k, v [BLOCK_N, D] as stored, valid [BLOCK_N]; for fp8
-    pages ks_ptrs/vs_ptrs point at the scales (see ``_scale_scores``). -> updated (m_i, l_i, acc)."""
+    pages ks_ptrs/vs_ptrs point at the scales (see ``_scale_scores``). EMPTY_OK: the block may hold
+    no valid key (see ``_softmax_step``). -> updated (m_i, l_i, acc)."""
     return _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptrs, vs_ptrs, valid, m_i, l_i, acc, qk_mul, cdt,
-                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, False, False, V16, F16_DOTS)
+                         KV_FP8, FP8_Q, IEEE, FIX_ROUND, PAGE_SCALES, EMPTY_OK, False, V16, F16_DOTS)
 
 
 @triton.jit
@@ -417,11 +419,10 @@ def _paged_attn_fwd_kernel(
                             stride_kd, BLOCK_N, HEAD_DIM, TMA_KV)
                 v = _v_tile(v_ptr, v_desc, page, h, valid, offs_t, offs_d, stride_vp, stride_vs, stride_vh,
                             stride_vd, BLOCK_N, HEAD_DIM, TMA_KV, V_TRANS_LOAD)
-                m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v,
-                                              ks_ptr + page * stride_ksp + h * stride_ksh,
-                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
-                                              qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True, True, False, V16,
-                                              F16_DOTS)
+                m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                              vs_ptr + page * stride_vsp + h * stride_vsh, valid,
+                                              m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, True,
+                                              V16, F16_DOTS, True)
             for pg in range(pg_lo, pg_end):
                 page = tl.load(table_row + pg * stride_tp).to(tl.int64)
                 if PEEL_LAST:
@@ -447,10 +448,10 @@ def _paged_attn_fwd_kernel(
             page, k, v = _gather_kv(k_ptr, v_ptr, table_row, offs_n, valid, h, offs_d, stride_tp, stride_kp,
                                     stride_ks, stride_kh, stride_kd, stride_vp, stride_vs, stride_vh, stride_vd,
                                     PAGE_SIZE)
-            m_i, l_i, acc = _finish_block(_qk(q, k, cdt, FP8_Q, IEEE), v, ks_ptr + page * stride_ksp + h * stride_ksh,
-                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid, m_i, l_i, acc,
-                                          qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, True, False, V16,
-                                          F16_DOTS)
+            m_i, l_i, acc = _attend_block(q, k, v, ks_ptr + page * stride_ksp + h * stride_ksh,
+                                          vs_ptr + page * stride_vsp + h * stride_vsh, valid,
+                                          m_i, l_i, acc, qk_mul, cdt, KV_FP8, FP8_Q, IEEE, FIX_ROUND, False, V16,
+                                          F16_DOTS, True)
         for start in range(lo, end, BLOCK_N):
             offs_n = start + offs_t
             if PEEL_LAST:

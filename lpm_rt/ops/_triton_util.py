@@ -19,6 +19,18 @@ def ieee_dots(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
 
 
+def check_page_scales(k_pages, v_pages, k_scale, v_scale, what: str = "") -> None:
+    """Per-page per-head scales [P, H] fp32 for each fp8 page tensor, and none for the others (the
+    reference would apply a scale Triton's 16-bit path ignores): raise, naming the scale."""
+    P, H = k_pages.shape[0], k_pages.shape[2]
+    for name, pages, sc in (("k_scale", k_pages, k_scale), ("v_scale", v_pages, v_scale)):
+        if pages.dtype == torch.float8_e4m3fn:
+            if sc is None or tuple(sc.shape) != (P, H) or sc.dtype != torch.float32:
+                raise ValueError(f"fp8 pages need {name}: [P, H] float32{what}")
+        elif sc is not None:
+            raise ValueError(f"{name} given for {name[0].upper()} pages that are not fp8")
+
+
 def check_device(ref: torch.Tensor, **tensors) -> None:
     for name, t in tensors.items():
         if t is not None and t.device != ref.device:

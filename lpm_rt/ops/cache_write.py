@@ -95,10 +95,10 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
     from csrc_triton import cache_write as kern
 
     from ._launch import configure
-    from ._triton_util import check_device, interpreting
+    from ._triton_util import check_device, check_page_scales, interpreting
 
     N, H, D = k.shape
-    P, page_size = k_pages.shape[:2]
+    page_size = k_pages.shape[1]
     fp8 = k_pages.dtype == torch.float8_e4m3fn
     v16 = fp8 and v_pages.dtype != k_pages.dtype                 # fp8 K pages, V pages of a wider dtype
     if tuple(v.shape) != (N, H, D) or tuple(k_pages.shape[2:]) != (H, D) or v_pages.shape != k_pages.shape:
@@ -113,11 +113,7 @@ def _cache_write_triton(k, v, k_pages, v_pages, slot_mapping, k_scale, v_scale, 
         raise ValueError(f"triton cache_write writes whole pages: N={N} is not a multiple of {page_size}")
     if tuple(slot_mapping.shape) != (N,) or slot_mapping.dtype not in (torch.int64, torch.int32):
         raise ValueError("slot_mapping must be [N] int64/int32")
-    for name, sc, want in (("k_scale", k_scale, fp8), ("v_scale", v_scale, fp8 and not v16)):
-        if want and (sc is None or tuple(sc.shape) != (P, H) or sc.dtype != torch.float32):
-            raise ValueError(f"fp8 pages need {name}: [P, H] float32 (written)")
-        if not want and sc is not None:
-            raise ValueError(f"{name} given for {'V' if name == 'v_scale' else 'K'} pages that are not fp8")
+    check_page_scales(k_pages, v_pages, k_scale, v_scale, " (written)")
     if (cos is None) != (sin is None) or (cos is not None and (tuple(cos.shape) != (N, half)
                                                              or tuple(sin.shape) != (N, half))):
         raise ValueError(f"cos/sin must both be [N={N}, D/2={half}] or None")

@@ -147,7 +147,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
     from csrc_triton import paged_attention as kern
 
     from ._launch import configure
-    from ._triton_util import check_device, ieee_dots, interpreting
+    from ._triton_util import check_device, check_page_scales, ieee_dots, interpreting
 
     B, Lq, H, D = q.shape
     P, page_size = k_pages.shape[:2]
@@ -163,11 +163,7 @@ def _paged_attention_triton(q, k_pages, v_pages, block_table, kv_lens, k_scale, 
                          f"{v_pages.dtype} {tuple(v_pages.shape)}")
     if not kv_fp8 and k_pages.dtype != q.dtype:
         raise TypeError(f"pages {k_pages.dtype} must be fp8 e4m3 or q's dtype {q.dtype}")
-    for name, sc, want in (("k_scale", k_scale, kv_fp8), ("v_scale", v_scale, kv_fp8 and not v16)):
-        if want and (sc is None or tuple(sc.shape) != (P, H) or sc.dtype != torch.float32):
-            raise ValueError(f"fp8 pages need {name}: [P, H] float32")
-        if not want and sc is not None:
-            raise ValueError(f"{name} given for {'V' if name == 'v_scale' else 'K'} pages that are not fp8")
+    check_page_scales(k_pages, v_pages, k_scale, v_scale)
     if fp8_q and not kv_fp8:
         raise ValueError("fp8_q needs fp8 pages")
     if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype != torch.int32:
